@@ -1,0 +1,1 @@
+"""Shipped chat templates (`.jinja` files), installed as `dsprep.chat_templates`."""

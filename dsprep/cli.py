@@ -1,0 +1,182 @@
+"""dsprep: turn the files people fine-tune LLMs on into verified, normalized, sharded data.
+
+Errors are one line on stderr and an exit code (see README, "Exit codes"); set DSPREP_DEBUG=1 for a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dsprep.errors import DsprepError
+from dsprep.version import __version__
+
+__all__ = ["main"]
+
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'256MB', '1g', '4096' -> bytes (binary units)."""
+    m = SIZE.match(text)
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size such as 256MB or 1GB")
+    return int(float(m.group(1)) * UNITS[(m.group(2) or "")[:1].lower()])
+
+
+def _fraction(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        number = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a fraction such as 0.01 or 1%") from None
+    if not 0 <= number <= 1:
+        raise click.BadParameter(f"{value!r} must lie between 0 and 1")
+    return number
+
+
+class _Group(click.Group):
+    """Turns DsprepError into a one-line message and its exit code, and any other failure into one line too."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DsprepError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            if os.environ.get("DSPREP_DEBUG"):
+                raise
+            click.echo(f"error: internal error: {type(exc).__name__}: {exc} (set DSPREP_DEBUG=1 for details)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dsprep")
+def main() -> None:
+    """dsprep: turn raw fine-tuning files into verified, normalized Parquet shards."""
+
+
+def _progress(quiet: bool, total: int) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        return None, lambda: None
+    bar = Progress(
+        TextColumn("converting"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    task = bar.add_task("convert", total=total)
+    bar.start()
+    return (lambda n: bar.advance(task, n)), bar.stop
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output folder (must be empty).")
+@click.option(
+    "--format",
+    "-f",
+    "fmt",
+    default="auto",
+    show_default=True,
+    help="'auto', a shipped format (see `dsprep formats`), or a path to your own .toml spec.",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["quarantine", "fail"]),
+    default="quarantine",
+    show_default=True,
+    help="quarantine: bad rows go to rejects.jsonl; fail: stop at the first bad row.",
+)
+@click.option(
+    "--max-rejected",
+    callback=_fraction,
+    metavar="FRACTION",
+    help="Fail the run if more than this fraction of rows is rejected (e.g. 0.01 or 1%).",
+)
+@click.option("--shard-size", default="256MB", show_default=True, help="Start a new shard past this size.")
+@click.option("--overwrite", is_flag=True, help="Replace the contents of a previous dsprep output folder.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+def convert(
+    inputs: tuple[str, ...],
+    out: Path,
+    fmt: str,
+    on_error: str,
+    max_rejected: float | None,
+    shard_size: str,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Normalize INPUTS (files, folders, globs) into Parquet shards, rejects.jsonl and manifest.json in --out."""
+    from dsprep.config import ConvertConfig
+    from dsprep.pipeline import InputReport
+    from dsprep.pipeline import convert as run_convert
+    from dsprep.sources import discover
+
+    config = ConvertConfig(
+        inputs=inputs,
+        out=out,
+        format=fmt,
+        on_error=on_error,  # type: ignore[arg-type]
+        max_rejected=max_rejected,
+        overwrite=overwrite,
+        shard_bytes=parse_size(shard_size),
+    )
+    say = (lambda _msg: None) if quiet else click.echo
+
+    def on_input(r: InputReport) -> None:
+        if r.detection:
+            say(f"{r.path}: format {r.detection}")
+        else:
+            say(f"{r.path}: format {r.format} ({r.format_origin})")
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(r.rejected_by_reason.items()))
+        say(
+            f"{r.path}: read {r.rows_read} = kept {r.rows_kept} + rejected {r.rows_rejected}"
+            + (f" ({reasons})" if reasons else "")
+        )
+
+    advance, stop = _progress(quiet, sum(f.size for f in discover(inputs)))
+    try:
+        result = run_convert(config, on_bytes=advance, on_input=on_input)
+    finally:
+        stop()
+    shards = result.manifest["shards"]
+    say(f"total: read {result.rows_read} = kept {result.rows_kept} + rejected {result.rows_rejected}")
+    say(f"wrote {len(shards)} shard{'s' * (len(shards) != 1)}, rejects.jsonl and manifest.json to {out}")
+
+
+@main.command()
+def formats() -> None:
+    """List the shipped input formats."""
+    from dsprep.specs import load_spec, shipped_spec_names
+
+    for name in shipped_spec_names():
+        spec = load_spec(name)
+        note = "" if spec.auto_detect else " [pass --format explicitly]"
+        click.echo(f"{name:<18} {spec.kind:<18} {spec.description}{note}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Options of a convert run: one frozen dataclass whose defaults are the only defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["ConvertConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertConfig:
+    """What `dsprep convert` does.
+
+    inputs: files, folders or glob patterns, read in the given order (folders and globs sorted).
+    out: the output folder; it must be empty or absent unless `overwrite`.
+    format: "auto", a shipped format name, or a path to a `.toml` spec.
+    on_error: "quarantine" sends bad rows to rejects.jsonl; "fail" stops at the first one.
+    max_rejected: fail the run when rejected / read exceeds this fraction (None: never).
+    shard_bytes: start a new Parquet shard once one reaches this many bytes.
+    sample_rows: how many rows per input `--format auto` scores.
+    """
+
+    inputs: tuple[str, ...]
+    out: Path
+    format: str = "auto"
+    on_error: Literal["quarantine", "fail"] = "quarantine"
+    max_rejected: float | None = None
+    overwrite: bool = False
+    shard_bytes: int = 256 << 20
+    sample_rows: int = 200
+
+    def options(self) -> dict[str, Any]:
+        """The options that shape the output, as recorded in the manifest."""
+        d = asdict(self)
+        for key in ("inputs", "out", "overwrite"):
+            d.pop(key)
+        return d

@@ -1,0 +1,130 @@
+"""`--format auto`: score every shipped spec on a sample of rows and pick the best, or explain why none fits.
+
+A spec *matches* a row when normalizing it raises no structural error (`missing_field`, `wrong_type`): content
+problems such as an empty turn still count as a match, since they are the row's fault, not the format's. The best
+spec has the highest match rate, then the highest *coverage* (the share of the row's keys it maps). A tie, or no
+spec matching at least half the sample, is a `FormatDetectionError` listing the candidates and a spec snippet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dsprep.errors import FormatDetectionError, RowError
+from dsprep.normalize import normalize_record
+from dsprep.specs import FormatSpec, load_spec, shipped_spec_names
+
+__all__ = ["Detection", "detect_format", "spec_snippet"]
+
+STRUCTURAL = ("missing_field", "wrong_type")
+MIN_MATCH_RATE = 0.5
+TIE = 0.02
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The chosen spec with how well it fits the sample."""
+
+    spec: FormatSpec
+    sampled: int
+    matched: int
+    coverage: float
+    mapping: tuple[tuple[str, str], ...]  # (input key, canonical field) pairs seen in the sample
+    unmapped: tuple[str, ...]
+
+    @property
+    def confidence(self) -> float:
+        """Share of sampled rows the spec matches."""
+        return self.matched / self.sampled if self.sampled else 0.0
+
+    def describe(self) -> str:
+        """One line: format, confidence, the mapping and what stays unmapped (kept in `extra`)."""
+        mapped = ", ".join(f"{src}→{dst}" for src, dst in self.mapping) or "-"
+        line = (
+            f"{self.spec.name} (confidence {self.confidence:.0%}: {self.matched}/{self.sampled} sampled rows match; "
+            f"mapping {mapped}"
+        )
+        if self.unmapped:
+            line += f"; kept in extra: {', '.join(self.unmapped)}"
+        return line + ")"
+
+
+def _matches(record: dict[str, Any], spec: FormatSpec) -> bool:
+    if not all(any(record.get(k) is not None for k in keys) for keys in spec.required()):
+        return False
+    try:
+        normalize_record(record, spec)
+    except RowError as exc:
+        return exc.reason not in STRUCTURAL
+    return True
+
+
+def score(spec: FormatSpec, sample: Sequence[dict[str, Any]]) -> Detection:
+    """How well `spec` fits the sample rows."""
+    matched = [r for r in sample if _matches(r, spec)]
+    keys = sorted({k for r in matched for k in r})
+    mapped_keys = spec.mapped_keys
+    coverage = sum(len(mapped_keys & r.keys()) / max(len(r), 1) for r in matched) / len(matched) if matched else 0.0
+    fields = [(src, dst) for dst, alts in spec.fields.items() for src in alts if src in keys]
+    fields += [(src, turn.role) for turn in spec.turns for src in turn.sources if src in keys]
+    unmapped = tuple(k for k in keys if k not in mapped_keys)
+    return Detection(spec, len(sample), len(matched), coverage, tuple(fields), unmapped)
+
+
+def _type(value: Any) -> str:
+    if isinstance(value, list):
+        return "list of objects" if value and isinstance(value[0], dict) else "list"
+    return {str: "string", dict: "object", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
+
+
+def spec_snippet(sample: Sequence[dict[str, Any]]) -> str:
+    """A starter spec for the sample's keys that a user can save, edit and pass with `--format`."""
+    first = sample[0] if sample else {}
+    strings = [k for k, v in first.items() if isinstance(v, str)]
+    lists = [k for k, v in first.items() if _type(v) == "list of objects"]
+    lines = ['description = "my format"']
+    if lists:
+        msg_keys = list(first[lists[0]][0])
+        lines += ['kind = "conversation"', "", "[fields]", f'messages = "{lists[0]}"', "", "[message]"]
+        lines += [
+            f'role = "{msg_keys[0]}"',
+            f'content = "{msg_keys[-1]}"',
+            "",
+            "[roles]",
+            '# input_role = "user" | "assistant" | "system" | "tool"',
+        ]
+    else:
+        kind, names = {1: ("text", ["text"]), 2: ("prompt_completion", ["prompt", "completion"])}.get(
+            len(strings), ("preference", ["prompt", "chosen", "rejected"])
+        )
+        lines += [f'kind = "{kind}"  # conversation | text | prompt_completion | preference | kto', "", "[fields]"]
+        lines += [f'{name} = "{key}"' for name, key in zip(names, strings, strict=False)]
+    return "\n".join(lines)
+
+
+def _candidates() -> list[FormatSpec]:
+    return [s for s in (load_spec(n) for n in shipped_spec_names()) if s.auto_detect]
+
+
+def detect_format(sample: Sequence[dict[str, Any]], source: str) -> Detection:
+    """Pick the shipped spec that fits `sample` best, or raise FormatDetectionError with candidates and a snippet."""
+    if not sample:
+        raise FormatDetectionError(f"{source}: no readable rows to detect a format from; pass --format")
+    scored = sorted((score(s, sample) for s in _candidates()), key=lambda d: (-d.confidence, -d.coverage, d.spec.name))
+    best = scored[0]
+    keys = ", ".join(f"{k} ({_type(v)})" for k, v in sample[0].items())
+    snippet = spec_snippet(sample).replace("\n", "\n    ")
+    tail = (
+        f"\n  keys in the first row: {keys}"
+        f"\n  a spec to save as my_format.toml, edit, and pass with --format:\n    {snippet}"
+    )
+    if best.confidence < MIN_MATCH_RATE:
+        near = ", ".join(f"{d.spec.name} {d.confidence:.0%}" for d in scored[:3])
+        raise FormatDetectionError(f"{source}: no known format matches (best: {near}){tail}")
+    ties = [d for d in scored[1:] if best.confidence - d.confidence <= TIE and best.coverage - d.coverage <= TIE]
+    if ties:
+        names = ", ".join(d.spec.name for d in (best, *ties))
+        raise FormatDetectionError(f"{source}: ambiguous format, equally good: {names}; pass --format{tail}")
+    return best

@@ -1,0 +1,73 @@
+"""The exception tree. Every user-facing failure is a `DsprepError` with an exit code the CLI returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DsprepError",
+    "FormatDetectionError",
+    "FormatSpecError",
+    "InputError",
+    "OutputError",
+    "RejectedRowsError",
+    "RowError",
+    "RowFailure",
+]
+
+
+class DsprepError(Exception):
+    """Base of every error dsprep reports to a user (exit code 1 unless a subclass says otherwise)."""
+
+    exit_code = 1
+
+
+class InputError(DsprepError):
+    """An input cannot be read at all: missing, unknown extension, not the container its name says."""
+
+    exit_code = 3
+
+
+class FormatSpecError(DsprepError):
+    """A format spec file is invalid (bad TOML, unknown key, wrong type)."""
+
+    exit_code = 3
+
+
+class FormatDetectionError(DsprepError):
+    """`--format auto` found no spec, or several equally good ones, for an input."""
+
+    exit_code = 3
+
+
+class RowFailure(DsprepError):
+    """`--on-error fail` stopped at the first row that could not be normalized."""
+
+    exit_code = 4
+
+
+class RejectedRowsError(DsprepError):
+    """More rows were rejected than `--max-rejected` allows."""
+
+    exit_code = 5
+
+
+class OutputError(DsprepError):
+    """The output folder cannot be written (not empty without `--overwrite`, not writable)."""
+
+    exit_code = 6
+
+
+@dataclass(frozen=True)
+class RowError(Exception):
+    """One row that cannot be normalized: where it failed, why (a reason code) and what was expected.
+
+    Raised inside the normalizer and caught per row; it becomes a line of the rejects file, never a crash.
+    """
+
+    field: str
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message

@@ -1,0 +1,223 @@
+"""Reading one message (and its tool calls, content parts and tools list) as a format spec describes it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from dsprep.errors import RowError
+from dsprep.specs import FormatSpec
+
+__all__ = ["json_text", "parse_messages", "parse_tools"]
+
+Message = dict[str, Any]
+TEXT_PARTS = ("text", "input_text", "output_text")
+REASONING_PARTS = ("reasoning", "thinking")
+MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id", "reasoning", "train", "weight", "extra")
+CONTENT_REQUIRED = ("user", "tool")
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON text, keys in their given order, non-ASCII kept as is."""
+    return orjson.dumps(value, default=str).decode()
+
+
+def maybe_json(value: Any, path: str) -> Any:
+    """Decode `value` from JSON when it is a string holding the expected container (CSV cells, JSON-in-JSON)."""
+    if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise RowError(path, "invalid_json", f"holds text that is not valid JSON ({exc})") from None
+    return value
+
+
+def _type_name(value: Any) -> str:
+    return {str: "string", list: "list", dict: "object", bool: "boolean", int: "number", float: "number"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def expect(value: Any, kind: type | tuple[type, ...], path: str, what: str) -> Any:
+    """Return `value` if it has the expected JSON type, else raise a `wrong_type` RowError."""
+    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise RowError(path, "wrong_type", f"expected {what}, got boolean")
+    if not isinstance(value, kind):
+        raise RowError(path, "wrong_type", f"expected {what}, got {_type_name(value)}")
+    return value
+
+
+def first_key(obj: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    """The first of `keys` present in `obj` with a non-null value."""
+    for key in keys:
+        if obj.get(key) is not None:
+            return key
+    return None
+
+
+def _arguments(value: Any, path: str) -> str:
+    if isinstance(value, dict):
+        return json_text(value)
+    expect(value, str, path, "the arguments as a JSON object or JSON text")
+    try:
+        decoded = orjson.loads(value)
+        if isinstance(decoded, str):  # double-encoded: JSON text of JSON text
+            inner = orjson.loads(decoded)
+            if isinstance(inner, dict):
+                return decoded
+    except orjson.JSONDecodeError as exc:
+        raise RowError(path, "invalid_tool_call", f"arguments are not valid JSON ({exc})") from None
+    if not isinstance(decoded, dict):
+        raise RowError(path, "invalid_tool_call", f"arguments must be a JSON object, got {_type_name(decoded)}")
+    return value
+
+
+def _tool_call(value: Any, path: str) -> dict[str, Any]:
+    value = maybe_json(value, path)
+    call = expect(value, dict, path, "a tool call object")
+    fn = call.get("function", call)
+    fn = expect(fn, dict, f"{path}.function", "an object with name and arguments")
+    name = fn.get("name")
+    if not isinstance(name, str) or not name:
+        raise RowError(f"{path}.name", "invalid_tool_call", "a tool call needs a non-empty string name")
+    args = fn.get("arguments", fn.get("parameters", {}))
+    call_id = call.get("id")
+    return {
+        "id": None if call_id is None else str(call_id),
+        "name": name,
+        "arguments": _arguments(args, f"{path}.arguments"),
+    }
+
+
+def _tool_calls(value: Any, path: str) -> list[dict[str, Any]]:
+    value = maybe_json(value, path)
+    calls = value if isinstance(value, list) else [value]
+    return [_tool_call(c, f"{path}[{i}]") for i, c in enumerate(calls)]
+
+
+def _content(value: Any, path: str, msg: Message) -> None:
+    """Fill content, reasoning and tool calls from a string or a list of typed parts."""
+    if isinstance(value, str):
+        msg["content"] = value
+        return
+    parts = expect(value, list, path, "a string or a list of content parts")
+    texts: list[str] = []
+    thoughts: list[str] = []
+    for i, part in enumerate(parts):
+        ppath = f"{path}[{i}]"
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        expect(part, dict, ppath, "a content part object")
+        ptype = part.get("type", "text")
+        body = part.get("text", part.get("value"))
+        if ptype in TEXT_PARTS or ptype in REASONING_PARTS:
+            body = expect(body, str, f"{ppath}.text", f"the text of a {ptype} part")
+            (texts if ptype in TEXT_PARTS else thoughts).append(body)
+        elif ptype in ("tool_call", "function_call"):
+            msg["tool_calls"] = [*(msg["tool_calls"] or []), _tool_call(body, f"{ppath}.value")]
+        else:
+            raise RowError(f"{ppath}.type", "unsupported_content", f"content part type {ptype!r} is not supported")
+    msg["content"] = "".join(texts) if texts or not (thoughts or msg["tool_calls"]) else None
+    if thoughts:
+        msg["reasoning"] = "".join(thoughts)
+
+
+def _flag(value: Any, path: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    raise RowError(path, "wrong_type", f"expected a boolean, got {_type_name(value)}")
+
+
+def _weight(value: Any, path: str) -> float:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return float(expect(value, (int, float), path, "a number"))
+
+
+def parse_message(obj: Any, spec: FormatSpec, path: str) -> Message:
+    """One input message as a canonical message dict (see `dsprep.schema.MESSAGE`)."""
+    obj = expect(obj, dict, path, "a message object")
+    used: set[str] = set()
+
+    def key(name: str) -> str | None:
+        found = first_key(obj, spec.key_for(name))
+        if found is not None:
+            used.add(found)
+        return found
+
+    msg: Message = dict.fromkeys(MESSAGE_FIELDS)
+    role_key = key("role")
+    if role_key is None:
+        raise RowError(f"{path}.{spec.key_for('role')[0]}", "missing_field", "every message needs a role")
+    role_value = obj[role_key]
+    target = spec.roles.get(role_value) if isinstance(role_value, str) else None
+    if target is None:
+        known = ", ".join(spec.roles)
+        raise RowError(
+            f"{path}.{role_key}",
+            "unknown_role",
+            f"{role_value!r} is not a known role; expected one of {known} (map it under [roles] in {spec.origin})",
+        )
+    msg["role"] = target.role
+    content_key = key("content")
+    if content_key is not None:
+        if target.content == "tool_call":
+            msg["tool_calls"] = _tool_calls(obj[content_key], f"{path}.{content_key}")
+        else:
+            _content(obj[content_key], f"{path}.{content_key}", msg)
+    if (k := key("tool_calls")) is not None:
+        msg["tool_calls"] = [*(msg["tool_calls"] or []), *_tool_calls(obj[k], f"{path}.{k}")] or None
+    for name in ("name", "tool_call_id", "reasoning"):
+        if (k := key(name)) is not None:
+            msg[name] = expect(obj[k], str, f"{path}.{k}", "a string")
+    if (k := key("train")) is not None:
+        msg["train"] = _flag(obj[k], f"{path}.{k}")
+    if (k := key("weight")) is not None:
+        msg["weight"] = _weight(obj[k], f"{path}.{k}")
+    rest = {k: v for k, v in obj.items() if k not in used}
+    if rest:
+        msg["extra"] = json_text(rest)
+    _check_content(msg, f"{path}.{content_key or spec.key_for('content')[0]}")
+    return msg
+
+
+def _check_content(msg: Message, path: str) -> None:
+    empty = msg["content"] is None or not msg["content"].strip()
+    if not empty:
+        return
+    if msg["role"] in CONTENT_REQUIRED or (
+        msg["role"] == "assistant" and not msg["tool_calls"] and not msg["reasoning"]
+    ):
+        raise RowError(path, "empty_content", f"{msg['role']} message has no content")
+
+
+def parse_messages(value: Any, spec: FormatSpec, path: str) -> list[Message]:
+    """A list of input messages (or one message object) as canonical messages; an empty list is an error."""
+    value = maybe_json(value, path)
+    items = [value] if isinstance(value, dict) else expect(value, list, path, "a list of messages")
+    if not items:
+        raise RowError(path, "empty_content", "expected at least one message")
+    return [parse_message(m, spec, f"{path}[{i}]") for i, m in enumerate(items)]
+
+
+def _tool(tool: Any, path: str) -> Any:
+    expect(tool, dict, path, "a tool schema object")
+    if "type" not in tool and "name" in tool:
+        return {"type": "function", "function": tool}
+    return tool
+
+
+def parse_tools(value: Any, path: str) -> str | None:
+    """Tool schemas as JSON text of a list of {"type": "function", "function": {...}}; None when there are none."""
+    value = maybe_json(value, path)
+    tools = [value] if isinstance(value, dict) else expect(value, list, path, "a list of tool schemas")
+    return json_text([_tool(t, f"{path}[{i}]") for i, t in enumerate(tools)]) if tools else None

@@ -1,0 +1,210 @@
+"""`convert`: wires the stages — discover inputs, pick a format, normalize, write shards, rejects and manifest.
+
+Every row read is either written to a shard or to ``rejects.jsonl`` with a reason, and the manifest records, per
+input, ``rows_read == rows_kept + rows_rejected``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dsprep.config import ConvertConfig
+from dsprep.detect import Detection, detect_format
+from dsprep.errors import RejectedRowsError, RowError, RowFailure
+from dsprep.normalize import normalize_record, row_id
+from dsprep.schema import NORMALIZED, SCHEMA_VERSION
+from dsprep.shards import MANIFEST, REJECTS, RejectsWriter, ShardWriter, Staging, file_sha256, write_json
+from dsprep.sources import InputFile, Record, discover, read_records
+from dsprep.specs import FormatSpec, load_spec
+from dsprep.version import __version__
+
+__all__ = ["ConvertResult", "InputReport", "convert"]
+
+
+@dataclass
+class InputReport:
+    """What happened to one input: its identity, the format used, and the row accounting."""
+
+    path: str
+    container: str
+    compression: str | None
+    bytes: int
+    sha256: str
+    format: str
+    format_origin: str
+    format_sha256: str
+    detection: str | None = None
+    rows_read: int = 0
+    rows_kept: int = 0
+    rows_rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """The finished run: per-input reports and the manifest as written."""
+
+    inputs: list[InputReport]
+    manifest: dict[str, Any]
+
+    @property
+    def rows_read(self) -> int:
+        return sum(r.rows_read for r in self.inputs)
+
+    @property
+    def rows_kept(self) -> int:
+        return sum(r.rows_kept for r in self.inputs)
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(r.rows_rejected for r in self.inputs)
+
+
+def _location(f: InputFile, row: int) -> str:
+    return f"{f.display}:{row + 1}" if f.line_oriented else f"{f.display}[{row}]"
+
+
+def _sample(f: InputFile, n: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    batches = read_records(f)
+    try:
+        for batch in batches:
+            out.extend(r.value for r in batch if r.value is not None)
+            if len(out) >= n:
+                break
+    finally:
+        batches.close()  # type: ignore[attr-defined]
+    return out[:n]
+
+
+def _choose_spec(f: InputFile, config: ConvertConfig) -> tuple[FormatSpec, Detection | None]:
+    if config.format != "auto":
+        return load_spec(config.format), None
+    detection = detect_format(_sample(f, config.sample_rows), f.display)
+    return detection.spec, detection
+
+
+class _Run:
+    """One convert: routes each record to the shard writer or the rejects writer, counting both."""
+
+    def __init__(self, config: ConvertConfig, shards: ShardWriter, rejects: RejectsWriter) -> None:
+        self.config = config
+        self.shards = shards
+        self.rejects = rejects
+
+    def reject(self, f: InputFile, rec: Record, error: RowError, report: InputReport) -> None:
+        location = _location(f, rec.row)
+        self.rejects.write(
+            {
+                "source_file": f.display,
+                "source_row": rec.row,
+                "location": location,
+                "field": error.field,
+                "reason": error.reason,
+                "message": error.message,
+                "raw": rec.raw.decode("utf-8", "backslashreplace"),
+            }
+        )
+        report.rows_rejected += 1
+        report.rejected_by_reason[error.reason] = report.rejected_by_reason.get(error.reason, 0) + 1
+        if self.config.on_error == "fail":
+            raise RowFailure(f"{location}: {error}")
+
+    def records(self, f: InputFile, on_bytes: Callable[[int], None] | None) -> Iterator[Record]:
+        for batch in read_records(f, on_bytes):
+            yield from batch
+
+    def run_input(
+        self, f: InputFile, spec: FormatSpec, report: InputReport, on_bytes: Callable[[int], None] | None
+    ) -> None:
+        kinds: Counter[str] = Counter()
+        name = f.path.name
+        for rec in self.records(f, on_bytes):
+            report.rows_read += 1
+            if rec.error is not None or rec.value is None:
+                self.reject(f, rec, rec.error or RowError("", "wrong_type", "empty record"), report)
+                continue
+            try:
+                row = normalize_record(rec.value, spec)
+            except RowError as error:
+                self.reject(f, rec, error, report)
+                continue
+            row["id"] = row_id(name, rec.row, rec.raw)
+            row["source_file"] = f.display
+            row["source_row"] = rec.row
+            self.shards.write(row, len(rec.raw))
+            report.rows_kept += 1
+            kinds[row["kind"]] += 1
+        report.kinds = dict(sorted(kinds.items()))
+
+
+def convert(
+    config: ConvertConfig,
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+    on_input: Callable[[InputReport], None] | None = None,
+) -> ConvertResult:
+    """Normalize `config.inputs` into Parquet shards, ``rejects.jsonl`` and ``manifest.json`` under `config.out`."""
+    files = discover(config.inputs)
+    plan = [(f, *_choose_spec(f, config)) for f in files]
+    staging = Staging(config.out, overwrite=config.overwrite)
+    reports: list[InputReport] = []
+    try:
+        shards = ShardWriter(staging.dir, NORMALIZED, shard_bytes=config.shard_bytes)
+        with RejectsWriter(staging.dir / REJECTS) as rejects:
+            run = _Run(config, shards, rejects)
+            for f, spec, detection in plan:
+                report = InputReport(
+                    path=f.display,
+                    container=f.container,
+                    compression=f.compression,
+                    bytes=f.size,
+                    sha256=file_sha256(f.path),
+                    format=spec.name,
+                    format_origin=spec.origin,
+                    format_sha256=spec.sha256,
+                    detection=detection.describe() if detection else None,
+                )
+                reports.append(report)
+                run.run_input(f, spec, report, on_bytes)
+                if on_input:
+                    on_input(report)
+        shard_list = shards.close()
+        read = sum(r.rows_read for r in reports)
+        rejected = sum(r.rows_rejected for r in reports)
+        if config.max_rejected is not None and read and rejected / read > config.max_rejected:
+            raise RejectedRowsError(
+                f"{rejected} of {read} rows rejected ({rejected / read:.2%}), over --max-rejected "
+                f"{config.max_rejected:.2%}; see {config.out / REJECTS}"
+            )
+        manifest = _manifest(config, reports, shard_list, rejects.rows, staging)
+        write_json(staging.dir / MANIFEST, manifest)
+        staging.publish([*(s["file"] for s in shard_list), REJECTS, MANIFEST])
+    except BaseException:
+        staging.discard(keep=(REJECTS,))
+        raise
+    return ConvertResult(reports, manifest)
+
+
+def _manifest(
+    config: ConvertConfig, reports: list[InputReport], shards: list[dict[str, Any]], rejects: int, staging: Staging
+) -> dict[str, Any]:
+    totals = {
+        "rows_read": sum(r.rows_read for r in reports),
+        "rows_kept": sum(r.rows_kept for r in reports),
+        "rows_rejected": sum(r.rows_rejected for r in reports),
+    }
+    return {
+        "dsprep_version": __version__,
+        "schema_version": SCHEMA_VERSION,
+        "stage": "normalized",
+        "options": config.options(),
+        "inputs": [asdict(r) for r in reports],
+        "totals": totals,
+        "shards": shards,
+        "rejects": {"file": REJECTS, "rows": rejects, "sha256": file_sha256(staging.dir / REJECTS)},
+    }

@@ -1,0 +1,162 @@
+"""Stage 5: Parquet shards of bounded size, the rejects file, and the manifest (written last, atomically).
+
+Everything is written into a staging folder inside the output folder and moved into place only when the run
+succeeds, so an output folder holding a ``manifest.json`` is always complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dsprep.errors import OutputError
+
+__all__ = ["MANIFEST", "REJECTS", "RejectsWriter", "ShardWriter", "Staging", "file_sha256", "write_json"]
+
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+STAGING = ".dsprep-staging"
+FLUSH_ROWS = 4096
+FLUSH_BYTES = 16 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file (of every file below it, in sorted order, for a folder)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        with open(p, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON (indented, keys sorted) atomically: a temporary name, then a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    os.replace(tmp, path)
+
+
+def _written_by_dsprep(path: Path) -> bool:
+    name = path.name
+    return name in (MANIFEST, REJECTS) or (path.is_file() and name.startswith("part-") and name.endswith(".parquet"))
+
+
+class Staging:
+    """The output folder and a staging folder inside it; `publish` moves finished files into place."""
+
+    def __init__(self, out: Path, *, overwrite: bool) -> None:
+        self.out = out
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out}: exists and is not a folder")
+        leftovers = sorted(p for p in out.iterdir() if p.name != STAGING) if out.exists() else []
+        if leftovers and not overwrite:
+            raise OutputError(f"{out}: output folder is not empty; pass --overwrite to replace its contents")
+        foreign = [p.name for p in leftovers if not _written_by_dsprep(p)]
+        if foreign:
+            raise OutputError(f"{out}: holds files dsprep did not write ({', '.join(foreign[:3])}); use another folder")
+        try:
+            for p in leftovers:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            self.dir = out / STAGING
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir.mkdir(parents=True)
+        except OSError as exc:
+            raise OutputError(f"{out}: cannot write the output folder: {exc.strerror}") from None
+
+    def publish(self, names: list[str]) -> None:
+        """Move the named staged files into the output folder (the manifest last) and remove the staging folder."""
+        for name in names:
+            os.replace(self.dir / name, self.out / name)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def discard(self, keep: tuple[str, ...] = ()) -> None:
+        """Drop everything staged except `keep` (moved into the output folder, e.g. rejects for diagnosis)."""
+        for name in keep:
+            if (self.dir / name).exists():
+                os.replace(self.dir / name, self.out / name)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ShardWriter:
+    """Appends rows to ``part-00000.parquet``, ``part-00001.parquet``, … each closed once it passes `shard_bytes`."""
+
+    def __init__(self, folder: Path, schema: pa.Schema, *, shard_bytes: int, prefix: str = "part") -> None:
+        self.folder = folder
+        self.schema = schema
+        self.shard_bytes = shard_bytes
+        self.prefix = prefix
+        self.shards: list[dict[str, Any]] = []
+        self._rows: list[dict[str, Any]] = []
+        self._pending_bytes = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._path: Path | None = None
+        self._shard_rows = 0
+
+    def write(self, row: dict[str, Any], approx_bytes: int) -> None:
+        """Buffer one row (`approx_bytes`: its rough size, to bound the buffer)."""
+        self._rows.append(row)
+        self._pending_bytes += approx_bytes
+        if len(self._rows) >= FLUSH_ROWS or self._pending_bytes >= FLUSH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        if self._writer is None:
+            self._path = self.folder / f"{self.prefix}-{len(self.shards):05d}.parquet"
+            self._writer = pq.ParquetWriter(self._path, self.schema, compression="zstd")
+        self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
+        self._shard_rows += len(self._rows)
+        self._rows, self._pending_bytes = [], 0
+        assert self._path is not None
+        if self._path.stat().st_size >= self.shard_bytes:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self._writer is None or self._path is None:
+            return
+        self._writer.close()
+        self.shards.append(
+            {
+                "file": self._path.name,
+                "rows": self._shard_rows,
+                "bytes": self._path.stat().st_size,
+                "sha256": file_sha256(self._path),
+            }
+        )
+        self._writer, self._path, self._shard_rows = None, None, 0
+
+    def close(self) -> list[dict[str, Any]]:
+        """Flush and close; returns the shard list for the manifest."""
+        self._flush()
+        self._close_shard()
+        return self.shards
+
+
+class RejectsWriter:
+    """Writes one JSON line per rejected row (see `dsprep.schema.REJECT_FIELDS`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+        self._fh = open(path, "wb")  # noqa: SIM115 - closed in __exit__
+
+    def write(self, entry: dict[str, Any]) -> None:
+        self._fh.write(orjson.dumps(entry) + b"\n")
+        self.rows += 1
+
+    def __enter__(self) -> RejectsWriter:
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self._fh.close()
