@@ -1,0 +1,52 @@
+"""Shared test helpers: the real sample files in ../shared/data, and a convert-and-read helper."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from dsprep.config import ConvertConfig
+from dsprep.pipeline import ConvertResult, convert
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DSPREP_SHARED_DATA", REPO.parent / "shared" / "data"))
+FIXTURES = REPO / "fixtures"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The folder of real public sample files; tests using it skip when it is absent."""
+    if not (SHARED_DATA / "SOURCES.md").is_file():
+        pytest.skip(f"real sample data not found at {SHARED_DATA} (set DSPREP_SHARED_DATA to its folder)")
+    return SHARED_DATA
+
+
+class Converted:
+    """A finished convert: the result, the normalized rows, the rejects and the manifest."""
+
+    def __init__(self, result: ConvertResult, out: Path) -> None:
+        self.result = result
+        self.out = out
+        self.manifest: dict[str, Any] = orjson.loads((out / "manifest.json").read_bytes())
+        shards = sorted(out.glob("part-*.parquet"))
+        self.rows: list[dict[str, Any]] = [r for s in shards for r in pq.read_table(s).to_pylist()]
+        lines = (out / "rejects.jsonl").read_bytes().splitlines()
+        self.rejects: list[dict[str, Any]] = [orjson.loads(line) for line in lines]
+
+
+@pytest.fixture
+def run_convert(tmp_path: Path):
+    """Convert inputs into a fresh folder under tmp_path and load everything it wrote."""
+    counter = iter(range(1000))
+
+    def run(*inputs: str | Path, **options: Any) -> Converted:
+        out = tmp_path / f"out{next(counter)}"
+        config = ConvertConfig(inputs=tuple(str(i) for i in inputs), out=out, **options)
+        return Converted(convert(config), out)
+
+    return run
