@@ -7,7 +7,8 @@ from typing import Any
 import orjson
 
 from dsprep.errors import RowError
-from dsprep.specs import FormatSpec
+from dsprep.schema import ROLES
+from dsprep.specs import FormatSpec, RoleTarget
 
 __all__ = ["json_text", "parse_messages", "parse_tools"]
 
@@ -16,6 +17,7 @@ TEXT_PARTS = ("text", "input_text", "output_text")
 REASONING_PARTS = ("reasoning", "thinking")
 MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id", "reasoning", "train", "weight", "extra")
 CONTENT_REQUIRED = ("user", "tool")
+CANONICAL_ROLES = {role: RoleTarget(role=role) for role in ROLES}  # used when a spec declares no [roles]
 
 
 def json_text(value: Any) -> str:
@@ -159,9 +161,10 @@ def parse_message(obj: Any, spec: FormatSpec, path: str) -> Message:
     if role_key is None:
         raise RowError(f"{path}.{spec.key_for('role')[0]}", "missing_field", "every message needs a role")
     role_value = obj[role_key]
-    target = spec.roles.get(role_value) if isinstance(role_value, str) else None
+    roles = spec.roles or CANONICAL_ROLES
+    target = roles.get(role_value) if isinstance(role_value, str) else None
     if target is None:
-        known = ", ".join(spec.roles)
+        known = ", ".join(roles)
         raise RowError(
             f"{path}.{role_key}",
             "unknown_role",
@@ -183,7 +186,7 @@ def parse_message(obj: Any, spec: FormatSpec, path: str) -> Message:
         msg["train"] = _flag(obj[k], f"{path}.{k}")
     if (k := key("weight")) is not None:
         msg["weight"] = _weight(obj[k], f"{path}.{k}")
-    rest = {k: v for k, v in obj.items() if k not in used}
+    rest = {k: v for k, v in obj.items() if k not in used and v is not None}
     if rest:
         msg["extra"] = json_text(rest)
     _check_content(msg, f"{path}.{content_key or spec.key_for('content')[0]}")

@@ -64,7 +64,9 @@ class _Reader:
         found = self.key(name)
         if found is None:
             keys = " or ".join(repr(k) for k in self.spec.fields.get(name, (name,)))
-            raise RowError(self.spec.fields.get(name, (name,))[0], "missing_field", f"expected a field {keys}")
+            has = ", ".join(k for k, v in self.record.items() if v is not None) or "no fields"
+            message = f"expected a field {keys} ({self.spec.name} format); the row has {has}"
+            raise RowError(self.spec.fields.get(name, (name,))[0], "missing_field", message)
         return found, self.record[found]
 
     def optional(self, name: str) -> tuple[str, Any] | None:
@@ -79,7 +81,7 @@ class _Reader:
         return str(value)
 
     def extra(self) -> str | None:
-        rest = {k: v for k, v in self.record.items() if k not in self.used}
+        rest = {k: v for k, v in self.record.items() if k not in self.used and v is not None}
         return json_text(rest) if rest else None
 
 

@@ -81,10 +81,14 @@ def _sample(f: InputFile, n: int) -> list[dict[str, Any]]:
     return out[:n]
 
 
-def _choose_spec(f: InputFile, config: ConvertConfig) -> tuple[FormatSpec, Detection | None]:
+def _choose_spec(f: InputFile, config: ConvertConfig) -> tuple[FormatSpec | None, Detection | None]:
+    """The spec for an input; None when `--format auto` finds no parseable row (every row is then rejected)."""
     if config.format != "auto":
         return load_spec(config.format), None
-    detection = detect_format(_sample(f, config.sample_rows), f.display)
+    sample = _sample(f, config.sample_rows)
+    if not sample:
+        return None, None
+    detection = detect_format(sample, f.display)
     return detection.spec, detection
 
 
@@ -125,7 +129,7 @@ class _Run:
         name = f.path.name
         for rec in self.records(f, on_bytes):
             report.rows_read += 1
-            if rec.error is not None or rec.value is None:
+            if rec.error is not None or rec.value is None or spec is None:
                 self.reject(f, rec, rec.error or RowError("", "wrong_type", "empty record"), report)
                 continue
             try:
@@ -164,9 +168,9 @@ def convert(
                     compression=f.compression,
                     bytes=f.size,
                     sha256=file_sha256(f.path),
-                    format=spec.name,
-                    format_origin=spec.origin,
-                    format_sha256=spec.sha256,
+                    format=spec.name if spec else "none",
+                    format_origin=spec.origin if spec else "no parseable rows to detect a format from",
+                    format_sha256=spec.sha256 if spec else "",
                     detection=detection.describe() if detection else None,
                 )
                 reports.append(report)

@@ -137,8 +137,11 @@ class ShardWriter:
         self._writer, self._path, self._shard_rows = None, None, 0
 
     def close(self) -> list[dict[str, Any]]:
-        """Flush and close; returns the shard list for the manifest."""
+        """Flush and close; returns the shard list for the manifest (one empty shard when no row was written)."""
         self._flush()
+        if not self.shards and self._writer is None:
+            self._path = self.folder / f"{self.prefix}-00000.parquet"
+            self._writer = pq.ParquetWriter(self._path, self.schema, compression="zstd")
         self._close_shard()
         return self.shards
 

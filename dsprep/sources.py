@@ -356,7 +356,7 @@ def _csv(f: InputFile, progress: Progress | None) -> Iterator[Record]:
                 msg = f"expected {len(header)} columns as in the header, got {len(cells)} (CSV line {reader.line_num})"
                 yield Record(i, None, raw, RowError("", "wrong_type", msg))
             else:
-                value = dict(zip(header, cells, strict=True))
+                value = {k: (v if v != "" else None) for k, v in zip(header, cells, strict=True)}
                 yield Record(i, value, _dumps(value))
 
 

@@ -39,6 +39,8 @@ class _Strict(BaseModel):
 
 
 def _as_keys(value: str | list[str] | tuple[str, ...]) -> Keys:
+    if not isinstance(value, (str, list, tuple)):
+        raise ValueError("expected a key name or a list of key names")
     keys = (value,) if isinstance(value, str) else tuple(value)
     if not keys or not all(isinstance(k, str) and k for k in keys):
         raise ValueError("expected a key name or a non-empty list of key names")
@@ -97,10 +99,10 @@ class FormatSpec(_Strict):
     def _check(self) -> FormatSpec:
         for key in self.fields:
             if key not in FIELD_NAMES:
-                raise ValueError(f"unknown key fields.{key}; expected one of {', '.join(FIELD_NAMES)}")
+                raise ValueError(f"unknown key 'fields.{key}'; expected one of {', '.join(FIELD_NAMES)}")
         for key in self.message:
             if key not in MESSAGE_KEYS:
-                raise ValueError(f"unknown key message.{key}; expected one of {', '.join(MESSAGE_KEYS)}")
+                raise ValueError(f"unknown key 'message.{key}'; expected one of {', '.join(MESSAGE_KEYS)}")
         for alternatives in REQUIRED_FIELDS[self.kind]:
             if not any(a in self.fields or (a == "messages" and self.turns) for a in alternatives):
                 raise ValueError(f"kind {self.kind!r} needs fields.{' or fields.'.join(alternatives)}")

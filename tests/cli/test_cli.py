@@ -1,0 +1,119 @@
+"""The command line: help, formats, convert output, exit codes, and errors as one line without a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import FIXTURES
+from dsprep.cli import main, parse_size
+from dsprep.specs import shipped_spec_names
+
+
+@pytest.fixture
+def cli() -> CliRunner:
+    return CliRunner()
+
+
+def test_help_lists_commands(cli: CliRunner) -> None:
+    result = cli.invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "convert" in result.output and "formats" in result.output
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_every_command_has_help(cli: CliRunner, command: str) -> None:
+    result = cli.invoke(main, [command, "--help"])
+    assert result.exit_code == 0
+    assert main.commands[command].help
+    assert "Usage: main " + command in result.output or f"Usage: dsprep {command}" in result.output
+
+
+def test_convert_help_names_the_options(cli: CliRunner) -> None:
+    result = cli.invoke(main, ["convert", "--help"])
+    for option in ("--out", "--format", "--on-error", "--max-rejected", "--shard-size", "--overwrite", "--quiet"):
+        assert option in result.output
+
+
+def test_formats_lists_every_shipped_format(cli: CliRunner) -> None:
+    result = cli.invoke(main, ["formats"])
+    assert result.exit_code == 0
+    lines = result.output.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(shipped_spec_names())
+    assert any(line.startswith("sharegpt ") and "conversation" in line for line in lines)
+
+
+def test_convert_prints_format_and_accounting(cli: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = cli.invoke(main, ["convert", str(FIXTURES / "bad" / "invalid_rows.jsonl"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    src = FIXTURES / "bad" / "invalid_rows.jsonl"
+    assert f"{src}: format openai (confidence 62%: 5/8 sampled rows match" in result.output
+    assert f"{src}: read 11 = kept 2 + rejected 9 (empty_content 1, invalid_json 1," in result.output
+    assert "total: read 11 = kept 2 + rejected 9" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "part-00000.parquet", "rejects.jsonl"]
+
+
+def test_quiet_prints_nothing(cli: CliRunner, tmp_path: Path) -> None:
+    result = cli.invoke(main, ["convert", str(FIXTURES / "formats" / "text.jsonl"), "-o", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 0 and result.output == ""
+
+
+def test_refuses_a_non_empty_output_folder_unless_overwrite(cli: CliRunner, tmp_path: Path) -> None:
+    src = str(FIXTURES / "formats" / "text.jsonl")
+    out = tmp_path / "out"
+    assert cli.invoke(main, ["convert", src, "-o", str(out), "-q"]).exit_code == 0
+    again = cli.invoke(main, ["convert", src, "-o", str(out), "-q"])
+    assert again.exit_code == 6
+    assert again.stderr == f"error: {out}: output folder is not empty; pass --overwrite to replace its contents\n"
+    assert cli.invoke(main, ["convert", src, "-o", str(out), "-q", "--overwrite"]).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    foreign = cli.invoke(main, ["convert", src, "-o", str(out), "-q", "--overwrite"])
+    assert foreign.exit_code == 6 and "dsprep did not write (notes.txt)" in foreign.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["missing.jsonl"], 3, "error: missing.jsonl: no such file or folder\n"),
+        (["{bad}/invalid_rows.jsonl", "--on-error", "fail"], 4,
+         "error: {bad}/invalid_rows.jsonl:2: invalid JSON: unexpected end of data: line 1 column 58 (char 57)\n"),
+        (["{bad}/invalid_rows.jsonl", "--max-rejected", "1%"], 5, "error: 9 of 11 rows rejected (81.82%), over"),
+        (["{bad}/invalid_rows.jsonl", "--format", "nope"], 3, "error: unknown format 'nope'"),
+        (["{bad}/invalid_rows.jsonl", "--max-rejected", "2"], 2, "must lie between 0 and 1"),
+        (["{bad}/invalid_rows.jsonl", "--shard-size", "big"], 2, "is not a size such as 256MB"),
+    ],
+)  # fmt: skip
+def test_exit_codes(cli: CliRunner, tmp_path: Path, args: list[str], code: int, message: str) -> None:
+    args = [a.replace("{bad}", str(FIXTURES / "bad")) for a in args]
+    result = cli.invoke(main, ["convert", *args, "-o", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == code
+    expected = message.replace("{bad}", str(FIXTURES / "bad"))
+    assert result.stderr.startswith(expected) or expected in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_detection_failure_prints_a_spec_to_save(cli: CliRunner, tmp_path: Path) -> None:
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"question": "q", "response_j": "good", "response_k": "bad"}) + "\n")
+    result = cli.invoke(main, ["convert", str(data), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 3
+    assert result.stderr.startswith(f"error: {data}: no known format matches")
+    assert 'chosen = "response_j"' in result.stderr
+    spec = tmp_path / "pairs.toml"
+    snippet = result.stderr.split("--format:\n", 1)[1]
+    spec.write_text("\n".join(line.strip() for line in snippet.splitlines()))
+    saved = cli.invoke(main, ["convert", str(data), "-o", str(tmp_path / "o2"), "--format", str(spec)])
+    assert saved.exit_code == 0, saved.output
+    assert "read 1 = kept 1 + rejected 0" in saved.output
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("4096", 4096), ("256MB", 256 << 20), ("1g", 1 << 30), ("1.5KiB", 1536)]
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected

@@ -1,0 +1,58 @@
+"""`--format auto` picks the most specific matching spec, and explains itself when it cannot."""
+
+from __future__ import annotations
+
+import pytest
+
+from dsprep.detect import detect_format
+from dsprep.errors import FormatDetectionError
+
+
+def _msgs(*pairs: tuple[str, str], role: str = "role", content: str = "content") -> list[dict[str, str]]:
+    return [{role: r, content: c} for r, c in pairs]
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"messages": _msgs(("user", "q"), ("assistant", "a"))}, "openai"),
+        ({"conversations": _msgs(("human", "q"), ("gpt", "a"), role="from", content="value")}, "sharegpt"),
+        ({"messages": _msgs(("user", "q"), ("assistant", "a")), "label": True}, "kto"),
+        ({"prompt": "p", "completion": "c"}, "prompt_completion"),
+        ({"prompt": "p", "completion": "c", "label": False}, "kto"),
+        ({"prompt": "p", "chosen": "c", "rejected": "r"}, "preference"),
+        ({"instruction": "i", "input": "", "output": "o", "text": "i o"}, "alpaca"),
+        ({"text": "t"}, "text"),
+    ],
+)
+def test_detects_the_most_specific_format(row: dict[str, object], expected: str) -> None:
+    detection = detect_format([row] * 3, "sample")
+    assert detection.spec.name == expected
+    assert detection.confidence == 1.0
+
+
+def test_describe_names_mapping_and_unmapped_keys() -> None:
+    row = {"messages": _msgs(("user", "q"), ("assistant", "a")), "parallel_tool_calls": False}
+    line = detect_format([row], "x").describe()
+    assert line == ("openai (confidence 100%: 1/1 sampled rows match; mapping messages→messages; "
+                    "kept in extra: parallel_tool_calls)")  # fmt: skip
+
+
+def test_no_match_offers_a_spec_snippet() -> None:
+    with pytest.raises(FormatDetectionError) as caught:
+        detect_format([{"question": "q", "response_j": "good", "response_k": "bad"}], "pairs.json")
+    message = str(caught.value)
+    assert message.startswith("pairs.json: no known format matches")
+    for line in ('kind = "preference"', 'prompt = "question"', 'chosen = "response_j"', 'rejected = "response_k"'):
+        assert line in message
+
+
+def test_conversation_snippet_names_message_keys() -> None:
+    with pytest.raises(FormatDetectionError, match=r'messages = "turns"\n\s+\n\s+\[message\]\n\s+role = "who"'):
+        detect_format([{"turns": [{"who": "me", "said": "hi"}]}], "t.jsonl")
+
+
+def test_mostly_unmatched_sample_is_an_error() -> None:
+    rows = [{"text": "t"}] + [{"foo": i} for i in range(3)]
+    with pytest.raises(FormatDetectionError, match="no known format matches"):
+        detect_format(rows, "m.jsonl")
