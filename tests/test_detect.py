@@ -56,3 +56,14 @@ def test_mostly_unmatched_sample_is_an_error() -> None:
     rows = [{"text": "t"}] + [{"foo": i} for i in range(3)]
     with pytest.raises(FormatDetectionError, match="no known format matches"):
         detect_format(rows, "m.jsonl")
+
+
+def test_equally_good_specs_are_ambiguous(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from dsprep.specs import load_spec
+
+    twin = tmp_path / "openai_twin.toml"
+    twin.write_text('description = "a copy"\nkind = "conversation"\n[fields]\nmessages = "messages"\n')
+    monkeypatch.setattr("dsprep.detect._candidates", lambda: [load_spec("openai"), load_spec(str(twin))])
+    row = {"messages": _msgs(("user", "q"), ("assistant", "a"))}
+    with pytest.raises(FormatDetectionError, match=r"ambiguous format, equally good: openai, openai_twin; pass --format"):
+        detect_format([row], "a.jsonl")
