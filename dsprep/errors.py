@@ -13,6 +13,8 @@ __all__ = [
     "RejectedRowsError",
     "RowError",
     "RowFailure",
+    "TemplateError",
+    "TokenizerError",
 ]
 
 
@@ -36,6 +38,18 @@ class FormatSpecError(DsprepError):
 
 class FormatDetectionError(DsprepError):
     """`--format auto` found no spec, or several equally good ones, for an input."""
+
+    exit_code = 3
+
+
+class TemplateError(DsprepError):
+    """A chat template cannot be loaded or rendered, or fails its conformance checks."""
+
+    exit_code = 7
+
+
+class TokenizerError(DsprepError):
+    """A tokenizer cannot be loaded (missing folder, unknown built-in name, unreadable files)."""
 
     exit_code = 3
 

@@ -29,6 +29,7 @@ __all__ = [
     "REJECT_FIELDS",
     "ROLES",
     "SCHEMA_VERSION",
+    "TOKENIZED",
     "TOOL_CALL",
 ]
 
@@ -79,6 +80,31 @@ NORMALIZED = pa.schema(
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("source_row", pa.int64(), nullable=False),
         pa.field("extra", pa.string()),  # unmapped input fields, JSON text
+    ],
+    metadata={"dsprep.schema_version": str(SCHEMA_VERSION)},
+)
+
+TOKENS = pa.list_(pa.int32())
+
+# Tokenized rows (`dsprep convert --tokenizer`). Conversation, text and prompt-completion rows fill `input_ids` and
+# `labels` (-100 where not trained); preference rows fill `prompt_input_ids`, `chosen_input_ids`,
+# `rejected_input_ids` (the continuations are the exact token suffix of the full rendering); KTO rows fill
+# `prompt_input_ids`, `completion_input_ids` and `label`.
+TOKENIZED = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("input_ids", TOKENS),
+        pa.field("labels", TOKENS),
+        pa.field("prompt_input_ids", TOKENS),
+        pa.field("chosen_input_ids", TOKENS),
+        pa.field("rejected_input_ids", TOKENS),
+        pa.field("completion_input_ids", TOKENS),
+        pa.field("label", pa.bool_()),
+        pa.field("num_tokens", pa.int32(), nullable=False),
+        pa.field("num_trained", pa.int32(), nullable=False),
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
     ],
     metadata={"dsprep.schema_version": str(SCHEMA_VERSION)},
 )

@@ -1,0 +1,441 @@
+"""Stage 3: render and tokenize rows into ``input_ids`` and exact ``labels``.
+
+The mask is defined by prefix rendering: assistant message *i* trains exactly the tokens of
+``render(messages[:i+1])`` beyond ``render(messages[:i], add_generation_prompt=True)`` — its content, tool calls and
+end-of-turn marker, never the generation-prompt header. We reach that definition without rendering prefixes in the
+common case:
+
+1. Probe the template once (`TemplateShape`): the generation prompt ``G``, the text a template writes between ``G``
+   and an assistant's content (``pre``), and after it (``S``, e.g. ``<|im_end|>\\n``).
+2. Render each conversation once, tokenize the whole text once (batched, with offsets), and find each assistant
+   content in order; accept the span ``[start - len(pre), end + len(S))`` only where the text before it is exactly
+   ``G + pre`` and the text after it starts with ``S``. Character spans map to tokens through the encodings'
+   offsets: a token is trained when it overlaps a span (the rule `apply_chat_template` uses for
+   ``{% generation %}`` masks).
+3. Where that check fails (tool calls, reasoning, templates that move content), fall back to prefix renders of the
+   same text (still one tokenization); where even those are not prefixes of the full render (a template that
+   rewrites history, e.g. drops earlier thinking), the row is rejected with ``template_not_prefix_stable`` — a
+   wrong mask is never written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from dsprep.errors import RowError, TemplateError
+from dsprep.schema import TOKENIZED
+from dsprep.templates import ChatTemplate, render, template_messages, template_tools
+from dsprep.tokenizers import LoadedTokenizer
+
+__all__ = ["EncodeOptions", "Encoder", "TemplateShape", "probe_shape"]
+
+IGNORE = -100
+TrainOn = Literal["assistant", "all", "last"]
+Overflow = Literal["drop", "truncate-right", "truncate-left", "drop-turns", "split"]
+Row = dict[str, Any]
+Span = tuple[int, int]
+PROBE_USER = "dsprep probe question 7f3a"
+PROBE_ANSWER = "dsprep probe answer 7f3a"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncodeOptions:
+    """How rows are masked and cut.
+
+    train_on: "assistant" trains assistant turns (per-message `train`/`weight` from the data override), "all" every
+        token, "last" only the last assistant turn.
+    max_len: rows longer than this many tokens follow `overflow` (None: no limit).
+    overflow: "drop" rejects them (reason too_long); "truncate-right"/"truncate-left" cut them; "drop-turns" removes
+        the oldest turns after the system message until the row fits, keeping the last assistant turn; "split" cuts
+        text rows into chunks (other kinds are dropped).
+    """
+
+    train_on: TrainOn = "assistant"
+    max_len: int | None = None
+    overflow: Overflow = "drop"
+
+
+@dataclass(frozen=True)
+class TemplateShape:
+    """What a template writes around an assistant message, learnt from one probe conversation."""
+
+    generation_prompt: str
+    assistant_prefix: str
+    assistant_suffix: str
+
+
+def probe_shape(template: ChatTemplate, special_tokens: dict[str, str]) -> TemplateShape | None:
+    """Probe a template with a one-turn conversation; None when its layout does not fit the fast path."""
+    user = [{"role": "user", "content": PROBE_USER}]
+    both = [*user, {"role": "assistant", "content": PROBE_ANSWER}]
+    try:
+        bare = render(template, user, special_tokens=special_tokens)
+        prompt = render(template, user, add_generation_prompt=True, special_tokens=special_tokens)
+        full = render(template, both, special_tokens=special_tokens)
+    except TemplateError:
+        return None
+    if not prompt.startswith(bare) or not full.startswith(prompt) or PROBE_ANSWER not in full[len(prompt) :]:
+        return None
+    piece = full[len(prompt) :]
+    at = piece.index(PROBE_ANSWER)
+    return TemplateShape(prompt[len(bare) :], piece[:at], piece[at + len(PROBE_ANSWER) :])
+
+
+def _token_range(enc: Any, start: int, end: int, n_chars: int) -> tuple[int, int] | None:
+    """Indices [a, b) of the tokens overlapping characters [start, end), or None if none do."""
+    a = None
+    for pos in range(start, min(end, n_chars)):
+        a = enc.char_to_token(pos)
+        if a is not None:
+            break
+    if a is None:
+        return None
+    b = None
+    for pos in range(min(end, n_chars) - 1, start - 1, -1):
+        b = enc.char_to_token(pos)
+        if b is not None:
+            break
+    assert b is not None  # a token covers some char in the range, so the backward scan finds one
+    n = len(enc.ids)
+    while a > 0 and enc.token_to_chars(a - 1)[1] > start:
+        a -= 1
+    while b + 1 < n and enc.token_to_chars(b + 1)[0] < end:
+        b += 1
+    return a, b + 1
+
+
+def _labels(ids: np.ndarray, enc: Any, spans: Sequence[Span], n_chars: int) -> np.ndarray:
+    labels = np.full_like(ids, IGNORE)
+    for start, end in spans:
+        found = _token_range(enc, start, end, n_chars)
+        if found is not None:
+            labels[found[0] : found[1]] = ids[found[0] : found[1]]
+    return labels
+
+
+class Encoder:
+    """Turns normalized rows into tokenized rows for one (tokenizer, template, options)."""
+
+    def __init__(self, tokenizer: LoadedTokenizer, template: ChatTemplate, options: EncodeOptions) -> None:
+        self.tok = tokenizer
+        self.template = template
+        self.options = options
+        self.special = tokenizer.special_tokens
+        self.shape = probe_shape(template, self.special)
+        self.eos_id = tokenizer.tokenizer.eos_token_id
+        self.method_counts = {"span": 0, "prefix": 0}
+
+    # --- rendering -------------------------------------------------------------------------------------------
+    def render(self, messages: Sequence[dict[str, Any]], tools: Any, *, generation_prompt: bool = False) -> str:
+        return render(self.template, messages, tools=tools, add_generation_prompt=generation_prompt,
+                      special_tokens=self.special)  # fmt: skip
+
+    def _trained(self, messages: Sequence[Row], roles_trained: Sequence[bool] | None) -> list[bool]:
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+        flags = []
+        for i, m in enumerate(messages):
+            if roles_trained is not None:
+                flags.append(roles_trained[i])
+            elif self.options.train_on == "last":
+                flags.append(i == last)
+            elif m.get("train") is not None:
+                flags.append(bool(m["train"]))
+            elif m.get("weight") is not None:
+                flags.append(m["weight"] > 0)
+            else:
+                flags.append(m["role"] == "assistant")
+        return flags
+
+    def _fast_spans(
+        self, text: str, messages: Sequence[Row], tmsgs: Sequence[Row], flags: Sequence[bool]
+    ) -> list[Span] | None:
+        shape = self.shape
+        if shape is None:
+            return None
+        spans: list[Span] = []
+        cursor = 0
+        head = shape.generation_prompt + shape.assistant_prefix
+        for m, t, trained in zip(messages, tmsgs, flags, strict=True):
+            content = t.get("content")
+            if m["role"] == "assistant":
+                if not trained:
+                    continue
+                if t.get("tool_calls") or "reasoning_content" in t or not content:
+                    return None
+                span = self._find_turn(text, content, cursor, head, shape.assistant_suffix)
+                if span is None:
+                    return None
+                spans.append((span[0] - len(shape.assistant_prefix), span[1]))
+                cursor = span[1]
+            elif trained:
+                return None
+            elif m["role"] != "system" and content:
+                at = text.find(content, cursor)
+                if at >= 0:
+                    cursor = at + len(content)
+        return spans
+
+    @staticmethod
+    def _find_turn(text: str, content: str, cursor: int, head: str, suffix: str) -> Span | None:
+        for needle in dict.fromkeys((content, content.strip())):
+            at = text.find(needle, cursor)
+            while at >= 0:
+                end = at + len(needle)
+                if at >= len(head) and text.startswith(head, at - len(head)) and text.startswith(suffix, end):
+                    return at, end + len(suffix)
+                at = text.find(needle, at + 1)
+        return None
+
+    def _prefix_spans(self, text: str, tmsgs: Sequence[Row], tools: Any, flags: Sequence[bool]) -> list[Span]:
+        """Spans from prefix renders: message i's turn is render(messages[:i+1]) beyond render(messages[:i], G).
+
+        Where the template is prefix-stable that turn sits exactly at the prefix's end; where it is not (a template
+        that moves the system prompt or the tool list to the last user turn), the turn's own text is found in the
+        full render after the previous turn. A turn found nowhere is an error, never a guess.
+        """
+        spans: list[Span] = []
+        cursor = 0
+        for i, trained in enumerate(flags):
+            if not trained:
+                continue
+            try:
+                before = self.render(tmsgs[:i], tools, generation_prompt=tmsgs[i]["role"] == "assistant")
+            except TemplateError:
+                if i:
+                    raise
+                before = ""  # a template that cannot render an empty conversation
+            through = self.render(tmsgs[: i + 1], tools)
+            if not through.startswith(before) or len(through) == len(before):
+                raise self._unstable(i)
+            if text.startswith(through) and len(before) >= cursor:
+                start, end = len(before), len(through)
+            else:
+                turn = through[len(before) :]
+                start = text.find(turn, cursor)
+                if start < 0:
+                    raise self._unstable(i)
+                end = start + len(turn)
+            spans.append((start, end))
+            cursor = end
+        return spans
+
+    def _unstable(self, i: int) -> RowError:
+        return RowError(
+            f"messages[{i}]", "template_not_prefix_stable",
+            f"template {self.template.name} renders message {i} differently once later turns follow, so its tokens "
+            "cannot be attributed exactly (try --train-on last)",
+        )  # fmt: skip
+
+    # --- conversations ---------------------------------------------------------------------------------------
+    def _conversation_text(self, messages: Sequence[Row], tools_json: str | None) -> tuple[str, list[Row], Any]:
+        tmsgs = template_messages(messages)
+        tools = template_tools(tools_json)
+        try:
+            return self.render(tmsgs, tools), tmsgs, tools
+        except TemplateError as exc:
+            raise RowError("messages", "template_error", str(exc)) from None
+
+    def _conversation_spans(self, text: str, messages: Sequence[Row], tmsgs: list[Row], tools: Any,
+                            flags: list[bool]) -> list[Span]:  # fmt: skip
+        if self.options.train_on == "all":
+            return [(0, len(text))]
+        spans = self._fast_spans(text, messages, tmsgs, flags)
+        if spans is not None:
+            self.method_counts["span"] += 1
+            return spans
+        self.method_counts["prefix"] += 1
+        return self._prefix_spans(text, tmsgs, tools, flags)
+
+    def encode(self, rows: Sequence[Row]) -> list[list[Row] | RowError]:
+        """Encode a batch of normalized rows; each result is the row's tokenized rows (usually one) or its error."""
+        plans: list[Any] = []
+        texts: list[str] = []
+        for row in rows:
+            try:
+                plan = self._plan(row)
+            except RowError as exc:
+                plans.append(exc)
+                continue
+            plans.append(plan)
+            texts.extend(plan["texts"])
+        encodings = self._tokenize(texts, plans)
+        results: list[list[Row] | RowError] = []
+        cursor = 0
+        for row, plan in zip(rows, plans, strict=True):
+            if isinstance(plan, RowError):
+                results.append(plan)
+                continue
+            encs = encodings[cursor : cursor + len(plan["texts"])]
+            cursor += len(plan["texts"])
+            try:
+                results.append(self._finish(row, plan, encs))
+            except RowError as exc:
+                results.append(exc)
+        return results
+
+    def _tokenize(self, texts: list[str], plans: list[Any]) -> list[Any]:
+        if not texts:
+            return []
+        batch = self.tok.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
+        return list(batch.encodings)
+
+    def _plan(self, row: Row) -> dict[str, Any]:
+        """What to tokenize for a row: its full text(s) and the character spans to train."""
+        kind = row["kind"]
+        if kind == "conversation":
+            return self._plan_messages(row["messages"], row["tools"], None)
+        if kind == "text":
+            return {"kind": "text", "texts": [row["text"]], "spans": None}
+        if kind in ("prompt_completion", "kto") and row["completion_messages"] is None:
+            if kind == "kto":
+                return self._plan_pair(row, plain=True)
+            prompt, completion = row["prompt"], row["completion"]
+            return {"kind": "plain", "texts": [prompt + completion], "spans": [(len(prompt), len(prompt + completion))]}
+        if kind == "prompt_completion":
+            prompt, completion = row["messages"], row["completion_messages"]
+            trained = [False] * len(prompt) + [True] * len(completion)
+            return self._plan_messages([*prompt, *completion], row["tools"], trained)
+        return self._plan_pair(row, plain=row["messages"] is None)
+
+    def _plan_messages(self, messages: list[Row], tools_json: str | None, trained: list[bool] | None) -> dict[str, Any]:
+        text, tmsgs, tools = self._conversation_text(messages, tools_json)
+        flags = self._trained(messages, trained)
+        spans = self._conversation_spans(text, messages, tmsgs, tools, flags)
+        return {"kind": "chat", "texts": [text], "spans": spans, "messages": messages, "tools": tools_json,
+                "trained": trained}  # fmt: skip
+
+    def _plan_pair(self, row: Row, *, plain: bool) -> dict[str, Any]:
+        """Preference and KTO: render prompt+continuation whole, split at the rendered prompt's end."""
+        sides = ("chosen", "rejected") if row["kind"] == "preference" else ("completion",)
+        if plain:
+            prompt = row["prompt"]
+            texts = [prompt + row[s] for s in sides]
+            return {"kind": "pair", "texts": texts, "cut": len(prompt), "sides": sides, "plain": True}
+        tools = template_tools(row["tools"])
+        prompt_msgs = template_messages(row["messages"])
+        try:
+            prompt_text = self.render(prompt_msgs, tools, generation_prompt=True)
+            texts = [self.render([*prompt_msgs, *template_messages(row[f"{s}_messages"])], tools) for s in sides]
+        except TemplateError as exc:
+            raise RowError("messages", "template_error", str(exc)) from None
+        for side, text in zip(sides, texts, strict=True):
+            if not text.startswith(prompt_text):
+                raise RowError(f"{side}_messages", "template_not_prefix_stable",
+                               "the rendered prompt is not a prefix of the rendered conversation")  # fmt: skip
+        return {"kind": "pair", "texts": texts, "cut": len(prompt_text), "sides": sides, "plain": False}
+
+    # --- tokens ----------------------------------------------------------------------------------------------
+    def _ids(self, enc: Any) -> np.ndarray:
+        return np.asarray(enc.ids, dtype=np.int32)
+
+    def _finish(self, row: Row, plan: dict[str, Any], encs: list[Any]) -> list[Row]:
+        if plan["kind"] == "pair":
+            return [self._finish_pair(row, plan, encs)]
+        enc = encs[0]
+        text = plan["texts"][0]
+        if plan["kind"] in ("text", "plain"):
+            ids, labels = self._with_specials(enc, text, plan["spans"])
+        else:
+            ids = self._ids(enc)
+            labels = _labels(ids, enc, plan["spans"], len(text))
+        return self._fit(row, plan, ids, labels)
+
+    def _with_specials(self, enc: Any, text: str, spans: list[Span] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Plain text: the tokenizer's own BOS convention, EOS appended (trained) when the tokenizer adds none."""
+        ids = self._ids(enc)
+        labels = ids.copy() if spans is None else _labels(ids, enc, spans, len(text))
+        tok = self.tok.tokenizer
+        bos = tok.build_inputs_with_special_tokens([])  # what add_special_tokens would add around nothing
+        head = [t for t in bos if t != self.eos_id][:1] if bos and bos[0] != self.eos_id else []
+        tail = [self.eos_id] if self.eos_id is not None else []
+        ids = np.concatenate([np.asarray(head, np.int32), ids, np.asarray(tail, np.int32)])
+        labels = np.concatenate([np.full(len(head), IGNORE, np.int32), labels, np.asarray(tail, np.int32)])
+        return ids, labels
+
+    def _finish_pair(self, row: Row, plan: dict[str, Any], encs: list[Any]) -> Row:
+        cut = plan["cut"]
+        prompt_ids: np.ndarray | None = None
+        out: Row = self._empty(row)
+        for side, enc, text in zip(plan["sides"], encs, plan["texts"], strict=True):
+            if plan["plain"]:
+                ids, _ = self._with_specials(enc, text, None)
+                offset = len(ids) - len(enc.ids) - (1 if self.eos_id is not None else 0)
+            else:
+                ids, offset = self._ids(enc), 0
+            k = enc.char_to_token(cut) if cut < len(text) else len(enc.ids)
+            if k is None or (k < len(enc.ids) and enc.token_to_chars(k)[0] < cut):
+                raise RowError(side, "prompt_boundary_merge",
+                               "a token spans the end of the prompt and the start of the continuation")  # fmt: skip
+            k += offset
+            if prompt_ids is None:
+                prompt_ids = ids[:k]
+            elif not np.array_equal(prompt_ids, ids[:k]):
+                raise RowError(
+                    side, "prompt_boundary_merge", "the prompt tokenizes differently before each continuation"
+                )
+            out[f"{side}_input_ids"] = ids[k:]
+        assert prompt_ids is not None
+        out["prompt_input_ids"] = prompt_ids
+        continuations = [len(out[f"{s}_input_ids"]) for s in plan["sides"]]
+        out["num_tokens"] = len(prompt_ids) + max(continuations)
+        out["num_trained"] = max(continuations)
+        if row["kind"] == "kto":
+            out["label"] = row["label"]
+        max_len = self.options.max_len
+        if max_len is not None and out["num_tokens"] > max_len:
+            raise RowError("", "too_long", f"{out['num_tokens']} tokens, over --max-len {max_len}")
+        return out
+
+    @staticmethod
+    def _empty(row: Row) -> Row:
+        out: Row = dict.fromkeys(TOKENIZED.names)
+        out.update(id=row["id"], kind=row["kind"], num_tokens=0, num_trained=0)
+        out.update(source_file=row["source_file"], source_row=row["source_row"])
+        return out
+
+    def _row(self, row: Row, ids: np.ndarray, labels: np.ndarray, suffix: str = "") -> Row:
+        trained = int(np.count_nonzero(labels != IGNORE))
+        if trained == 0:
+            raise RowError("labels", "no_trained_tokens", "no token of this row is trained")
+        out = self._empty(row)
+        out.update(id=row["id"] + suffix, input_ids=ids, labels=labels, num_tokens=len(ids), num_trained=trained)
+        return out
+
+    def _fit(self, row: Row, plan: dict[str, Any], ids: np.ndarray, labels: np.ndarray) -> list[Row]:
+        max_len = self.options.max_len
+        if max_len is None or len(ids) <= max_len:
+            return [self._row(row, ids, labels)]
+        policy = self.options.overflow
+        if policy == "truncate-right":
+            return [self._row(row, ids[:max_len], labels[:max_len])]
+        if policy == "truncate-left":
+            return [self._row(row, ids[-max_len:], labels[-max_len:])]
+        if policy == "split" and plan["kind"] == "text":
+            chunks = [(ids[i : i + max_len], labels[i : i + max_len]) for i in range(0, len(ids), max_len)]
+            return [self._row(row, c_ids, c_labels, f"-{k}") for k, (c_ids, c_labels) in enumerate(chunks)]
+        if policy == "drop-turns" and plan["kind"] == "chat":
+            return [self._drop_turns(row, plan, len(ids))]
+        raise RowError("input_ids", "too_long", f"{len(ids)} tokens, over --max-len {max_len}")
+
+    def _drop_turns(self, row: Row, plan: dict[str, Any], length: int) -> Row:
+        messages, trained = list(plan["messages"]), plan["trained"]
+        keep = 1 if messages and messages[0]["role"] == "system" else 0
+        last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=keep)
+        start = keep
+        while True:
+            nxt = next((i for i in range(start + 1, last_user + 1) if messages[i]["role"] == "user"), None)
+            if nxt is None:
+                raise RowError("input_ids", "too_long", f"{length} tokens, over --max-len {self.options.max_len} "
+                               "even with only the last turn")  # fmt: skip
+            start = nxt
+            kept = messages[:keep] + messages[start:]
+            kept_trained = None if trained is None else trained[:keep] + trained[start:]
+            sub = self._plan_messages(kept, plan["tools"], kept_trained)
+            enc = self._tokenize(sub["texts"], [sub])[0]
+            ids = self._ids(enc)
+            if self.options.max_len is None or len(ids) <= self.options.max_len:
+                return self._row(row, ids, _labels(ids, enc, sub["spans"], len(sub["texts"][0])))

@@ -1,0 +1,245 @@
+"""Chat templates: load by name, file or tokenizer, and render in the same sandbox Hugging Face uses.
+
+Rendering matches `transformers`' `apply_chat_template` string for string: an `ImmutableSandboxedEnvironment` with
+``trim_blocks``/``lstrip_blocks`` and loop controls, the ``tojson`` filter without HTML escaping, and the globals
+``raise_exception``, ``strftime_now``, ``dict`` and ``namespace``. The ``{% generation %}`` tag is supported and
+records the character spans it wraps (used only to cross-check masks). Shipped templates live in
+``chat_templates/`` (installed as ``dsprep.chat_templates``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+import jinja2.nodes
+import jinja2.utils
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from dsprep.errors import TemplateError
+
+__all__ = [
+    "ChatTemplate",
+    "load_template",
+    "render",
+    "shipped_template_names",
+    "template_messages",
+    "template_tools",
+]
+
+_TRACKING: ContextVar[tuple[list[str], list[tuple[int, int]]] | None] = ContextVar("generation", default=None)
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A chat template's text and where it came from."""
+
+    name: str
+    text: str
+    origin: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+class _Generation(jinja2.ext.Extension):
+    """``{% generation %}…{% endgeneration %}``: renders its body and, when tracking, records its character span."""
+
+    tags = {"generation"}  # noqa: RUF012 - jinja's extension API
+
+    def parse(self, parser: Any) -> jinja2.nodes.CallBlock:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_support"), [], [], body).set_lineno(lineno)
+
+    def _support(self, caller: Any) -> str:
+        text = str(caller())
+        tracking = _TRACKING.get()
+        if tracking is not None:
+            blocks, spans = tracking
+            start = len("".join(blocks))
+            spans.append((start, start + len(text)))
+        return text
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(
+    x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False
+) -> str:
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+class _Namespace(jinja2.utils.Namespace):
+    """A namespace that refuses underscore-prefixed attributes (no reaching CPython internals)."""
+
+    def __init__(*args: Any, **kwargs: Any) -> None:  # same signature trick as jinja's Namespace
+        self, args = args[0], args[1:]
+        attrs = dict(*args, **kwargs)
+        for name in attrs:
+            _Namespace._check(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _Namespace._check(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check(name: Any) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"templates cannot set underscore attributes ({name!r})")
+
+
+class _Dict:
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        return dict.fromkeys(*args, **kwargs)
+
+
+@functools.cache
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.globals["dict"] = _Dict()
+    env.globals["namespace"] = _Namespace
+    return env
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(text: str) -> jinja2.Template:
+    return _environment().from_string(text)
+
+
+@contextmanager
+def _tracking() -> Iterator[tuple[list[str], list[tuple[int, int]]]]:
+    state: tuple[list[str], list[tuple[int, int]]] = ([], [])
+    token = _TRACKING.set(state)
+    try:
+        yield state
+    finally:
+        _TRACKING.reset(token)
+
+
+def render(
+    template: ChatTemplate,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    add_generation_prompt: bool = False,
+    special_tokens: Mapping[str, str] | None = None,
+) -> str:
+    """Render a conversation exactly as `tokenizer.apply_chat_template(..., tokenize=False)` would."""
+    try:
+        compiled = _compile(template.text)
+        return compiled.render(
+            messages=messages,
+            tools=tools,
+            documents=None,
+            add_generation_prompt=add_generation_prompt,
+            **(special_tokens or {}),
+        )
+    except jinja2.exceptions.TemplateError as exc:
+        raise TemplateError(f"template {template.name}: {exc}") from None
+
+
+def render_generation_spans(
+    template: ChatTemplate,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    special_tokens: Mapping[str, str] | None = None,
+) -> tuple[str, list[tuple[int, int]]]:
+    """Render and return the character spans wrapped in ``{% generation %}`` tags (empty if the template has none)."""
+    compiled = _compile(template.text)
+    variables = {"messages": messages, "tools": tools, "documents": None, "add_generation_prompt": False}
+    with _tracking() as (blocks, spans):
+        try:
+            for piece in compiled.generate(**variables, **(special_tokens or {})):
+                blocks.append(piece)
+        except jinja2.exceptions.TemplateError as exc:
+            raise TemplateError(f"template {template.name}: {exc}") from None
+        return "".join(blocks), list(spans)
+
+
+def template_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Canonical messages as the dicts chat templates read (OpenAI shape; absent fields left out)."""
+    out = []
+    for m in messages:
+        msg: dict[str, Any] = {"role": m["role"]}
+        if m.get("content") is not None:
+            msg["content"] = m["content"]
+        if m.get("reasoning") is not None:
+            # transformers fills `thinking` and `reasoning_content` from a message's reasoning; so do we
+            msg = {"thinking": m["reasoning"], **msg, "reasoning_content": m["reasoning"]}
+        if m.get("tool_calls"):
+            msg["tool_calls"] = [_tool_call(c) for c in m["tool_calls"]]
+        for key in ("tool_call_id", "name"):
+            if m.get(key) is not None:
+                msg[key] = m[key]
+        out.append(msg)
+    return out
+
+
+def _tool_call(call: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "type": "function",
+        "function": {"name": call["name"], "arguments": json.loads(call["arguments"])},
+    }
+    if call.get("id") is not None:
+        out = {"id": call["id"], **out}
+    return out
+
+
+def template_tools(tools: str | None) -> list[dict[str, Any]] | None:
+    """The `tools` column (JSON text) as the list chat templates read."""
+    return None if tools is None else list(json.loads(tools))
+
+
+@functools.cache
+def shipped_template_names() -> tuple[str, ...]:
+    """Names of the templates shipped in `dsprep.chat_templates`, sorted."""
+    files = resources.files("dsprep.chat_templates").iterdir()
+    return tuple(sorted(f.name.removesuffix(".jinja") for f in files if f.name.endswith(".jinja")))
+
+
+def load_template(name_or_path: str, tokenizer_template: str | None = None) -> ChatTemplate:
+    """A shipped template by name, a ``.jinja`` file, or ``tokenizer`` (the tokenizer's own `chat_template`)."""
+    if name_or_path == "tokenizer":
+        if not tokenizer_template:
+            raise TemplateError("the tokenizer has no chat_template; pass --template NAME or a .jinja file")
+        return ChatTemplate("tokenizer", tokenizer_template, "the tokenizer's chat_template")
+    if name_or_path in shipped_template_names():
+        text = resources.files("dsprep.chat_templates").joinpath(f"{name_or_path}.jinja").read_text(encoding="utf-8")
+        return ChatTemplate(name_or_path, text, f"chat_templates/{name_or_path}.jinja")
+    path = Path(name_or_path)
+    if path.suffix == ".jinja" or path.is_file():
+        try:
+            return ChatTemplate(path.stem, path.read_text(encoding="utf-8"), str(path))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TemplateError(f"{path}: cannot read template: {exc}") from None
+    known = ", ".join(shipped_template_names())
+    raise TemplateError(f"unknown template {name_or_path!r}; expected 'tokenizer', a .jinja file, or one of: {known}")

@@ -1,0 +1,151 @@
+"""Tokenizers: a local Hugging Face tokenizer folder, or an embedded default built offline from `mistral-common`.
+
+``--tokenizer DIR`` loads any local tokenizer folder (never the network). ``mistral:tekken`` (131k-vocab Tekken) and
+``mistral:v3`` (SentencePiece, 32k vocab, ``[INST]`` control tokens) are built once from the files the
+`mistral-common` package ships and cached under ``$DSPREP_CACHE`` (default ``~/.cache/dsprep``). A fingerprint
+(sha256 over the tokenizer's vocabulary/model, special tokens and chat template) identifies a tokenizer in manifests.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dsprep.errors import TokenizerError
+
+__all__ = ["BUILTIN", "LoadedTokenizer", "load_tokenizer"]
+
+BUILTIN = {
+    "mistral:tekken": "131k-vocab Tekken (tekken_240911.json) with mistral-common's own chat template",
+    "mistral:v3": "32k-vocab SentencePiece v3 with [INST]/[TOOL_CALLS] control tokens and the mistral_v3 template",
+}
+DEFAULT_TOKENIZER = "mistral:tekken"
+
+
+@dataclass(frozen=True)
+class LoadedTokenizer:
+    """A loaded tokenizer with what rendering and manifests need."""
+
+    name: str
+    tokenizer: Any  # a transformers PreTrainedTokenizerBase
+    fingerprint: str
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        """The variables `apply_chat_template` passes to templates (bos_token, eos_token, …)."""
+        return {k: str(v) for k, v in self.tokenizer.special_tokens_map.items()}
+
+    @property
+    def chat_template(self) -> str | None:
+        template = getattr(self.tokenizer, "chat_template", None)
+        return template if isinstance(template, str) else None
+
+
+def cache_dir() -> Path:
+    """Where built tokenizers are kept."""
+    root = os.environ.get("DSPREP_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "dsprep")
+    return Path(root).expanduser()
+
+
+def _quiet_transformers() -> Any:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    return transformers
+
+
+def _mistral_data() -> Path:
+    try:
+        from importlib import resources
+
+        return Path(str(resources.files("mistral_common") / "data"))
+    except ModuleNotFoundError:
+        raise TokenizerError("built-in mistral tokenizers need the `mistral-common` package") from None
+
+
+def _build(name: str, target: Path) -> None:
+    transformers = _quiet_transformers()
+    data = _mistral_data()
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        work = Path(tmp)
+        if name == "mistral:tekken":
+            from transformers.integrations.mistral import convert_tekken_tokenizer
+
+            tok = convert_tekken_tokenizer(str(data / "tekken_240911.json"))
+        else:
+            src = work / "src"
+            src.mkdir()
+            shutil.copy(data / "mistral_instruct_tokenizer_240323.model.v3", src / "tokenizer.model")
+            tok = transformers.LlamaTokenizer.from_pretrained(str(src), add_bos_token=True, legacy=False)
+            from dsprep.templates import load_template
+
+            tok.chat_template = load_template("mistral_v3").text
+        out = work / "out"
+        tok.save_pretrained(str(out))
+        if name == "mistral:v3":
+            shutil.copy(data / "mistral_instruct_tokenizer_240323.model.v3", out / "tokenizer.model")
+        os.replace(out, target)
+
+
+def _builtin_path(name: str) -> Path:
+    import transformers
+
+    try:
+        from importlib.metadata import version
+
+        mc = version("mistral-common")
+    except Exception:
+        mc = "unknown"
+    folder = cache_dir() / "tokenizers" / f"{name.replace(':', '-')}-mc{mc}-tf{transformers.__version__}"
+    if not folder.is_dir():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _build(name, folder)
+    return folder
+
+
+def fingerprint(tok: Any) -> str:
+    """sha256 over the tokenizer's model/vocabulary, added and special tokens, and chat template."""
+    h = hashlib.sha256()
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(tok.get_vocab(), sort_keys=True).encode())
+    h.update(json.dumps({k: str(v) for k, v in tok.special_tokens_map.items()}, sort_keys=True).encode())
+    h.update(json.dumps(sorted(str(t) for t in tok.all_special_tokens)).encode())
+    h.update((getattr(tok, "chat_template", None) or "").encode() if isinstance(tok.chat_template, str) else b"")
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER) -> LoadedTokenizer:
+    """Load a built-in (``mistral:tekken``, ``mistral:v3``) or a local tokenizer folder, offline."""
+    transformers = _quiet_transformers()
+    if name_or_path in BUILTIN:
+        path = _builtin_path(name_or_path)
+    else:
+        path = Path(name_or_path)
+        if not path.is_dir():
+            known = ", ".join(BUILTIN)
+            raise TokenizerError(f"{name_or_path}: not a tokenizer folder; pass a local folder or one of {known}")
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:
+        raise TokenizerError(f"{name_or_path}: cannot load tokenizer: {type(exc).__name__}: {exc}") from None
+    if name_or_path == "mistral:v3":  # the shipped template may be newer than the cached build
+        from dsprep.templates import load_template
+
+        tok.chat_template = load_template("mistral_v3").text
+    if not getattr(tok, "is_fast", False):
+        raise TokenizerError(f"{name_or_path}: dsprep needs a fast tokenizer (tokenizer.json) for character offsets")
+    return LoadedTokenizer(name_or_path, tok, fingerprint(tok))
