@@ -118,6 +118,34 @@ def _progress(quiet: bool, total: int) -> tuple[Callable[[int], None] | None, Ca
 )
 @click.option("--shard-size", default="256MB", show_default=True, help="Start a new shard past this size.")
 @click.option("--overwrite", is_flag=True, help="Replace the contents of a previous dsprep output folder.")
+@click.option(
+    "--tokenizer",
+    "-t",
+    metavar="DIR|NAME",
+    help="Tokenize with a local tokenizer folder or a built-in (mistral:tekken, mistral:v3).",
+)
+@click.option(
+    "--template",
+    default="tokenizer",
+    show_default=True,
+    help="Chat template: 'tokenizer' (its own), a shipped name (see `dsprep templates`) or a .jinja file.",
+)
+@click.option(
+    "--train-on",
+    type=click.Choice(["assistant", "all", "last"]),
+    default="assistant",
+    show_default=True,
+    help="Trained tokens: assistant turns (per-message flags in the data override), all, or the last assistant turn.",
+)
+@click.option("--max-len", type=click.IntRange(min=1), help="Longest row in tokens; longer rows follow --overflow.")
+@click.option(
+    "--overflow",
+    type=click.Choice(["drop", "truncate-right", "truncate-left", "drop-turns", "split"]),
+    default="drop",
+    show_default=True,
+    help="What to do with rows over --max-len (split: text rows only).",
+)
+@click.option("--allow-template-warnings", is_flag=True, help="Go on when the template fails a conformance check.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def convert(
     inputs: tuple[str, ...],
@@ -127,6 +155,12 @@ def convert(
     max_rejected: float | None,
     shard_size: str,
     overwrite: bool,
+    tokenizer: str | None,
+    template: str,
+    train_on: str,
+    max_len: int | None,
+    overflow: str,
+    allow_template_warnings: bool,
     quiet: bool,
 ) -> None:
     """Normalize INPUTS (files, folders, globs) into Parquet shards, rejects.jsonl and manifest.json in --out."""
@@ -143,6 +177,12 @@ def convert(
         max_rejected=max_rejected,
         overwrite=overwrite,
         shard_bytes=parse_size(shard_size),
+        tokenizer=tokenizer,
+        template=template,
+        train_on=train_on,  # type: ignore[arg-type]
+        max_len=max_len,
+        overflow=overflow,  # type: ignore[arg-type]
+        allow_template_warnings=allow_template_warnings,
     )
     say = (lambda _msg: None) if quiet else click.echo
 
@@ -163,8 +203,26 @@ def convert(
     finally:
         stop()
     shards = result.manifest["shards"]
+    if "conformance" in result.manifest:
+        c = result.manifest["conformance"]
+        methods = result.manifest["mask_methods"]
+        say(
+            f"template {result.manifest['template']['name']}: end-of-turn {''.join(c['eot_tokens'])!r} trained, "
+            f"prefix-stable {'yes' if c['prefix_stable'] else 'no'}; masks: {methods['span']} by span, "
+            f"{methods['prefix']} by prefix renders"
+        )
     say(f"total: read {result.rows_read} = kept {result.rows_kept} + rejected {result.rows_rejected}")
     say(f"wrote {len(shards)} shard{'s' * (len(shards) != 1)}, rejects.jsonl and manifest.json to {out}")
+
+
+@main.command()
+def templates() -> None:
+    """List the shipped chat templates."""
+    from dsprep.templates import load_template, shipped_template_names
+
+    for name in shipped_template_names():
+        first = load_template(name).text.splitlines()[0]
+        click.echo(f"{name:<16} {first.removeprefix('{#-').removesuffix('-#}').strip()}")
 
 
 @main.command()

@@ -20,6 +20,10 @@ class ConvertConfig:
     max_rejected: fail the run when rejected / read exceeds this fraction (None: never).
     shard_bytes: start a new Parquet shard once one reaches this many bytes.
     sample_rows: how many rows per input `--format auto` scores.
+    tokenizer: a local tokenizer folder or a built-in name (mistral:tekken, mistral:v3); None writes normalized rows.
+    template: "tokenizer" (its own chat template), a shipped template name, or a .jinja path.
+    train_on, max_len, overflow: the loss mask and length policy (see `dsprep.encode.EncodeOptions`).
+    allow_template_warnings: go on when the template fails its conformance checks.
     """
 
     inputs: tuple[str, ...]
@@ -30,6 +34,12 @@ class ConvertConfig:
     overwrite: bool = False
     shard_bytes: int = 256 << 20
     sample_rows: int = 200
+    tokenizer: str | None = None
+    template: str = "tokenizer"
+    train_on: Literal["assistant", "all", "last"] = "assistant"
+    max_len: int | None = None
+    overflow: Literal["drop", "truncate-right", "truncate-left", "drop-turns", "split"] = "drop"
+    allow_template_warnings: bool = False
 
     def options(self) -> dict[str, Any]:
         """The options that shape the output, as recorded in the manifest."""

@@ -278,10 +278,20 @@ class Encoder:
         return results
 
     def _tokenize(self, texts: list[str], plans: list[Any]) -> list[Any]:
+        """Tokenize all texts of a batch at once; plain-text kinds get the tokenizer's own special tokens (BOS)."""
         if not texts:
             return []
-        batch = self.tok.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
-        return list(batch.encodings)
+        specials = [p["plain_text"] for p in plans if not isinstance(p, RowError) for _ in p["texts"]]
+        out: list[Any] = [None] * len(texts)
+        for flag in (False, True):
+            index = [i for i, s in enumerate(specials) if s is flag]
+            if index:
+                batch = self.tok.tokenizer(
+                    [texts[i] for i in index], add_special_tokens=flag, return_attention_mask=False
+                )
+                for i, enc in zip(index, batch.encodings, strict=True):
+                    out[i] = enc
+        return out
 
     def _plan(self, row: Row) -> dict[str, Any]:
         """What to tokenize for a row: its full text(s) and the character spans to train."""
@@ -289,12 +299,13 @@ class Encoder:
         if kind == "conversation":
             return self._plan_messages(row["messages"], row["tools"], None)
         if kind == "text":
-            return {"kind": "text", "texts": [row["text"]], "spans": None}
+            return {"kind": "text", "texts": [row["text"]], "spans": None, "plain_text": True}
         if kind in ("prompt_completion", "kto") and row["completion_messages"] is None:
             if kind == "kto":
                 return self._plan_pair(row, plain=True)
             prompt, completion = row["prompt"], row["completion"]
-            return {"kind": "plain", "texts": [prompt + completion], "spans": [(len(prompt), len(prompt + completion))]}
+            spans = [(len(prompt), len(prompt + completion))]
+            return {"kind": "plain", "texts": [prompt + completion], "spans": spans, "plain_text": True}
         if kind == "prompt_completion":
             prompt, completion = row["messages"], row["completion_messages"]
             trained = [False] * len(prompt) + [True] * len(completion)
@@ -306,7 +317,7 @@ class Encoder:
         flags = self._trained(messages, trained)
         spans = self._conversation_spans(text, messages, tmsgs, tools, flags)
         return {"kind": "chat", "texts": [text], "spans": spans, "messages": messages, "tools": tools_json,
-                "trained": trained}  # fmt: skip
+                "trained": trained, "plain_text": False}  # fmt: skip
 
     def _plan_pair(self, row: Row, *, plain: bool) -> dict[str, Any]:
         """Preference and KTO: render prompt+continuation whole, split at the rendered prompt's end."""
@@ -314,7 +325,7 @@ class Encoder:
         if plain:
             prompt = row["prompt"]
             texts = [prompt + row[s] for s in sides]
-            return {"kind": "pair", "texts": texts, "cut": len(prompt), "sides": sides, "plain": True}
+            return {"kind": "pair", "texts": texts, "cut": len(prompt), "sides": sides, "plain_text": True}
         tools = template_tools(row["tools"])
         prompt_msgs = template_messages(row["messages"])
         try:
@@ -326,7 +337,7 @@ class Encoder:
             if not text.startswith(prompt_text):
                 raise RowError(f"{side}_messages", "template_not_prefix_stable",
                                "the rendered prompt is not a prefix of the rendered conversation")  # fmt: skip
-        return {"kind": "pair", "texts": texts, "cut": len(prompt_text), "sides": sides, "plain": False}
+        return {"kind": "pair", "texts": texts, "cut": len(prompt_text), "sides": sides, "plain_text": False}
 
     # --- tokens ----------------------------------------------------------------------------------------------
     def _ids(self, enc: Any) -> np.ndarray:
@@ -345,49 +356,53 @@ class Encoder:
         return self._fit(row, plan, ids, labels)
 
     def _with_specials(self, enc: Any, text: str, spans: list[Span] | None) -> tuple[np.ndarray, np.ndarray]:
-        """Plain text: the tokenizer's own BOS convention, EOS appended (trained) when the tokenizer adds none."""
+        """Plain text: the tokenizer's own special tokens (BOS), plus EOS (trained) when the tokenizer adds none."""
         ids = self._ids(enc)
         labels = ids.copy() if spans is None else _labels(ids, enc, spans, len(text))
-        tok = self.tok.tokenizer
-        bos = tok.build_inputs_with_special_tokens([])  # what add_special_tokens would add around nothing
-        head = [t for t in bos if t != self.eos_id][:1] if bos and bos[0] != self.eos_id else []
-        tail = [self.eos_id] if self.eos_id is not None else []
-        ids = np.concatenate([np.asarray(head, np.int32), ids, np.asarray(tail, np.int32)])
-        labels = np.concatenate([np.full(len(head), IGNORE, np.int32), labels, np.asarray(tail, np.int32)])
+        if self.eos_id is not None and (not len(ids) or ids[-1] != self.eos_id):
+            eos = np.asarray([self.eos_id], np.int32)
+            ids, labels = np.concatenate([ids, eos]), np.concatenate([labels, eos])
         return ids, labels
 
     def _finish_pair(self, row: Row, plan: dict[str, Any], encs: list[Any]) -> Row:
         cut = plan["cut"]
-        prompt_ids: np.ndarray | None = None
+        splits = [self._split(plan, enc, text, cut) for enc, text in zip(encs, plan["texts"], strict=True)]
+        if splits[0] is None or any(s is None or not np.array_equal(s[0], splits[0][0]) for s in splits):
+            if not plan["plain_text"]:
+                raise RowError(plan["sides"][0], "prompt_boundary_merge",
+                               "the rendered prompt and its continuation share a token")  # fmt: skip
+            splits = self._split_separately(plan, cut)  # plain strings: tokenize prompt and continuations apart
         out: Row = self._empty(row)
-        for side, enc, text in zip(plan["sides"], encs, plan["texts"], strict=True):
-            if plan["plain"]:
-                ids, _ = self._with_specials(enc, text, None)
-                offset = len(ids) - len(enc.ids) - (1 if self.eos_id is not None else 0)
-            else:
-                ids, offset = self._ids(enc), 0
-            k = enc.char_to_token(cut) if cut < len(text) else len(enc.ids)
-            if k is None or (k < len(enc.ids) and enc.token_to_chars(k)[0] < cut):
-                raise RowError(side, "prompt_boundary_merge",
-                               "a token spans the end of the prompt and the start of the continuation")  # fmt: skip
-            k += offset
-            if prompt_ids is None:
-                prompt_ids = ids[:k]
-            elif not np.array_equal(prompt_ids, ids[:k]):
-                raise RowError(
-                    side, "prompt_boundary_merge", "the prompt tokenizes differently before each continuation"
-                )
-            out[f"{side}_input_ids"] = ids[k:]
-        assert prompt_ids is not None
-        out["prompt_input_ids"] = prompt_ids
-        continuations = [len(out[f"{s}_input_ids"]) for s in plan["sides"]]
-        out["num_tokens"] = len(prompt_ids) + max(continuations)
-        out["num_trained"] = max(continuations)
+        out["prompt_input_ids"] = splits[0][0]
+        for side, (_, continuation) in zip(plan["sides"], splits, strict=True):
+            if not len(continuation):
+                raise RowError(side, "empty_content", "the continuation has no tokens")
+            out[f"{side}_input_ids"] = continuation
+        longest = max(len(c) for _, c in splits)
+        out["num_tokens"] = len(out["prompt_input_ids"]) + longest
+        out["num_trained"] = longest
         if row["kind"] == "kto":
             out["label"] = row["label"]
         max_len = self.options.max_len
         if max_len is not None and out["num_tokens"] > max_len:
             raise RowError("", "too_long", f"{out['num_tokens']} tokens, over --max-len {max_len}")
+        return out
+
+    def _split(self, plan: dict[str, Any], enc: Any, text: str, cut: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(prompt ids, continuation ids) of one full rendering, or None when a token straddles the cut."""
+        ids = self._with_specials(enc, text, None)[0] if plan["plain_text"] else self._ids(enc)
+        k = enc.char_to_token(cut) if cut < len(text) else len(enc.ids)
+        if k is None or (k < len(enc.ids) and enc.token_to_chars(k)[0] < cut):
+            return None
+        return ids[:k], ids[k:]
+
+    def _split_separately(self, plan: dict[str, Any], cut: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        tok = self.tok.tokenizer
+        prompt = np.asarray(tok(plan["texts"][0][:cut])["input_ids"], np.int32)
+        out = []
+        for text in plan["texts"]:
+            rest = tok(text[cut:], add_special_tokens=False)["input_ids"]
+            out.append((prompt, np.asarray([*rest, *([self.eos_id] if self.eos_id is not None else [])], np.int32)))
         return out
 
     @staticmethod

@@ -1,7 +1,8 @@
-"""`convert`: wires the stages — discover inputs, pick a format, normalize, write shards, rejects and manifest.
+"""`convert`: wires the stages — discover inputs, pick a format, normalize, tokenize, write shards and manifest.
 
 Every row read is either written to a shard or to ``rejects.jsonl`` with a reason, and the manifest records, per
-input, ``rows_read == rows_kept + rows_rejected``.
+input, ``rows_read == rows_kept + rows_rejected``. With a tokenizer, rows are rendered and tokenized
+(`dsprep.encode`) after the template passes its conformance checks (`dsprep.conformance`).
 """
 
 from __future__ import annotations
@@ -9,19 +10,24 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsprep.config import ConvertConfig
 from dsprep.detect import Detection, detect_format
-from dsprep.errors import RejectedRowsError, RowError, RowFailure
+from dsprep.errors import RejectedRowsError, RowError, RowFailure, TemplateError
 from dsprep.normalize import normalize_record, row_id
-from dsprep.schema import NORMALIZED, SCHEMA_VERSION
+from dsprep.schema import NORMALIZED, SCHEMA_VERSION, TOKENIZED
 from dsprep.shards import MANIFEST, REJECTS, RejectsWriter, ShardWriter, Staging, file_sha256, write_json
 from dsprep.sources import InputFile, Record, discover, read_records
 from dsprep.specs import FormatSpec, load_spec
 from dsprep.version import __version__
 
+if TYPE_CHECKING:
+    from dsprep.encode import Encoder
+
 __all__ = ["ConvertResult", "InputReport", "convert"]
+
+Row = dict[str, Any]
 
 
 @dataclass
@@ -95,55 +101,93 @@ def _choose_spec(f: InputFile, config: ConvertConfig) -> tuple[FormatSpec | None
 class _Run:
     """One convert: routes each record to the shard writer or the rejects writer, counting both."""
 
-    def __init__(self, config: ConvertConfig, shards: ShardWriter, rejects: RejectsWriter) -> None:
+    def __init__(
+        self, config: ConvertConfig, shards: ShardWriter, rejects: RejectsWriter, encoder: Encoder | None
+    ) -> None:
         self.config = config
         self.shards = shards
         self.rejects = rejects
+        self.encoder = encoder
 
     def reject(self, f: InputFile, rec: Record, error: RowError, report: InputReport) -> None:
         location = _location(f, rec.row)
         self.rejects.write(
-            {
-                "source_file": f.display,
-                "source_row": rec.row,
-                "location": location,
-                "field": error.field,
-                "reason": error.reason,
-                "message": error.message,
-                "raw": rec.raw.decode("utf-8", "backslashreplace"),
-            }
-        )
+            {"source_file": f.display, "source_row": rec.row, "location": location, "field": error.field,
+             "reason": error.reason, "message": error.message, "raw": rec.raw.decode("utf-8", "backslashreplace")}
+        )  # fmt: skip
         report.rows_rejected += 1
         report.rejected_by_reason[error.reason] = report.rejected_by_reason.get(error.reason, 0) + 1
         if self.config.on_error == "fail":
             raise RowFailure(f"{location}: {error}")
 
-    def records(self, f: InputFile, on_bytes: Callable[[int], None] | None) -> Iterator[Record]:
-        for batch in read_records(f, on_bytes):
-            yield from batch
-
     def run_input(
-        self, f: InputFile, spec: FormatSpec, report: InputReport, on_bytes: Callable[[int], None] | None
+        self, f: InputFile, spec: FormatSpec | None, report: InputReport, on_bytes: Callable[[int], None] | None
     ) -> None:
         kinds: Counter[str] = Counter()
         name = f.path.name
-        for rec in self.records(f, on_bytes):
-            report.rows_read += 1
-            if rec.error is not None or rec.value is None or spec is None:
-                self.reject(f, rec, rec.error or RowError("", "wrong_type", "empty record"), report)
-                continue
-            try:
-                row = normalize_record(rec.value, spec)
-            except RowError as error:
-                self.reject(f, rec, error, report)
-                continue
-            row["id"] = row_id(name, rec.row, rec.raw)
-            row["source_file"] = f.display
-            row["source_row"] = rec.row
-            self.shards.write(row, len(rec.raw))
-            report.rows_kept += 1
-            kinds[row["kind"]] += 1
+        for batch in read_records(f, on_bytes):
+            kept: list[tuple[Record, Row]] = []
+            for rec in batch:
+                report.rows_read += 1
+                if rec.error is not None or rec.value is None or spec is None:
+                    self.reject(f, rec, rec.error or RowError("", "wrong_type", "empty record"), report)
+                    continue
+                try:
+                    row = normalize_record(rec.value, spec)
+                except RowError as error:
+                    self.reject(f, rec, error, report)
+                    continue
+                row["id"] = row_id(name, rec.row, rec.raw)
+                row["source_file"] = f.display
+                row["source_row"] = rec.row
+                kept.append((rec, row))
+            for rec, out_rows in self._encoded(kept):
+                if isinstance(out_rows, RowError):
+                    self.reject(f, rec, out_rows, report)
+                    continue
+                for out in out_rows:
+                    self.shards.write(out, len(rec.raw))
+                report.rows_kept += 1
+                kinds[out_rows[0]["kind"]] += 1
         report.kinds = dict(sorted(kinds.items()))
+
+    def _encoded(self, kept: list[tuple[Record, Row]]) -> Iterator[tuple[Record, list[Row] | RowError]]:
+        if self.encoder is None:
+            for rec, row in kept:
+                yield rec, [row]
+            return
+        results = self.encoder.encode([row for _, row in kept])
+        yield from zip((rec for rec, _ in kept), results, strict=True)
+
+
+def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
+    """The encoder for a tokenizing run, after its conformance checks; and what the manifest records of it."""
+    if config.tokenizer is None:
+        return None, {}
+    from dsprep.conformance import check_conformance
+    from dsprep.encode import EncodeOptions, Encoder
+    from dsprep.templates import load_template
+    from dsprep.tokenizers import load_tokenizer
+
+    loaded = load_tokenizer(config.tokenizer)
+    template = load_template(config.template, loaded.chat_template)
+    options = EncodeOptions(train_on=config.train_on, max_len=config.max_len, overflow=config.overflow)
+    encoder = Encoder(loaded, template, options)
+    conformance = check_conformance(encoder)
+    if conformance.problems and not config.allow_template_warnings:
+        raise TemplateError("; ".join(conformance.problems) + " (pass --allow-template-warnings to go on)")
+    tok = loaded.tokenizer
+    record = {
+        "tokenizer": {
+            "name": loaded.name, "fingerprint": loaded.fingerprint, "class": type(tok).__name__,
+            "vocab_size": len(tok), "bos_token": tok.bos_token, "eos_token": tok.eos_token,
+        },
+        "template": {
+            "name": template.name, "origin": template.origin, "sha256": template.sha256, "text": template.text,
+        },
+        "conformance": conformance.to_dict(),
+    }  # fmt: skip
+    return encoder, record
 
 
 def convert(
@@ -152,15 +196,17 @@ def convert(
     on_bytes: Callable[[int], None] | None = None,
     on_input: Callable[[InputReport], None] | None = None,
 ) -> ConvertResult:
-    """Normalize `config.inputs` into Parquet shards, ``rejects.jsonl`` and ``manifest.json`` under `config.out`."""
+    """Normalize (and with a tokenizer, tokenize) `config.inputs` into shards, rejects and manifest in `config.out`."""
     files = discover(config.inputs)
     plan = [(f, *_choose_spec(f, config)) for f in files]
+    encoder, encoding = _encoder(config)
     staging = Staging(config.out, overwrite=config.overwrite)
     reports: list[InputReport] = []
     try:
-        shards = ShardWriter(staging.dir, NORMALIZED, shard_bytes=config.shard_bytes)
+        schema = NORMALIZED if encoder is None else TOKENIZED
+        shards = ShardWriter(staging.dir, schema, shard_bytes=config.shard_bytes)
         with RejectsWriter(staging.dir / REJECTS) as rejects:
-            run = _Run(config, shards, rejects)
+            run = _Run(config, shards, rejects, encoder)
             for f, spec, detection in plan:
                 report = InputReport(
                     path=f.display,
@@ -186,6 +232,8 @@ def convert(
                 f"{config.max_rejected:.2%}; see {config.out / REJECTS}"
             )
         manifest = _manifest(config, reports, shard_list, rejects.rows, staging)
+        if encoder is not None:
+            manifest.update(stage="tokenized", **encoding, mask_methods=dict(encoder.method_counts))
         write_json(staging.dir / MANIFEST, manifest)
         staging.publish([*(s["file"] for s in shard_list), REJECTS, MANIFEST])
     except BaseException:

@@ -1,0 +1,130 @@
+"""Template conformance checks, run once per (tokenizer, template) before a convert and recorded in the manifest.
+
+- ``eot_trained``: every assistant turn ends with trained end-of-turn tokens (the text the template writes after the
+  content), so the model learns to stop; also reports whether that marker is one special token.
+- ``single_bos``: the rendered conversation does not start with BOS twice.
+- ``generation_prompt_matches``: the generation prompt equals the header the template writes before an assistant
+  turn in history (else masks come from the slower prefix method).
+- ``prefix_stable``: rendering a conversation's prefixes gives prefixes of the full rendering (false for templates
+  that move the system prompt or tools to the last turn, or drop earlier thinking).
+
+`eot_trained` and `single_bos` failing stop the run unless ``--allow-template-warnings``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from dsprep.encode import PROBE_ANSWER, PROBE_USER, Encoder
+from dsprep.errors import RowError, TemplateError
+
+__all__ = ["Conformance", "check_conformance"]
+
+SYSTEM = "dsprep probe system 7f3a"
+FOLLOW_UP = "dsprep probe follow-up 7f3a"
+SECOND = "dsprep probe second answer 7f3a"
+
+
+@dataclass(frozen=True)
+class Conformance:
+    """The results of the checks, and the problems that make a run stop."""
+
+    eot_trained: bool
+    eot_tokens: list[str]
+    eot_is_special: bool
+    single_bos: bool
+    generation_prompt_matches: bool
+    prefix_stable: bool
+    problems: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _message(role: str, content: str) -> dict[str, Any]:
+    return {"role": role, "content": content, "name": None, "tool_calls": None, "tool_call_id": None,
+            "reasoning": None, "train": None, "weight": None, "extra": None}  # fmt: skip
+
+
+def _row(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": "probe", "kind": "conversation", "messages": messages, "tools": None, "source_file": "probe",
+            "source_row": 0}  # fmt: skip
+
+
+def check_conformance(encoder: Encoder) -> Conformance:
+    """Run the checks on probe conversations through the same encoder the convert uses."""
+    tok = encoder.tok.tokenizer
+    name = encoder.template.name
+    with_system = [
+        _message("system", SYSTEM), _message("user", PROBE_USER), _message("assistant", PROBE_ANSWER),
+        _message("user", FOLLOW_UP), _message("assistant", SECOND),
+    ]  # fmt: skip
+    problems: list[str] = []
+    try:
+        [result] = encoder.encode([_row(with_system[1:])])
+    except TemplateError as exc:
+        raise TemplateError(f"template {name} cannot render a plain two-turn conversation: {exc}") from None
+    if isinstance(result, RowError):
+        raise TemplateError(f"template {name} cannot encode a plain two-turn conversation: {result}")
+    ids, labels = result[0]["input_ids"], result[0]["labels"]
+    eot_tokens, eot_trained, eot_special = _eot(encoder, with_system[1:], labels)
+    if not eot_trained:
+        problems.append(f"template {name}: assistant turns end with no trained end-of-turn marker; "
+                        "the model would not learn to stop")  # fmt: skip
+    bos = tok.bos_token_id
+    single_bos = not (bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos)
+    if not single_bos:
+        problems.append(f"template {name}: the rendered conversation starts with BOS twice (template and tokenizer)")
+    return Conformance(
+        eot_trained=eot_trained,
+        eot_tokens=eot_tokens,
+        eot_is_special=eot_special,
+        single_bos=single_bos,
+        generation_prompt_matches=encoder.shape is not None,
+        prefix_stable=_prefix_stable(encoder, with_system),
+        problems=problems,
+    )
+
+
+def _eot(encoder: Encoder, messages: list[dict[str, Any]], labels: Any) -> tuple[list[str], bool, bool]:
+    """The trained tokens right after each assistant answer (its end-of-turn marker); whether every turn has them."""
+    from dsprep.templates import template_messages
+
+    tok = encoder.tok.tokenizer
+    special = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
+    text = encoder.render(template_messages(messages), None)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    markers: list[list[int]] = []
+    for answer in (PROBE_ANSWER, SECOND):
+        end = text.find(answer) + len(answer)
+        after = [i for i, (start, _) in enumerate(offsets) if start >= end]
+        run = []
+        for i in after:
+            if labels[i] == -100:
+                break
+            run.append(i)
+        markers.append(run)
+    eot_trained = all(markers)
+    tokens = [tok.convert_ids_to_tokens(ids[i]) for i in markers[0]]
+    is_special = any(ids[i] in special for i in markers[0])
+    return tokens, eot_trained, is_special
+
+
+def _prefix_stable(encoder: Encoder, messages: list[dict[str, Any]]) -> bool:
+    from dsprep.templates import template_messages
+
+    tmsgs = template_messages(messages)
+    try:
+        full = encoder.render(tmsgs, None)
+        for i in range(1, len(tmsgs)):
+            if not full.startswith(encoder.render(tmsgs[:i], None)):
+                return False
+            if tmsgs[i]["role"] == "assistant" and not full.startswith(
+                encoder.render(tmsgs[:i], None, generation_prompt=True)
+            ):
+                return False
+    except TemplateError:
+        return False
+    return True
