@@ -207,7 +207,8 @@ def convert(
         c = result.manifest["conformance"]
         methods = result.manifest["mask_methods"]
         say(
-            f"template {result.manifest['template']['name']}: end-of-turn {''.join(c['eot_tokens'])!r} trained, "
+            f"template {result.manifest['template']['name']}: end-of-turn {c['eot_text']!r} "
+            f"{'trained' if c['eot_trained'] else 'NOT trained'}, "
             f"prefix-stable {'yes' if c['prefix_stable'] else 'no'}; masks: {methods['span']} by span, "
             f"{methods['prefix']} by prefix renders"
         )

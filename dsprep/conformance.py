@@ -1,7 +1,8 @@
 """Template conformance checks, run once per (tokenizer, template) before a convert and recorded in the manifest.
 
-- ``eot_trained``: every assistant turn ends with trained end-of-turn tokens (the text the template writes after the
-  content), so the model learns to stop; also reports whether that marker is one special token.
+- ``eot_trained``: every assistant turn ends with trained end-of-turn tokens that are more than whitespace (the text
+  the template writes after the content), so the model learns to stop; also reports whether the marker holds a
+  special token (with a vocabulary where ``<|im_end|>`` is plain text, ChatML's marker is several ordinary tokens).
 - ``single_bos``: the rendered conversation does not start with BOS twice.
 - ``generation_prompt_matches``: the generation prompt equals the header the template writes before an assistant
   turn in history (else masks come from the slower prefix method).
@@ -32,6 +33,7 @@ class Conformance:
 
     eot_trained: bool
     eot_tokens: list[str]
+    eot_text: str
     eot_is_special: bool
     single_bos: bool
     generation_prompt_matches: bool
@@ -79,6 +81,7 @@ def check_conformance(encoder: Encoder) -> Conformance:
     return Conformance(
         eot_trained=eot_trained,
         eot_tokens=eot_tokens,
+        eot_text=tok.convert_tokens_to_string(eot_tokens) if eot_tokens else "",
         eot_is_special=eot_special,
         single_bos=single_bos,
         generation_prompt_matches=encoder.shape is not None,
@@ -106,7 +109,8 @@ def _eot(encoder: Encoder, messages: list[dict[str, Any]], labels: Any) -> tuple
                 break
             run.append(i)
         markers.append(run)
-    eot_trained = all(markers)
+    # a turn must end in a visible trained marker (special token, EOS, or marker text), not just whitespace
+    eot_trained = all(m and tok.decode([ids[i] for i in m], skip_special_tokens=False).strip() for m in markers)
     tokens = [tok.convert_ids_to_tokens(ids[i]) for i in markers[0]]
     is_special = any(ids[i] in special for i in markers[0])
     return tokens, eot_trained, is_special

@@ -174,6 +174,7 @@ def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
     options = EncodeOptions(train_on=config.train_on, max_len=config.max_len, overflow=config.overflow)
     encoder = Encoder(loaded, template, options)
     conformance = check_conformance(encoder)
+    encoder.method_counts = dict.fromkeys(encoder.method_counts, 0)  # count the data's rows only, not the probes
     if conformance.problems and not config.allow_template_warnings:
         raise TemplateError("; ".join(conformance.problems) + " (pass --allow-template-warnings to go on)")
     tok = loaded.tokenizer

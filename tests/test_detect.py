@@ -65,5 +65,7 @@ def test_equally_good_specs_are_ambiguous(monkeypatch: pytest.MonkeyPatch, tmp_p
     twin.write_text('description = "a copy"\nkind = "conversation"\n[fields]\nmessages = "messages"\n')
     monkeypatch.setattr("dsprep.detect._candidates", lambda: [load_spec("openai"), load_spec(str(twin))])
     row = {"messages": _msgs(("user", "q"), ("assistant", "a"))}
-    with pytest.raises(FormatDetectionError, match=r"ambiguous format, equally good: openai, openai_twin; pass --format"):
+    with pytest.raises(
+        FormatDetectionError, match=r"ambiguous format, equally good: openai, openai_twin; pass --format"
+    ):
         detect_format([row], "a.jsonl")

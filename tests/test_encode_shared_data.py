@@ -108,7 +108,9 @@ def test_ids_and_labels_match_transformers(conversations, tokenizer_name: str, t
             stats["oracle"] += 1
         else:
             stats["unstable"] += 1
-            trained_text = tok.decode([t for t, label in zip(out["input_ids"], out["labels"], strict=True) if label != -100])
+            trained_text = tok.decode(
+                [t for t, label in zip(out["input_ids"], out["labels"], strict=True) if label != -100]
+            )
             for m in row["messages"]:
                 if m["role"] == "assistant" and m["content"] and tokenizer_name == "mistral:tekken":
                     assert m["content"].strip() in trained_text, where

@@ -117,3 +117,53 @@ def test_detection_failure_prints_a_spec_to_save(cli: CliRunner, tmp_path: Path)
 )
 def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected
+
+
+def test_templates_lists_the_shipped_templates(cli: CliRunner) -> None:
+    from dsprep.templates import shipped_template_names
+
+    result = cli.invoke(main, ["templates"])
+    assert result.exit_code == 0
+    assert [line.split()[0] for line in result.output.strip().splitlines()] == list(shipped_template_names())
+
+
+def test_tokenized_convert_reports_the_template_checks(cli: CliRunner, tmp_path: Path) -> None:
+    args = [
+        "convert",
+        str(FIXTURES / "formats" / "openai.jsonl"),
+        "-o",
+        str(tmp_path / "o"),
+        "-t",
+        "mistral:tekken",
+        "--template",
+        "chatml",
+    ]
+    result = cli.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        "template chatml: end-of-turn '<|im_end|>\\n' trained, prefix-stable yes; masks: 1 by span, 2 by prefix renders"
+        in result.output
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (
+            ["-t", "no/such/dir"],
+            3,
+            "error: no/such/dir: not a tokenizer folder; pass a local folder or one of mistral:tekken, mistral:v3",
+        ),
+        (
+            ["-t", "mistral:v3", "--template", "nope"],
+            7,
+            "error: unknown template 'nope'; expected 'tokenizer', a .jinja file, or one of:",
+        ),
+    ],
+)
+def test_tokenizer_and_template_errors(
+    cli: CliRunner, tmp_path: Path, extra: list[str], code: int, message: str
+) -> None:
+    result = cli.invoke(main, ["convert", str(FIXTURES / "formats" / "text.jsonl"), "-o", str(tmp_path / "o"), *extra])
+    assert result.exit_code == code
+    assert result.stderr.startswith(message)

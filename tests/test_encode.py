@@ -1,0 +1,280 @@
+"""Tokenization details: end-of-turn tokens trained, preference splits, length policies, masks by policy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES
+from dsprep.config import ConvertConfig
+from dsprep.conformance import check_conformance
+from dsprep.encode import EncodeOptions, Encoder
+from dsprep.errors import RowError, TemplateError
+from dsprep.pipeline import convert
+from dsprep.templates import ChatTemplate, load_template, template_messages
+from dsprep.tokenizers import load_tokenizer
+from oracles import reference_ids
+
+TURN_MARKERS = ["<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                "<|eot_id|>", "<start_of_turn>", "<end_of_turn>", "<bos>"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def marker_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Tekken with the chat families' turn markers as special tokens, saved as a local tokenizer folder."""
+    tok = load_tokenizer("mistral:tekken").tokenizer
+    tok.add_special_tokens({"additional_special_tokens": TURN_MARKERS})
+    folder = tmp_path_factory.mktemp("tekken-markers")
+    tok.save_pretrained(str(folder))
+    load_tokenizer.cache_clear()
+    return str(folder)
+
+
+def _msg(role: str, content: str, **extra: Any) -> dict[str, Any]:
+    base = dict.fromkeys(("name", "tool_calls", "tool_call_id", "reasoning", "train", "weight", "extra"))
+    return {**base, "role": role, "content": content, **extra}
+
+
+def _row(messages: list[dict[str, Any]], kind: str = "conversation", **extra: Any) -> dict[str, Any]:
+    return {"id": "r", "kind": kind, "messages": messages, "tools": None, "source_file": "t", "source_row": 0,
+            "completion_messages": None, **extra}  # fmt: skip
+
+
+CONVERSATION = [_msg("system", "Be brief."), _msg("user", "Hi there"), _msg("assistant", "Hello!"),
+                _msg("user", "Bye"), _msg("assistant", "Goodbye.")]  # fmt: skip
+
+
+def _trained_runs(out: dict[str, Any]) -> list[list[int]]:
+    runs: list[list[int]] = []
+    for i, label in enumerate(out["labels"]):
+        if label == -100:
+            continue
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("template", "eot"), [("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>"), ("gemma3", "<end_of_turn>")]
+)
+def test_end_of_turn_token_is_trained_for_every_assistant_turn(marker_tokenizer: str, template: str, eot: str) -> None:
+    loaded = load_tokenizer(marker_tokenizer)
+    tok = loaded.tokenizer
+    eot_id = tok.convert_tokens_to_ids(eot)
+    assert eot_id != tok.eos_token_id  # these families end a turn with their own marker, not EOS
+    encoder = Encoder(loaded, load_template(template), EncodeOptions())
+    [[out]] = encoder.encode([_row(CONVERSATION)])
+    runs = _trained_runs(out)
+    assert len(runs) == 2  # one trained run per assistant turn
+    for run, answer in zip(runs, ("Hello!", "Goodbye."), strict=True):
+        tokens = [int(out["input_ids"][i]) for i in run]
+        assert eot_id in tokens
+        assert tok.decode(tokens).startswith(answer)  # the generation prompt header before it is not trained
+        assert "assistant" not in tok.decode(tokens)
+        assert "model" not in tok.decode(tokens)
+    conformance = check_conformance(encoder)
+    assert conformance.eot_trained
+    assert conformance.eot_is_special
+    assert eot in "".join(conformance.eot_tokens)
+    assert conformance.problems == []
+
+
+def test_train_on_last_and_all() -> None:
+    loaded = load_tokenizer("mistral:tekken")
+    template = load_template("chatml")
+    [[last]] = Encoder(loaded, template, EncodeOptions(train_on="last")).encode([_row(CONVERSATION)])
+    [[every]] = Encoder(loaded, template, EncodeOptions(train_on="all")).encode([_row(CONVERSATION)])
+    [[default]] = Encoder(loaded, template, EncodeOptions()).encode([_row(CONVERSATION)])
+    tok = loaded.tokenizer
+    assert len(_trained_runs(last)) == 1
+    assert (
+        tok.decode([t for t, lab in zip(last["input_ids"], last["labels"], strict=True) if lab != -100])
+        == "Goodbye.<|im_end|>\n"
+    )
+    assert list(every["labels"]) == list(every["input_ids"])
+    assert default["num_trained"] > last["num_trained"]
+
+
+def test_per_message_weights_and_flags_override_the_role_policy() -> None:
+    messages = [
+        *CONVERSATION[:2],
+        _msg("assistant", "Hello!", weight=0.0),
+        *CONVERSATION[3:4],
+        _msg("assistant", "Goodbye.", train=True),
+    ]
+    encoder = Encoder(load_tokenizer("mistral:tekken"), load_template("chatml"), EncodeOptions())
+    [[out]] = encoder.encode([_row(messages)])
+    tok = encoder.tok.tokenizer
+    assert (
+        tok.decode([t for t, lab in zip(out["input_ids"], out["labels"], strict=True) if lab != -100])
+        == "Goodbye.<|im_end|>\n"
+    )
+
+
+def test_history_rewriting_template_is_rejected_not_mis_masked() -> None:
+    rewriting = ChatTemplate(
+        "rewrites",
+        "{% for m in messages %}{% if m.role == 'assistant' and not loop.last %}<a>[old]</a>{% elif m.role == 'assistant' %}"
+        "<a>{% generation %}{{ m.content }}</a>{% endgeneration %}{% else %}<u>{{ m.content }}</u>{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<a>{% endif %}",
+        "test",
+    )  # fmt: skip
+    encoder = Encoder(load_tokenizer("mistral:tekken"), rewriting, EncodeOptions())
+    [error] = encoder.encode([_row(CONVERSATION[1:])])
+    assert isinstance(error, RowError)
+    assert error.reason == "template_not_prefix_stable"
+    [[ok]] = Encoder(load_tokenizer("mistral:tekken"), rewriting, EncodeOptions(train_on="last")).encode(
+        [_row(CONVERSATION[1:])]
+    )
+    assert (
+        encoder.tok.tokenizer.decode([t for t, lab in zip(ok["input_ids"], ok["labels"], strict=True) if lab != -100])
+        == "Goodbye.</a>"
+    )
+
+
+def test_conformance_stops_a_template_without_end_of_turn(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.jinja"
+    bare.write_text(
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    inputs = (str(FIXTURES / "formats" / "openai.jsonl"),)
+    with pytest.raises(TemplateError, match="no trained end-of-turn marker"):
+        convert(ConvertConfig(inputs=inputs, out=tmp_path / "o", tokenizer="mistral:tekken", template=str(bare)))
+    done = convert(ConvertConfig(inputs=inputs, out=tmp_path / "o2", tokenizer="mistral:tekken", template=str(bare),
+                                 allow_template_warnings=True))  # fmt: skip
+    assert done.manifest["conformance"]["eot_trained"] is False
+
+
+def test_doubled_bos_is_caught(tmp_path: Path) -> None:
+    double = ChatTemplate(
+        "double",
+        "{{ bos_token }}{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}</s>{% endfor %}",
+        "t",
+    )
+    encoder = Encoder(load_tokenizer("mistral:tekken"), double, EncodeOptions())
+    conformance = check_conformance(encoder)
+    assert conformance.single_bos is False
+    assert any("BOS twice" in p for p in conformance.problems)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(
+    "name",
+    ["preference/llamafactory__dpo_en_demo.json", "preference/llamafactory__v1_dpo_demo.jsonl",
+     "preference/torchtune__hh_rlhf_tiny.json", "multilingual/llamafactory__dpo_zh_demo.json"],
+)  # fmt: skip
+@pytest.mark.parametrize("template", ["tokenizer", "chatml"])
+def test_preference_prompt_plus_continuation_is_the_whole_conversation(
+    shared_data: Path, tmp_path: Path, name: str, template: str
+) -> None:
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "norm"
+    convert(ConvertConfig(inputs=(str(shared_data / name),), out=out))
+    rows = pq.read_table(out / "part-00000.parquet").to_pylist()
+    loaded = load_tokenizer("mistral:tekken")
+    tmpl = load_template(template, loaded.chat_template)
+    results = Encoder(loaded, tmpl, EncodeOptions()).encode(rows)
+    for row, result in zip(rows, results, strict=True):
+        assert not isinstance(result, RowError), (row["source_row"], result)
+        [enc] = result
+        for side in ("chosen", "rejected"):
+            full = template_messages(row["messages"] + row[f"{side}_messages"])
+            expected = reference_ids(loaded.tokenizer, tmpl.text, full, None)
+            assert list(enc["prompt_input_ids"]) + list(enc[f"{side}_input_ids"]) == expected, (row["source_row"], side)
+        bos = loaded.tokenizer.bos_token_id
+        assert list(enc["prompt_input_ids"]).count(bos) <= 1
+
+
+@pytest.mark.shared_data
+def test_string_preference_pairs_split_at_the_prompt(shared_data: Path, tmp_path: Path) -> None:
+    import gzip
+
+    import pyarrow.parquet as pq
+
+    src = shared_data / "preference" / "hh-rlhf__harmless-base_test.jsonl.gz"
+    out = tmp_path / "tok"
+    convert(ConvertConfig(inputs=(str(src),), out=out, tokenizer="mistral:tekken", template="chatml"))
+    rows = pq.read_table(out / "part-00000.parquet").to_pylist()
+    with gzip.open(src, "rt", encoding="utf-8") as fh:
+        raw = [json.loads(line) for line in fh]
+    tok = load_tokenizer("mistral:tekken").tokenizer
+    assert len(rows) == 2308
+    for row in rows[:300]:
+        record = raw[row["source_row"]]
+        for side in ("chosen", "rejected"):
+            ids = row["prompt_input_ids"] + row[f"{side}_input_ids"]
+            assert ids[-1] == tok.eos_token_id
+            assert tok.decode(ids[:-1]) == record[side]
+
+
+def test_length_policies(tmp_path: Path) -> None:
+    loaded = load_tokenizer("mistral:tekken")
+    long_conv = [
+        _msg("system", "S"),
+        *[_msg(r, f"turn {i} " + "word " * 30) for i in range(6) for r in ("user", "assistant")],
+    ]
+    full = Encoder(loaded, load_template("chatml"), EncodeOptions()).encode([_row(long_conv)])[0][0]["num_tokens"]
+    limit = full // 2
+
+    def run(policy: str) -> Any:
+        return Encoder(loaded, load_template("chatml"), EncodeOptions(max_len=limit, overflow=policy)).encode(
+            [_row(long_conv)]
+        )[0]
+
+    dropped = run("drop")
+    assert isinstance(dropped, RowError)
+    assert (dropped.reason, dropped.message) == ("too_long", f"{full} tokens, over --max-len {limit}")
+    [right] = run("truncate-right")
+    [left] = run("truncate-left")
+    assert len(right["input_ids"]) == len(left["input_ids"]) == limit
+    [fewer] = run("drop-turns")
+    assert fewer["num_tokens"] <= limit
+    text = loaded.tokenizer.decode(fewer["input_ids"])
+    assert text.startswith("<|im_start|>system\nS<|im_end|>")  # the system message stays
+    assert "turn 5" in text and "turn 0" not in text  # the oldest turns go, the last assistant turn stays
+    split = Encoder(loaded, load_template("chatml"), EncodeOptions(max_len=8, overflow="split")).encode(
+        [{"id": "t", "kind": "text", "text": "word " * 30, "source_file": "t", "source_row": 0}]
+    )[0]
+    assert [len(r["input_ids"]) for r in split][:-1] == [8] * (len(split) - 1)
+    assert np.concatenate([r["input_ids"] for r in split]).tolist() == loaded.tokenizer("word " * 30)["input_ids"] + [
+        loaded.tokenizer.eos_token_id
+    ]
+    assert [r["id"] for r in split] == [f"t-{k}" for k in range(len(split))]
+
+
+def test_text_and_plain_prompt_completion() -> None:
+    loaded = load_tokenizer("mistral:v3")
+    tok = loaded.tokenizer
+    encoder = Encoder(loaded, load_template("tokenizer", loaded.chat_template), EncodeOptions())
+    text_row = {"id": "t", "kind": "text", "text": "Hello world", "source_file": "t", "source_row": 0}
+    pc_row = {"id": "p", "kind": "prompt_completion", "prompt": "The capital of Italy is", "completion": " Rome.",
+              "messages": None, "completion_messages": None, "source_file": "t", "source_row": 1}  # fmt: skip
+    [[text]], [[pc]] = encoder.encode([text_row]), encoder.encode([pc_row])
+    assert list(text["input_ids"]) == tok("Hello world")["input_ids"] + [tok.eos_token_id]  # BOS from the tokenizer
+    assert text["input_ids"][0] == tok.bos_token_id
+    assert list(pc["input_ids"]) == tok("The capital of Italy is Rome.")["input_ids"] + [tok.eos_token_id]
+    assert tok.decode([t for t, lab in zip(pc["input_ids"], pc["labels"], strict=True) if lab != -100]) == "Rome.</s>"
+
+
+def test_manifest_records_tokenizer_template_and_checks(tmp_path: Path) -> None:
+    done = convert(
+        ConvertConfig(
+            inputs=(str(FIXTURES / "formats"),), out=tmp_path / "o", tokenizer="mistral:tekken", template="chatml"
+        )
+    )
+    m = done.manifest
+    assert m["stage"] == "tokenized"
+    assert m["tokenizer"]["fingerprint"] == load_tokenizer("mistral:tekken").fingerprint
+    assert m["template"]["text"] == load_template("chatml").text
+    assert len(m["template"]["sha256"]) == 64
+    assert m["conformance"]["eot_trained"] is True
+    assert m["conformance"]["prefix_stable"] is True
+    assert m["totals"]["rows_read"] == m["totals"]["rows_kept"] + m["totals"]["rows_rejected"]
+    assert sum(m["mask_methods"].values()) > 0
