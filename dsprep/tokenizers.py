@@ -94,7 +94,11 @@ def _build(name: str, target: Path) -> None:
         tok.save_pretrained(str(out))
         if name == "mistral:v3":
             shutil.copy(data / "mistral_instruct_tokenizer_240323.model.v3", out / "tokenizer.model")
-        os.replace(out, target)
+        try:
+            os.replace(out, target)
+        except OSError:
+            if not target.is_dir():  # else another process built it first; theirs is identical
+                raise
 
 
 def _builtin_path(name: str) -> Path:
