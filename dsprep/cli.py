@@ -146,6 +146,8 @@ def _progress(quiet: bool, total: int) -> tuple[Callable[[int], None] | None, Ca
     help="What to do with rows over --max-len (split: text rows only).",
 )
 @click.option("--allow-template-warnings", is_flag=True, help="Go on when the template fails a conformance check.")
+@click.option("--pack", type=click.IntRange(min=1), metavar="L", help="Pack examples into rows of at most L tokens.")
+@click.option("--shuffle-seed", type=int, help="Shuffle the packed rows with this seed.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def convert(
     inputs: tuple[str, ...],
@@ -161,6 +163,8 @@ def convert(
     max_len: int | None,
     overflow: str,
     allow_template_warnings: bool,
+    pack: int | None,
+    shuffle_seed: int | None,
     quiet: bool,
 ) -> None:
     """Normalize INPUTS (files, folders, globs) into Parquet shards, rejects.jsonl and manifest.json in --out."""
@@ -169,6 +173,10 @@ def convert(
     from dsprep.pipeline import convert as run_convert
     from dsprep.sources import discover
 
+    if pack is not None and tokenizer is None:
+        raise click.BadParameter("packing needs --tokenizer", param_hint="--pack")
+    if pack is not None and max_len is not None and max_len > pack:
+        raise click.BadParameter(f"--max-len {max_len} exceeds --pack {pack}", param_hint="--max-len")
     config = ConvertConfig(
         inputs=inputs,
         out=out,
@@ -183,6 +191,8 @@ def convert(
         max_len=max_len,
         overflow=overflow,  # type: ignore[arg-type]
         allow_template_warnings=allow_template_warnings,
+        pack=pack,
+        shuffle_seed=shuffle_seed,
     )
     say = (lambda _msg: None) if quiet else click.echo
 
@@ -211,6 +221,13 @@ def convert(
             f"{'trained' if c['eot_trained'] else 'NOT trained'}, "
             f"prefix-stable {'yes' if c['prefix_stable'] else 'no'}; masks: {methods['span']} by span, "
             f"{methods['prefix']} by prefix renders"
+        )
+    if "packing" in result.manifest:
+        p = result.manifest["packing"]
+        say(
+            f"packed {p['tokens']} tokens into {p['rows']} rows of at most {p['max_len']}: efficiency "
+            f"{p['efficiency']:.2%}, lower bound {p['lower_bound']} (+{p['rows_above_bound']}), examples per row "
+            f"{p['examples_per_row_min']}/{p['examples_per_row_mean']:.1f}/{p['examples_per_row_max']} min/mean/max"
         )
     say(f"total: read {result.rows_read} = kept {result.rows_kept} + rejected {result.rows_rejected}")
     say(f"wrote {len(shards)} shard{'s' * (len(shards) != 1)}, rejects.jsonl and manifest.json to {out}")

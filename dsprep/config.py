@@ -24,6 +24,8 @@ class ConvertConfig:
     template: "tokenizer" (its own chat template), a shipped template name, or a .jinja path.
     train_on, max_len, overflow: the loss mask and length policy (see `dsprep.encode.EncodeOptions`).
     allow_template_warnings: go on when the template fails its conformance checks.
+    pack: pack tokenized examples into rows of at most this many tokens (`dsprep.pack`); needs `tokenizer`.
+    shuffle_seed: shuffle the packed rows with this seed (None keeps the plan's order).
     """
 
     inputs: tuple[str, ...]
@@ -40,6 +42,17 @@ class ConvertConfig:
     max_len: int | None = None
     overflow: Literal["drop", "truncate-right", "truncate-left", "drop-turns", "split"] = "drop"
     allow_template_warnings: bool = False
+    pack: int | None = None
+    shuffle_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.pack is not None:
+            if self.tokenizer is None:
+                raise ValueError("packing needs a tokenizer (--tokenizer)")
+            if self.max_len is not None and self.max_len > self.pack:
+                raise ValueError(f"--max-len {self.max_len} exceeds the packed row length --pack {self.pack}")
+            if self.max_len is None:
+                object.__setattr__(self, "max_len", self.pack)
 
     def options(self) -> dict[str, Any]:
         """The options that shape the output, as recorded in the manifest."""

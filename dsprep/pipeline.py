@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsprep.config import ConvertConfig
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["ConvertResult", "InputReport", "convert"]
 
 Row = dict[str, Any]
+UNPACKABLE = ("preference", "kto")
+PACK_CHUNK_ROWS = 4096
 
 
 @dataclass
@@ -156,6 +159,12 @@ class _Run:
             for rec, row in kept:
                 yield rec, [row]
             return
+        if self.config.pack is not None:
+            for rec, row in kept:
+                if row["kind"] in UNPACKABLE:
+                    message = f"{row['kind']} rows hold separate prompt/continuation ids and are not packed"
+                    yield rec, RowError("kind", "not_packable", message)
+            kept = [(rec, row) for rec, row in kept if row["kind"] not in UNPACKABLE]
         results = self.encoder.encode([row for _, row in kept])
         yield from zip((rec for rec, _ in kept), results, strict=True)
 
@@ -205,7 +214,9 @@ def convert(
     reports: list[InputReport] = []
     try:
         schema = NORMALIZED if encoder is None else TOKENIZED
-        shards = ShardWriter(staging.dir, schema, shard_bytes=config.shard_bytes)
+        unpacked = staging.dir / "unpacked" if config.pack else staging.dir
+        unpacked.mkdir(exist_ok=True)
+        shards = ShardWriter(unpacked, schema, shard_bytes=config.shard_bytes)
         with RejectsWriter(staging.dir / REJECTS) as rejects:
             run = _Run(config, shards, rejects, encoder)
             for f, spec, detection in plan:
@@ -225,6 +236,9 @@ def convert(
                 if on_input:
                     on_input(report)
         shard_list = shards.close()
+        packing = _pack(config, unpacked, staging) if config.pack else None
+        if packing is not None:
+            shard_list = packing.pop("shards")
         read = sum(r.rows_read for r in reports)
         rejected = sum(r.rows_rejected for r in reports)
         if config.max_rejected is not None and read and rejected / read > config.max_rejected:
@@ -235,12 +249,39 @@ def convert(
         manifest = _manifest(config, reports, shard_list, rejects.rows, staging)
         if encoder is not None:
             manifest.update(stage="tokenized", **encoding, mask_methods=dict(encoder.method_counts))
+        if packing is not None:
+            manifest.update(stage="packed", packing=packing)
         write_json(staging.dir / MANIFEST, manifest)
         staging.publish([*(s["file"] for s in shard_list), REJECTS, MANIFEST])
     except BaseException:
         staging.discard(keep=(REJECTS,))
         raise
     return ConvertResult(reports, manifest)
+
+
+def _pack(config: ConvertConfig, unpacked: Path, staging: Staging) -> dict[str, Any]:
+    """Plan packing over every tokenized example at once, then write packed shards chunk by chunk."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dsprep.pack import PackReport, materialize, plan_packing
+    from dsprep.schema import PACKED
+
+    assert config.pack is not None
+    parts = sorted(unpacked.glob("part-*.parquet"))
+    columns = ["id", "input_ids", "labels", "num_tokens"]
+    table = pa.concat_tables([pq.read_table(p, columns=columns) for p in parts]).combine_chunks()
+    plan = plan_packing(table.column("num_tokens").to_numpy().astype("int64"), config.pack)
+    if config.shuffle_seed is not None:
+        plan = plan.shuffled(config.shuffle_seed)
+    writer = ShardWriter(staging.dir, PACKED, shard_bytes=config.shard_bytes)
+    for first in range(0, plan.rows, PACK_CHUNK_ROWS):
+        writer.write_table(materialize(table, plan, first_row=first, rows=min(PACK_CHUNK_ROWS, plan.rows - first)))
+    shutil.rmtree(unpacked)
+    report = asdict(PackReport.of(plan))
+    return {"max_len": config.pack, "shuffle_seed": config.shuffle_seed, **report, "shards": writer.close()}
 
 
 def _manifest(

@@ -26,6 +26,7 @@ __all__ = [
     "KINDS",
     "MESSAGE",
     "NORMALIZED",
+    "PACKED",
     "REJECT_FIELDS",
     "ROLES",
     "SCHEMA_VERSION",
@@ -105,6 +106,21 @@ TOKENIZED = pa.schema(
         pa.field("num_trained", pa.int32(), nullable=False),
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("source_row", pa.int64(), nullable=False),
+    ],
+    metadata={"dsprep.schema_version": str(SCHEMA_VERSION)},
+)
+
+# Packed rows (`dsprep convert --pack L`): examples concatenated into rows of at most L tokens, not padded.
+# `position_ids` restart at 0 for each example, `seq_lens` are the examples' lengths in order, and each example's
+# first label is -100 so no label crosses an example boundary. `example_ids` are the packed examples' `id`s.
+PACKED = pa.schema(
+    [
+        pa.field("input_ids", TOKENS, nullable=False),
+        pa.field("labels", TOKENS, nullable=False),
+        pa.field("position_ids", TOKENS, nullable=False),
+        pa.field("seq_lens", TOKENS, nullable=False),
+        pa.field("example_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("num_tokens", pa.int32(), nullable=False),
     ],
     metadata={"dsprep.schema_version": str(SCHEMA_VERSION)},
 )

@@ -112,12 +112,16 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self._rows:
             return
+        rows, self._rows, self._pending_bytes = self._rows, [], 0
+        self.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append a whole table (already in this writer's schema)."""
         if self._writer is None:
             self._path = self.folder / f"{self.prefix}-{len(self.shards):05d}.parquet"
             self._writer = pq.ParquetWriter(self._path, self.schema, compression="zstd")
-        self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
-        self._shard_rows += len(self._rows)
-        self._rows, self._pending_bytes = [], 0
+        self._writer.write_table(table)
+        self._shard_rows += table.num_rows
         assert self._path is not None
         if self._path.stat().st_size >= self.shard_bytes:
             self._close_shard()
