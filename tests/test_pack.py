@@ -130,3 +130,21 @@ def test_preference_rows_are_not_packed(tmp_path: Path) -> None:
     done = convert(ConvertConfig(inputs=(str(FIXTURES / "formats" / "preference.jsonl"),), out=out,
                                  tokenizer="mistral:tekken", template="chatml", pack=128))  # fmt: skip
     assert done.manifest["inputs"][0]["rejected_by_reason"] == {"not_packable": 4}
+
+
+def test_packed_shards_load_with_datasets_and_polars(tmp_path: Path) -> None:
+    import json
+
+    import polars as pl
+
+    datasets = pytest.importorskip("datasets", reason="loading check needs the `datasets` package")
+    _convert(tmp_path / "o", pack=256, shard_bytes=1)
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    files = [str(tmp_path / "o" / s["file"]) for s in manifest["shards"]]
+    assert len(files) >= 1
+    ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == manifest["packing"]["rows"]
+    assert set(ds.column_names) == {"input_ids", "labels", "position_ids", "seq_lens", "example_ids", "num_tokens"}
+    frame = pl.scan_parquet(files).select(pl.col("num_tokens").sum(), pl.len()).collect()
+    assert frame.item(0, 0) == manifest["packing"]["tokens"]
+    assert frame.item(0, 1) == manifest["packing"]["rows"]
