@@ -234,6 +234,18 @@ def convert(
 
 
 @main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--tokenizer", "-t", metavar="DIR|NAME", help="Also require the shards to match this tokenizer.")
+def verify(folder: Path, tokenizer: str | None) -> None:
+    """Verify FOLDER (a dsprep output): checksums, schema, packing invariants, tokenizer fingerprint."""
+    from dsprep.verify import verify_output
+
+    manifest = verify_output(folder, tokenizer=tokenizer)
+    rows = sum(s["rows"] for s in manifest["shards"])
+    click.echo(f"{folder}: ok ({manifest['stage']}, {len(manifest['shards'])} shards, {rows} rows)")
+
+
+@main.command()
 def templates() -> None:
     """List the shipped chat templates."""
     from dsprep.templates import load_template, shipped_template_names

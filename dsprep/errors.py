@@ -15,6 +15,7 @@ __all__ = [
     "RowFailure",
     "TemplateError",
     "TokenizerError",
+    "VerifyError",
 ]
 
 
@@ -52,6 +53,12 @@ class TokenizerError(DsprepError):
     """A tokenizer cannot be loaded (missing folder, unknown built-in name, unreadable files)."""
 
     exit_code = 3
+
+
+class VerifyError(DsprepError):
+    """An output folder does not match its manifest, or breaks an invariant of its stage."""
+
+    exit_code = 8
 
 
 class RowFailure(DsprepError):
