@@ -948,6 +948,22 @@ def test_llama3_date_string() -> None:
     assert "Today Date: 01 Jan 2025\n\n" in render(load_template("llama3"), messages, special_tokens=variables)
 
 
+@pytest.mark.parametrize("name", ["llama3", "llama4"])
+def test_llama_tools_wait_for_the_first_user_turn(name: str) -> None:
+    """With tools but no turn after the system prompt, the prompt is the system turn alone (a prefix of the rest)."""
+    messages = CONVERSATIONS["tools"]
+    system_only = _render(name, messages[:1], "tools")
+    assert _render(name, messages, "tools").startswith(system_only)
+    assert "Given the following functions" not in system_only
+
+
+def test_qwen2_5_default_system_prompt_with_tools() -> None:
+    text = _render("qwen2_5", CONVERSATIONS["tools"][1:], "tools")
+    assert text.startswith(
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.\n\n# Tools\n\n"
+    )
+
+
 @pytest.fixture(scope="module")
 def hf_tokenizer() -> Any:
     transformers = pytest.importorskip("transformers", reason="transformers is not installed")

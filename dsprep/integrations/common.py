@@ -1,0 +1,38 @@
+"""What every train entry point does first: verify the shards and check they were made with the model's tokenizer."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from dsprep.errors import DsprepError
+from dsprep.tokenizers import fingerprint
+from dsprep.verify import check_fingerprint, verify_output
+
+__all__ = ["MissingExtraError", "prepared_shards", "require"]
+
+
+class MissingExtraError(DsprepError):
+    """An integration's trainer is not installed."""
+
+    exit_code = 9
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import an optional trainer module, or explain which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"{module} is needed here ({exc}); install it with: pip install 'dsprep[{extra}]'"
+        ) from None
+
+
+def prepared_shards(folder: str | Path, tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
+    """Verify `folder` (`dsprep verify`) and its tokenizer fingerprint against `tokenizer`; manifest and shard paths."""
+    manifest = verify_output(Path(folder))
+    name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+    check_fingerprint(manifest, fingerprint(tokenizer), str(name))
+    return manifest, [str(Path(folder) / s["file"]) for s in manifest["shards"]]
