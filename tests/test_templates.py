@@ -539,8 +539,8 @@ GOLDEN: dict[tuple[str, str], str | Rejected] = {
         "<s>[AVAILABLE_TOOLS] [" + TOOL_LINE + "][/AVAILABLE_TOOLS][INST] You are terse.\n"
         "\n"
         "Weather in Paris?[/INST]"
-        '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]</s>'
-        '[TOOL_RESULTS] {"content": "{\\"temperature\\": 18}"}[/TOOL_RESULTS] 18 degrees.</s>'
+        '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "call12345"}]</s>'
+        '[TOOL_RESULTS] {"content": "{\\"temperature\\": 18}", "call_id": "call12345"}[/TOOL_RESULTS] 18 degrees.</s>'
     ),
     ("mistral_v3", "reasoning"): "<s>[INST] What is 2+2?[/INST] 4</s>[INST] And 3+3?[/INST] 6</s>",
     ("mistral_v7", "system"): (
