@@ -22,6 +22,7 @@ is the same packed and unpacked.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,8 @@ from dsprep.schema import PACKED
 __all__ = ["PackPlan", "PackReport", "materialize", "plan_packing"]
 
 IGNORE = -100
+REPAIR_MAX_EXAMPLES = 50_000_000  # the repair visits every row left with slack; beyond this best fit alone is used
+SINK_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -93,68 +96,147 @@ class PackReport:
         )
 
 
-def plan_packing(lengths: np.ndarray, max_len: int) -> PackPlan:
-    """Best-fit-decreasing plan for `lengths` (each 1..max_len) into rows of at most `max_len` tokens."""
+class _Buckets:
+    """Rows grouped by free space; within a space, rows leave in the order they arrived (deterministic)."""
+
+    def __init__(self, max_len: int) -> None:
+        self.chunks: dict[int, deque[np.ndarray]] = {}
+        self.sizes = np.zeros(max_len + 1, dtype=np.int64)
+
+    def spaces_from(self, x: int) -> list[int]:
+        return (np.flatnonzero(self.sizes[x:]) + x).tolist()
+
+    def take(self, space: int, k: int) -> np.ndarray:
+        chunks = self.chunks[space]
+        out = []
+        while k > 0:
+            head = chunks[0]
+            if len(head) <= k:
+                out.append(chunks.popleft())
+                k -= len(head)
+            else:
+                out.append(head[:k])
+                chunks[0] = head[k:]
+                k = 0
+        taken = out[0] if len(out) == 1 else np.concatenate(out)
+        self.sizes[space] -= len(taken)
+        if not self.sizes[space]:
+            del self.chunks[space]
+        return taken
+
+    def put(self, space: int, rows: np.ndarray) -> None:
+        if len(rows):
+            self.chunks.setdefault(space, deque()).append(rows)
+            self.sizes[space] += len(rows)
+
+
+def plan_packing(lengths: np.ndarray, max_len: int, *, repair: bool = True) -> PackPlan:
+    """Best-fit-decreasing plan for `lengths` (each 1..max_len) into rows of at most `max_len` tokens.
+
+    With `repair`, the slack left by best fit is then moved into a few rows and those are re-packed (`_repair`).
+    """
     lengths = np.asarray(lengths, dtype=np.int64)
     if len(lengths) and (lengths.min() < 1 or lengths.max() > max_len):
         raise ValueError(f"every length must lie in 1..{max_len}")
-    # examples longest first; equal lengths keep their input order (deterministic)
-    by_length = np.argsort(-lengths, kind="stable")
-    sorted_lengths = lengths[by_length]
-    distinct, first = np.unique(-sorted_lengths, return_index=True)
-    bounds = [*first.tolist(), len(sorted_lengths)]
-    space_bins: dict[int, np.ndarray] = {}  # free space -> ids of rows with exactly that space, in opening order
-    occupied = np.zeros(max_len + 1, dtype=bool)
+    # examples longest first; equal lengths keep their input order (a stable radix sort on small keys)
+    key = (max_len - lengths).astype(np.uint16 if max_len < 1 << 16 else np.int64)
+    by_length = np.argsort(key, kind="stable")
+    counts = np.bincount(lengths, minlength=max_len + 1)[::-1]  # counts by length, longest first
+    buckets = _Buckets(max_len)
     row_of = np.empty(len(lengths), dtype=np.int64)  # row of each example in `by_length` order
     n_rows = 0
-    for group, x in enumerate((-distinct).tolist()):
-        lo, hi = bounds[group], bounds[group + 1]
-        cursor = lo
-        for s in (np.flatnonzero(occupied[x:]) + x).tolist():
+    cursor = 0
+    for x in (max_len - np.flatnonzero(counts)).tolist():
+        hi = cursor + int(counts[max_len - x])
+        for s in buckets.spaces_from(x):
             if cursor == hi:
                 break
-            bins = space_bins[s]
-            per_bin = s // x
-            take_bins = min(len(bins), -(-(hi - cursor) // per_bin))
-            used = bins[:take_bins]
-            n_items = min(hi - cursor, take_bins * per_bin)
-            row_of[cursor : cursor + n_items] = np.repeat(used, per_bin)[:n_items]
-            cursor += n_items
-            rest = bins[take_bins:]
-            if len(rest):
-                space_bins[s] = rest
-            else:
-                del space_bins[s]
-                occupied[s] = False
-            full, partial = divmod(n_items, per_bin)
-            _move(space_bins, occupied, used[:full], s - per_bin * x)
-            if partial:
-                _move(space_bins, occupied, used[full : full + 1], s - partial * x)
+            per_row = s // x
+            rows = buckets.take(s, min(int(buckets.sizes[s]), -(-(hi - cursor) // per_row)))
+            cursor = _fill(rows, per_row, x, s, cursor, hi, row_of, buckets)
         if cursor < hi:
-            per_bin = max_len // x
-            need = hi - cursor
-            new_bins = np.arange(n_rows, n_rows + -(-need // per_bin), dtype=np.int64)
-            n_rows += len(new_bins)
-            row_of[cursor:hi] = np.repeat(new_bins, per_bin)[:need]
-            full, partial = divmod(need, per_bin)
-            _move(space_bins, occupied, new_bins[:full], max_len - per_bin * x)
-            if partial:
-                _move(space_bins, occupied, new_bins[full : full + 1], max_len - partial * x)
+            per_row = max_len // x
+            rows = np.arange(n_rows, n_rows + -(-(hi - cursor) // per_row), dtype=np.int64)
+            n_rows += len(rows)
+            cursor = _fill(rows, per_row, x, max_len, cursor, hi, row_of, buckets)
+    plan_rows = row_of
+    if repair and 0 < len(lengths) <= REPAIR_MAX_EXAMPLES:
+        plan_rows, n_rows = _repair(lengths[by_length], row_of, n_rows, max_len)
     # order examples row by row; within a row, in placement order (longest first)
-    placement = np.argsort(row_of, kind="stable")
+    placement = np.argsort(plan_rows.astype(np.int32 if n_rows < 1 << 31 else np.int64), kind="stable")
     order = by_length[placement]
-    row_counts = np.bincount(row_of, minlength=n_rows).astype(np.int64)
+    row_counts = np.bincount(plan_rows, minlength=n_rows).astype(np.int64)
     return PackPlan(max_len, order, row_counts, lengths)
 
 
-def _move(space_bins: dict[int, np.ndarray], occupied: np.ndarray, bins: np.ndarray, space: int) -> None:
-    if not len(bins):
-        return
-    if space in space_bins:
-        space_bins[space] = np.sort(np.concatenate([space_bins[space], bins]), kind="stable")
-    else:
-        space_bins[space] = bins
-        occupied[space] = True
+def _fill(rows: np.ndarray, per_row: int, x: int, space: int, cursor: int, hi: int, row_of: np.ndarray,
+          buckets: _Buckets) -> int:  # fmt: skip
+    """Give each of `rows` (free space `space`) up to `per_row` examples of length `x`; returns the new cursor."""
+    n = min(hi - cursor, len(rows) * per_row)
+    row_of[cursor : cursor + n] = np.repeat(rows, per_row)[:n]
+    full, partial = divmod(n, per_row)
+    buckets.put(space - per_row * x, rows[:full])
+    if partial:
+        buckets.put(space - partial * x, rows[full : full + 1])
+    return cursor + n
+
+
+def _repair(sizes: np.ndarray, row_of: np.ndarray, n_rows: int, max_len: int) -> tuple[np.ndarray, int]:
+    """Move the plan's slack into a few sink rows by swaps, then re-pack the sink: fewer rows, never more.
+
+    After best fit most rows are exactly full, and the rest are short by less than the smallest example — slack
+    no example can fill. The SINK_ROWS emptiest rows become a pool; every other row with slack ``s`` swaps one of
+    its examples ``a`` for the longest pooled example ``b`` with ``a < b <= a + s``, moving ``b - a`` of slack into
+    the pool. The pool is then re-packed with best fit, and the result is kept only if it needs fewer rows.
+    Deterministic: rows and examples are visited in index order, ties go to the lowest index.
+    """
+    sink_count = min(n_rows, SINK_ROWS)
+    used = np.bincount(row_of, weights=sizes, minlength=n_rows).astype(np.int64)
+    free = max_len - used
+    sink_rows = np.sort(np.argsort(-free, kind="stable")[:sink_count])
+    in_sink = np.zeros(n_rows, dtype=bool)
+    in_sink[sink_rows] = True
+    original = row_of
+    pooled = in_sink[row_of]
+    pool: dict[int, list[int]] = {}
+    for i in np.flatnonzero(pooled).tolist():
+        pool.setdefault(int(sizes[i]), []).append(i)
+    available = np.zeros(max_len + 1, dtype=np.int64)
+    for length, items in pool.items():
+        available[length] = len(items)
+        items.reverse()  # pop() hands out the lowest index first
+    row_of = row_of.copy()
+    by_row = np.argsort(row_of, kind="stable")
+    starts = np.searchsorted(row_of[by_row], np.arange(n_rows + 1))
+    for r in np.flatnonzero((free > 0) & ~in_sink).tolist():
+        slack = int(free[r])
+        for a in by_row[starts[r] : starts[r + 1]].tolist():
+            size = int(sizes[a])
+            window = available[size + 1 : min(size + slack, max_len) + 1]
+            if not window.any():
+                continue
+            length = size + 1 + int(np.flatnonzero(window)[-1])
+            b = pool[length].pop()
+            available[length] -= 1
+            row_of[b], row_of[a] = r, -1
+            pool.setdefault(size, []).append(a)  # `a` joins the pool
+            available[size] += 1
+            slack -= length - size
+            if not slack:
+                break
+    pooled_items = [i for items in pool.values() for i in items]
+    pooled_items.sort()
+    pooled_sizes = sizes[pooled_items]
+    repacked = plan_packing(pooled_sizes, max_len, repair=False)
+    if repacked.rows >= sink_count:
+        return original, n_rows  # no gain: keep the best-fit plan as it was
+    keep = ~in_sink
+    renumber = np.cumsum(keep) - 1
+    new_rows = np.empty(len(pooled_items), dtype=np.int64)
+    new_rows[repacked.order] = np.repeat(np.arange(repacked.rows), repacked.row_counts)
+    out = np.where(row_of >= 0, renumber[np.maximum(row_of, 0)], -1)
+    out[np.asarray(pooled_items, dtype=np.int64)] = int(keep.sum()) + new_rows
+    return out, int(keep.sum()) + repacked.rows
 
 
 def materialize(table: pa.Table, plan: PackPlan, *, first_row: int = 0, rows: int | None = None) -> pa.Table:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,9 @@ import pytest
 
 from dsprep.config import ConvertConfig
 from dsprep.pipeline import ConvertResult, convert
+from paths import FIXTURES, REPO, SHARED_DATA
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("DSPREP_SHARED_DATA", REPO.parent / "shared" / "data"))
-FIXTURES = REPO / "fixtures"
+__all__ = ["FIXTURES", "REPO", "SHARED_DATA"]
 
 
 @pytest.fixture

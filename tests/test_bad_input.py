@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES
 from dsprep.errors import InputError, RejectedRowsError, RowFailure
+from paths import FIXTURES
 
 BAD = FIXTURES / "bad"
 

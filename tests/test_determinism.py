@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import FIXTURES
 from dsprep.config import ConvertConfig
 from dsprep.pipeline import convert
+from paths import FIXTURES
 
 
 def _run(out: Path, **options: object) -> dict[str, bytes]:

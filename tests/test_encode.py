@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
 from dsprep.config import ConvertConfig
 from dsprep.conformance import check_conformance
 from dsprep.encode import EncodeOptions, Encoder
@@ -18,6 +17,7 @@ from dsprep.pipeline import convert
 from dsprep.templates import ChatTemplate, load_template, template_messages
 from dsprep.tokenizers import load_tokenizer
 from oracles import reference_ids
+from paths import FIXTURES
 
 TURN_MARKERS = ["<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                 "<|eot_id|>", "<start_of_turn>", "<end_of_turn>", "<bos>"]  # fmt: skip

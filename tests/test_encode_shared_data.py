@@ -48,7 +48,7 @@ REASONS = {"template_error", "template_not_prefix_stable"}
 
 @pytest.fixture(scope="module")
 def conversations(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    from conftest import SHARED_DATA
+    from paths import SHARED_DATA
 
     if not (SHARED_DATA / "SOURCES.md").is_file():
         pytest.skip(f"real sample data not found at {SHARED_DATA}")

@@ -27,7 +27,7 @@ FILES = ["sharegpt/fastchat__dummy_conversation.json", "openai/openai-cookbook__
 
 @pytest.fixture(scope="module")
 def packed_rows(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    from conftest import SHARED_DATA
+    from paths import SHARED_DATA
 
     if not (SHARED_DATA / "SOURCES.md").is_file():
         pytest.skip(f"real sample data not found at {SHARED_DATA}")

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from conftest import FIXTURES
 from dsprep.errors import RowError
 from dsprep.normalize import normalize_record
 from dsprep.specs import load_spec, shipped_spec_names
+from paths import FIXTURES
 
 FORMATS = FIXTURES / "formats"
 

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from conftest import FIXTURES
 from dsprep.sources import discover
+from paths import FIXTURES
 
 SOURCE = FIXTURES / "formats" / "sharegpt.jsonl"  # rows of one Arrow-compatible shape, with tools and extras
 CONTENT_COLUMNS = ("kind", "messages", "tools", "extra")

@@ -967,7 +967,7 @@ def test_qwen2_5_default_system_prompt_with_tools() -> None:
 @pytest.fixture(scope="module")
 def hf_tokenizer() -> Any:
     transformers = pytest.importorskip("transformers", reason="transformers is not installed")
-    from conftest import SHARED_DATA
+    from paths import SHARED_DATA
 
     path = SHARED_DATA / "tokenizers" / "torchtitan_test_tokenizer"
     if not (path / "tokenizer.json").is_file():

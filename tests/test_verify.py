@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from conftest import FIXTURES
 from dsprep.cli import main
 from dsprep.config import ConvertConfig
 from dsprep.errors import VerifyError
 from dsprep.pipeline import convert
 from dsprep.verify import verify_output
+from paths import FIXTURES
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import FIXTURES
 from dsprep.cli import main, parse_size
 from dsprep.specs import shipped_spec_names
+from paths import FIXTURES
 
 
 @pytest.fixture

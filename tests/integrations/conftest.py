@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA
 from dsprep.config import ConvertConfig
 from dsprep.pipeline import convert
 from dsprep.tokenizers import load_tokenizer
+from paths import SHARED_DATA
 
 SOURCE = "sharegpt/fastchat__dummy_conversation.json"
 

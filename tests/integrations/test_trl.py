@@ -1,0 +1,153 @@
+"""TRL entry points on CPU: SFT on packed shards (padding-free, isolated examples) and DPO on preference shards.
+
+Shards come from `dsprep convert` on real sample files, for a tiny random Llama with the mistral:v3 tokenizer built
+locally. A forward pre-hook on the model sees every batch TRL's collator produced: `position_ids` must restart exactly
+where the shard's examples start and no `attention_mask` may reach the model; the first batch, run through the same
+model in float64, must give every example the per-token losses it has alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from dsprep.config import ConvertConfig
+from dsprep.pipeline import convert
+from isolation import example_loss_deltas, float64_model
+from paths import SHARED_DATA
+
+trl = pytest.importorskip("trl", reason="the TRL tests need the TRL environment: pip install 'dsprep[trl]'")
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.trl,
+    pytest.mark.shared_data,
+    # TRL 1.16 still sets `gradient_checkpointing`, which transformers 5.24 renamed; Trainer pins memory without a GPU
+    pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.* is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true but no accelerator:UserWarning"),
+]
+REPO = Path(__file__).resolve().parents[2]
+PREFERENCE = "preference/llamafactory__dpo_en_demo.json"
+SFT_SOURCE = "sharegpt/fastchat__dummy_conversation.json"
+
+
+def _entry(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO / "train_entry" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _convert(tmp: Path, source: str, tokenizer: str, **options: Any) -> Path:
+    if not (SHARED_DATA / "SOURCES.md").is_file():
+        pytest.skip(f"real sample data not found at {SHARED_DATA}")
+    convert(
+        ConvertConfig(inputs=(str(SHARED_DATA / source),), out=tmp, tokenizer=tokenizer, template="chatml", **options)
+    )
+    return tmp
+
+
+class Run:
+    """One SFT run through `trl_sft.build`, with every model call's keyword arguments recorded."""
+
+    def __init__(self, trainer: Any, calls: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+        self.trainer, self.calls, self.rows = trainer, calls, rows
+
+
+@pytest.fixture(scope="module")
+def sft_run(packed_shards: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    sft = _entry("trl_sft")
+    out = tmp_path_factory.mktemp("sft")
+    args = sft.parse_args(["--shards", str(packed_shards), "--model", str(tiny_model_dir), "--output-dir", str(out),
+                           "--max-steps", "3", "--batch-size", "2", "--lr", "1e-3"])  # fmt: skip
+    trainer = sft.build(args)
+    calls: list[dict[str, Any]] = []
+
+    def record(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        calls.append({k: v.detach().clone() if torch.is_tensor(v) else v for k, v in kwargs.items()})
+
+    handle = trainer.model.register_forward_pre_hook(record, with_kwargs=True)
+    trainer.train()
+    handle.remove()
+    rows = [r for p in sorted(packed_shards.glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    return Run(trainer, calls, rows)
+
+
+def _expected(ids: list[int], rows: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """The shard rows a padding-free batch concatenated, found by content: their position_ids and labels."""
+    positions: list[int] = []
+    labels: list[int] = []
+    while len(positions) < len(ids):
+        at = len(positions)
+        row = next((r for r in rows if ids[at : at + len(r["input_ids"])] == r["input_ids"]), None)
+        assert row is not None, f"batch tokens from offset {at} are not a shard row"
+        positions += [p for n in row["seq_lens"] for p in range(n)]
+        labels += row["labels"]
+    return positions, labels
+
+
+def test_sft_trains_three_steps_with_a_finite_loss(sft_run: Run) -> None:
+    assert sft_run.trainer.state.global_step == 3
+    assert math.isfinite(sft_run.trainer.state.log_history[-1]["train_loss"])
+
+
+def test_every_batch_restarts_positions_at_the_shard_boundaries_without_a_mask(sft_run: Run) -> None:
+    assert len(sft_run.calls) == sft_run.trainer.state.global_step  # one forward per step, each one checked
+    for call in sft_run.calls:
+        assert call.get("attention_mask") is None, "an attention_mask reached the model for packed rows"
+        ids, pos, labels = call["input_ids"], call["position_ids"], call["labels"]
+        assert ids.shape[0] == 1 and pos.shape == ids.shape == labels.shape
+        want_pos, want_labels = _expected(ids[0].tolist(), sft_run.rows)
+        assert pos[0].tolist() == want_pos
+        assert labels[0].tolist() == want_labels
+        assert (pos[0] == 0).sum() >= 2, "a padding-free batch should hold several examples"
+
+
+def test_first_batch_gives_each_example_its_alone_losses(sft_run: Run, tiny_model_dir: Path) -> None:
+    first = sft_run.calls[0]
+    worst, examples = example_loss_deltas(
+        float64_model(tiny_model_dir), first["input_ids"], first["labels"], first["position_ids"]
+    )
+    assert examples >= 2
+    assert worst <= 1e-9
+
+
+def test_unpacked_shards_are_one_example_per_row(unpacked_shards: Path) -> None:
+    from dsprep.integrations.trl import SFT_COLUMNS, sft_dataset
+
+    ds = sft_dataset(sorted(unpacked_shards.glob("part-*.parquet")))
+    assert tuple(ds.column_names) == SFT_COLUMNS
+    assert all(r["seq_lengths"] == [len(r["input_ids"])] for r in ds)
+
+
+def test_dpo_trains_two_steps_on_preference_shards(tiny_model_dir: Path, tmp_path: Path) -> None:
+    shards = _convert(tmp_path / "prefs", PREFERENCE, str(tiny_model_dir), max_len=192)
+    dpo = _entry("trl_dpo")
+    args = dpo.parse_args(["--shards", str(shards), "--model", str(tiny_model_dir), "--output-dir",
+                           str(tmp_path / "out"), "--max-steps", "2", "--batch-size", "2", "--max-length", "192"])  # fmt: skip
+    trainer = dpo.build(args)
+    assert set(trainer.train_dataset.column_names) == {"prompt_ids", "chosen_ids", "rejected_ids"}
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+
+
+@pytest.mark.parametrize(("entry", "source", "options"), [("trl_sft", SFT_SOURCE, {"pack": 256}),
+                                                          ("trl_dpo", PREFERENCE, {"max_len": 192})])  # fmt: skip
+def test_entries_refuse_shards_of_another_tokenizer(
+    entry: str, source: str, options: dict[str, Any], tiny_model_dir: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    shards = _convert(tmp_path / "tekken", source, "mistral:tekken", **options)
+    argv = ["--shards", str(shards), "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "out")]
+    assert _entry(entry).main(argv) != 0
+    err = capsys.readouterr().err
+    assert "tokenizer mismatch" in err and "mistral:tekken" in err and "re-run dsprep convert" in err
+    assert not (tmp_path / "out").exists()
