@@ -42,7 +42,7 @@ FILES = [
     "multilingual/llamafactory__alpaca_zh_demo.json",
     "multilingual/llamafactory__glaive_toolcall_zh_demo.json",
 ]
-TEMPLATES = ["tokenizer", "chatml", "mistral_v3", "mistral_tekken", "qwen2_5", "llama3", "zephyr"]
+TEMPLATES = ["tokenizer", "chatml", "mistral_v3", "mistral_tekken", "qwen2_5", "llama3"]
 REASONS = {"template_error", "template_not_prefix_stable"}
 
 
