@@ -35,6 +35,7 @@ from dsprep.errors import DsprepError, VerifyError
 from dsprep.integrations import torchtune as dsprep_tt
 from dsprep.pipeline import convert
 from isolation import example_loss_deltas, float64_model
+from paths import REPO, SHARED_DATA
 
 torchtune = pytest.importorskip(
     "torchtune", reason="the TorchTune tests need the TorchTune environment: pip install 'dsprep[torchtune]'"
@@ -48,14 +49,12 @@ except ImportError as exc:
 from omegaconf import OmegaConf  # noqa: E402  (torchtune's dependency)
 from torchtune import config as tt_config  # noqa: E402
 from torchtune import training  # noqa: E402
-from torchtune.datasets import PackedDataset  # noqa: E402
+from torchtune.datasets import ConcatDataset, PackedDataset  # noqa: E402
 
 pytestmark = [
     pytest.mark.shared_data,
     pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning"),  # torchdata 0.11 on torch 2.13
 ]
-REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("DSPREP_SHARED_DATA", REPO.parent / "shared" / "data"))  # as tests/conftest.py
 CONFIGS = {"full_finetune_single_device": "torchtune_sft.yaml", "lora_finetune_single_device": "torchtune_lora.yaml"}
 SOURCE = "sharegpt/fastchat__dummy_conversation.json"
 STEPS = 3
@@ -316,3 +315,4 @@ def test_builder_refusals(packed_shards: Path, tiny_model_dir: Path) -> None:
     ds = dsprep_tt.packed_shards(source=[packed_shards, packed_shards], tokenizer_dir=tiny_model_dir, max_seq_len=300)
     assert len(ds) == 2 * len(_shard_rows(packed_shards))
     assert ds[0]["tokens"].shape == (300,)
+    assert ConcatDataset([ds, ds]).packed  # a list of dataset entries still gets padded_collate_packed
