@@ -147,6 +147,18 @@ def _check_training(seen: Seen) -> None:
         assert torch.equal(call["position_ids"], batch["position_ids"])
 
 
+def _locate(ids: list[int], shard: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    """The shard row a padded batch row holds, and where it starts (the tokenizer may pad left or right)."""
+    found = [
+        (row, start)
+        for row in shard
+        for start in {0, len(ids) - len(row["input_ids"])}
+        if start >= 0 and ids[start : start + len(row["input_ids"])] == row["input_ids"]
+    ]
+    assert found, "a batch row is no shard row"
+    return max(found, key=lambda f: len(f[0]["input_ids"]))
+
+
 def _starts(lengths: list[int]) -> list[int]:
     return [sum(lengths[:i]) for i in range(len(lengths))]
 
@@ -232,13 +244,13 @@ def test_packed_trains_isolated(
         assert set(batch) == {"input_ids", "labels", "position_ids"}
         for ids, labels, positions in zip(batch["input_ids"], batch["labels"], batch["position_ids"], strict=True):
             ids, labels, positions = ids.tolist(), labels.tolist(), positions.tolist()
-            matches = [r for r in shard if ids[: len(r["input_ids"])] == r["input_ids"]]
-            row = max(matches, key=lambda r: len(r["input_ids"]))  # the longest shard row this batch row starts with
-            n = len(row["input_ids"])
-            assert labels[:n] == row["labels"] and positions[:n] == row["position_ids"]
-            restarts = [i for i, p in enumerate(positions[:n]) if p == 0]
+            row, a = _locate(ids, shard)
+            z = a + len(row["input_ids"])
+            assert labels[a:z] == row["labels"] and positions[a:z] == row["position_ids"]
+            restarts = [i for i, p in enumerate(positions[a:z]) if p == 0]
             assert restarts == _starts(row["seq_lens"]), "position_ids must restart exactly at example boundaries"
-            assert all(x == IGNORE for x in labels[n:]), "padding must carry no targets"
+            assert all(x == IGNORE for x in labels[:a] + labels[z:]), "padding must carry no targets"
+            assert a == 0 or positions[a - 1] != positions[a] - 1, "the padding must not run into the row"
     # Cross-trainer: Axolotl's first batch, in float64, gives each example the losses it has alone.
     first = seen.batches[0]
     worst, examples = example_loss_deltas(
@@ -285,9 +297,11 @@ def test_unpacked_trains_with_axolotl_sample_packing(
                 segment = tuple(ids[a:z].tolist())
                 if segment in examples:  # each segment Axolotl packed is one dsprep example, labels intact
                     assert labels[a:z].tolist() == examples[segment]
+                    assert labels[a] == IGNORE, "Axolotl does not mask boundaries: no label may cross one"
                     packed += 1
-                else:  # else it is the padding tail, which trains nothing
-                    assert z == len(ids) and (labels[a:z] == IGNORE).all(), "a packed segment is no dsprep example"
+                else:  # else it is the padding (left or right, as the tokenizer pads), which trains nothing
+                    assert a == 0 or z == len(ids), "a packed segment is no dsprep example"
+                    assert (labels[a:z] == IGNORE).all(), "padding must carry no targets"
             assert packed >= 2, "Axolotl should pack several examples into a row"
     first = seen.batches[0]
     worst, examples_seen = example_loss_deltas(
