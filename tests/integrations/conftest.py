@@ -32,29 +32,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def _shards(model_dir: Path, factory: pytest.TempPathFactory, name: str, **options: int) -> Path:
+    """Convert the real sample file for the tiny model's own tokenizer folder (ChatML), with `options`."""
+    if not (SHARED_DATA / "SOURCES.md").is_file():
+        pytest.skip(f"real sample data not found at {SHARED_DATA}")
+    out = factory.mktemp("shards") / name
+    inputs = (str(SHARED_DATA / SOURCE),)
+    convert(ConvertConfig(inputs=inputs, out=out, tokenizer=str(model_dir), template="chatml", **options))  # type: ignore[arg-type]
+    return out
+
+
 @pytest.fixture(scope="session")
 def packed_shards(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Packed shards (L = 256) of a real sample file, tokenized with the tiny model's own tokenizer folder."""
-    if not (SHARED_DATA / "SOURCES.md").is_file():
-        pytest.skip(f"real sample data not found at {SHARED_DATA}")
-    out = tmp_path_factory.mktemp("shards") / "packed"
-    convert(
-        ConvertConfig(
-            inputs=(str(SHARED_DATA / SOURCE),), out=out, tokenizer=str(tiny_model_dir), template="chatml", pack=256
-        )
-    )
-    return out
+    return _shards(tiny_model_dir, tmp_path_factory, "packed", pack=256)
 
 
 @pytest.fixture(scope="session")
 def unpacked_shards(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tokenized, unpacked shards (max 256 tokens) of the same file, for trainers that pack themselves."""
-    if not (SHARED_DATA / "SOURCES.md").is_file():
-        pytest.skip(f"real sample data not found at {SHARED_DATA}")
-    out = tmp_path_factory.mktemp("shards") / "unpacked"
-    convert(
-        ConvertConfig(
-            inputs=(str(SHARED_DATA / SOURCE),), out=out, tokenizer=str(tiny_model_dir), template="chatml", max_len=256
-        )
-    )
-    return out
+    return _shards(tiny_model_dir, tmp_path_factory, "unpacked", max_len=256)
