@@ -266,5 +266,13 @@ def formats() -> None:
         click.echo(f"{name:<18} {spec.kind:<18} {spec.description}{note}")
 
 
+def _register() -> None:
+    from dsprep.report.cli import inspect_command
+
+    main.add_command(inspect_command)
+
+
+_register()
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,77 @@
+"""Assemble the `dsprep inspect` report (a plain dict following ``report_schema.json``) for raw files and shards."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dsprep.report.raw import RawInspection, inspect_file, overlap
+from dsprep.report.shards import inspect_shards, is_output_folder
+from dsprep.sources import discover
+from dsprep.version import __version__
+
+__all__ = ["REPORT_VERSION", "InspectOptions", "build_report"]
+
+REPORT_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class InspectOptions:
+    """What `dsprep inspect` measures.
+
+    format: "auto" or a format name/spec path, as for convert. tokenizer/template/train_on/max_len/overflow/pack:
+    as for convert; without a tokenizer no token statistics are computed. show: how many examples to render.
+    """
+
+    format: str = "auto"
+    tokenizer: str | None = None
+    template: str = "tokenizer"
+    train_on: str = "assistant"
+    max_len: int | None = None
+    overflow: str = "drop"
+    pack: int | None = None
+    show: int = 0
+    sample_rows: int = 200
+
+
+def build_report(paths: Sequence[str], options: InspectOptions) -> dict[str, Any]:
+    """Inspect every path (raw files, folders, globs, or dsprep output folders) and return the report."""
+    folders = [Path(p) for p in paths if is_output_folder(Path(p))]
+    raw_paths = [p for p in paths if not is_output_folder(Path(p))]
+    shards = [inspect_shards(f, tokenizer=options.tokenizer, show=options.show) for f in folders]
+    stats = None
+    if options.tokenizer is not None and raw_paths:
+        from dsprep.report.tokens import TokenStats
+
+        stats = TokenStats(options.tokenizer, options.template, max_len=options.max_len, overflow=options.overflow,
+                           pack=options.pack, train_on=options.train_on, show=options.show)  # fmt: skip
+    inspections: list[RawInspection] = []
+    for f in discover(raw_paths) if raw_paths else []:
+        ins = inspect_file(f, fmt=options.format, sample_rows=options.sample_rows,
+                           on_rows=stats.add if stats is not None else None)  # fmt: skip
+        inspections.append(ins)
+    overlaps = [overlap(a, b) for i, b in enumerate(inspections) for a in inspections[:i]]
+    inputs = [ins.to_dict() for ins in inspections]
+    examples = list(stats.examples) if stats is not None else []
+    for s in shards:
+        examples.extend((s["token_stats"] or {}).pop("examples", []))
+    read = sum(i["rows"]["read"] for i in inputs)
+    kept = sum(i["rows"]["kept"] for i in inputs)
+    return {
+        "report_version": REPORT_VERSION,
+        "dsprep_version": __version__,
+        "options": {"paths": list(paths), "format": options.format, "tokenizer": options.tokenizer,
+                    "template": options.template, "train_on": options.train_on, "max_len": options.max_len,
+                    "overflow": options.overflow, "pack": options.pack, "show": options.show},
+        "totals": {"inputs": len(inputs), "rows_read": read, "rows_kept": kept, "rows_rejected": read - kept,
+                   "duplicate_rows": sum(i["duplicates"]["rows"] for i in inputs),
+                   "overlap_rows": sum(o["rows"] for o in overlaps), "shard_folders": len(shards)},
+        "inputs": inputs,
+        "overlaps": [o for o in overlaps if o["rows"]],
+        "shards": shards,
+        "tokens": stats.to_dict() if stats is not None else None,
+        "examples": examples[: options.show],
+        "gate": None,
+    }  # fmt: skip

@@ -1,0 +1,90 @@
+"""The `dsprep inspect` click command (registered in `dsprep.cli` with ``main.add_command(inspect_command)``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dsprep.errors import DsprepError
+from dsprep.report.gate import GATE_EXIT_CODE, METRICS
+
+__all__ = ["inspect_command"]
+
+
+@click.command("inspect")
+@click.argument("paths", nargs=-1, required=True)
+@click.option(
+    "--format", "-f", "fmt", default="auto", show_default=True, help="'auto', a shipped format or a .toml spec."
+)
+@click.option("--tokenizer", "-t", metavar="DIR|NAME", help="Also measure tokens with this tokenizer.")
+@click.option("--template", default="tokenizer", show_default=True, help="Chat template, as for convert.")
+@click.option("--train-on", type=click.Choice(["assistant", "all", "last"]), default="assistant", show_default=True)
+@click.option(
+    "--max-len", type=click.IntRange(min=1), help="Report rows over this many tokens and what --overflow does."
+)
+@click.option(
+    "--overflow",
+    type=click.Choice(["drop", "truncate-right", "truncate-left", "drop-turns", "split"]),
+    default="drop",
+    show_default=True,
+)
+@click.option("--pack", type=click.IntRange(min=1), metavar="L", help="Estimate packing into rows of L tokens.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON here.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write a self-contained HTML page here.")
+@click.option("--show", type=click.IntRange(min=0), default=0, metavar="K", help="Render K examples token by token.")
+@click.option(
+    "--fail-on", metavar="RULES", help=f"Exit {GATE_EXIT_CODE} when a rule holds, e.g. rejected>0.01,duplicates>5%."
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print no terminal report (errors and the gate verdict only).")
+@click.pass_context
+def inspect_command(ctx: click.Context, paths: tuple[str, ...], fmt: str, tokenizer: str | None, template: str,
+                    train_on: str, max_len: int | None, overflow: str, pack: int | None, json_path: Path | None,
+                    html_path: Path | None, show: int, fail_on: str | None, quiet: bool) -> None:  # fmt: skip
+    """Validate raw files or dsprep output folders (PATHS) and report findings; see README "Inspect".
+
+    Exit codes: 0 ok, 2 usage, 3 unreadable input, 7 template, 8 shards fail verification, 11 a --fail-on rule held.
+    """
+    from dsprep.report.build import InspectOptions, build_report
+    from dsprep.report.gate import evaluate, parse_rules
+
+    if pack is not None and tokenizer is None:
+        raise click.BadParameter("packing needs --tokenizer", param_hint="--pack")
+    if pack is not None and max_len is not None and max_len > pack:
+        raise click.BadParameter(f"--max-len {max_len} exceeds --pack {pack}", param_hint="--max-len")
+    try:
+        rules = parse_rules(fail_on) if fail_on else []
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}; metrics: {', '.join(METRICS)}", param_hint="--fail-on") from None
+    options = InspectOptions(format=fmt, tokenizer=tokenizer, template=template, train_on=train_on, max_len=max_len,
+                             overflow=overflow, pack=pack, show=show)  # fmt: skip
+    try:
+        report = build_report(paths, options)
+        if rules:
+            report["gate"] = evaluate(rules, report)
+    except DsprepError as exc:
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(exc.exit_code)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--fail-on") from None
+    if not quiet:
+        import sys
+
+        from rich.console import Console
+
+        from dsprep.report.terminal import print_report
+
+        print_report(report, Console(file=sys.stdout, soft_wrap=True))
+    if json_path is not None:
+        from dsprep.report.jsonout import to_json
+
+        json_path.write_bytes(to_json(report))
+    if html_path is not None:
+        from dsprep.report.html import render_html
+
+        html_path.write_text(render_html(report), encoding="utf-8")
+    gate = report["gate"]
+    if gate is not None and not gate["passed"]:
+        failed = ", ".join(f"{r['rule']} (value {r['value']:g})" for r in gate["rules"] if r["failed"])
+        click.echo(f"error: gate failed: {failed}", err=True)
+        ctx.exit(GATE_EXIT_CODE)

@@ -1,0 +1,190 @@
+"""Inspect one raw input in a single streaming pass: format detection, row accounting, findings, duplicates.
+
+Memory stays bounded: rows are read in batches and dropped; per row only a 64-bit hash of the raw record, its
+position and its character length are kept (24 bytes), so duplicates and train/valid overlap are found from the
+hashes alone (`np.unique`, `np.isin`) at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dsprep.detect import Detection, detect_format, spec_snippet
+from dsprep.errors import FormatDetectionError, RowError
+from dsprep.normalize import normalize_record, row_id
+from dsprep.report.checks import conversation_findings, lenient_messages, row_messages, row_texts, text_findings
+from dsprep.report.stats import MAX_EXAMPLES, Tally, histogram, summary
+from dsprep.sources import InputFile, read_records
+from dsprep.specs import FormatSpec, load_spec
+
+__all__ = ["RawInspection", "inspect_file", "location", "overlap"]
+
+Row = dict[str, Any]
+RowsCallback = Callable[[InputFile, list[tuple[str, Row]]], None]  # (location, normalized row) per kept row
+
+
+def location(f: InputFile, row: int) -> str:
+    """`file:line` (1-based) for line-oriented inputs, `file[index]` otherwise — as in rejects.jsonl."""
+    return f"{f.display}:{row + 1}" if f.line_oriented else f"{f.display}[{row}]"
+
+
+def _hash(raw: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
+
+
+def _snippet(spec: FormatSpec, detection: Detection | None) -> str:
+    """The mapping used, as a spec a user could save and pass with --format."""
+    lines = [f"# {spec.name} ({spec.origin})", f'kind = "{spec.kind}"']
+    fields = [(dst, src) for src, dst in detection.mapping if dst in spec.fields] if detection else []
+    fields = fields or [(dst, keys[0]) for dst, keys in spec.fields.items()]
+    if fields:
+        lines += ["", "[fields]", *(f'{dst} = "{src}"' for dst, src in fields)]
+    if spec.message:
+        lines += ["", "[message]", *(f"{k} = {list(v)!r}".replace("'", '"') for k, v in spec.message.items())]
+    if spec.roles:
+        lines += ["", "[roles]", *(f'{k} = "{v.role}"' for k, v in spec.roles.items())]
+    for turn in spec.turns:
+        lines += ["", "[[turns]]", f'role = "{turn.role}"', f"sources = {list(turn.sources)!r}".replace("'", '"')]
+    return "\n".join(lines)
+
+
+@dataclass
+class RawInspection:
+    """What one input holds; `hashes`/`rows` stay in memory only until overlaps are computed."""
+
+    file: InputFile
+    format: dict[str, Any]
+    read: int = 0
+    kept: int = 0
+    rejected: dict[str, Tally] = field(default_factory=dict)
+    findings: dict[str, Tally] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)
+    hashes: array[int] = field(default_factory=lambda: array("Q"))
+    rows: array[int] = field(default_factory=lambda: array("q"))
+    chars: array[int] = field(default_factory=lambda: array("q"))
+    longest: dict[str, Any] = field(default_factory=lambda: {"chars": 0, "location": None, "role": None})
+
+    def finding(self, name: str, where: str, detail: str) -> None:
+        self.findings.setdefault(name, Tally()).add(where, detail)
+
+    def duplicates(self) -> dict[str, Any]:
+        """Rows whose raw record equals an earlier row's, with up to MAX_EXAMPLES `row duplicates first` pairs."""
+        h = np.frombuffer(self.hashes, dtype=np.uint64) if len(self.hashes) else np.zeros(0, np.uint64)
+        _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+        dup = np.flatnonzero(first[inverse] != np.arange(len(h)))
+        rows = np.frombuffer(self.rows, dtype=np.int64) if len(self.rows) else np.zeros(0, np.int64)
+        at = [
+            (location(self.file, int(rows[i])), location(self.file, int(rows[first[inverse[i]]])))
+            for i in dup[:MAX_EXAMPLES]
+        ]
+        examples = [{"location": here, "detail": f"same as {there}"} for here, there in at]
+        return {"rows": len(dup), "distinct": len(first), "share": len(dup) / len(h) if len(h) else 0.0,
+                "examples": examples}  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        chars = np.frombuffer(self.chars, dtype=np.int64) if len(self.chars) else np.zeros(0, np.int64)
+        f = self.file
+        return {
+            "path": f.display, "container": f.container, "compression": f.compression, "bytes": f.size,
+            "format": self.format,
+            "rows": {"read": self.read, "kept": self.kept, "rejected": self.read - self.kept},
+            "kinds": dict(sorted(self.kinds.items())),
+            "rejected_by_reason": {k: v.to_dict() for k, v in sorted(self.rejected.items())},
+            "findings": {k: v.to_dict() for k, v in sorted(self.findings.items())},
+            "duplicates": self.duplicates(),
+            "chars": {**summary(chars), "histogram": histogram(chars), "longest_message": self.longest},
+        }  # fmt: skip
+
+
+def _choose(f: InputFile, fmt: str, sample_rows: int) -> tuple[FormatSpec | None, dict[str, Any]]:
+    if fmt != "auto":
+        spec = load_spec(fmt)
+        return spec, {"name": spec.name, "origin": spec.origin, "detected": False, "confidence": None,
+                      "mapping": [], "unmapped": [], "spec": _snippet(spec, None), "error": None}  # fmt: skip
+    sample: list[Row] = []
+    for batch in read_records(f):
+        sample.extend(r.value for r in batch if r.value is not None)
+        if len(sample) >= sample_rows:
+            break
+    sample = sample[:sample_rows]
+    empty = {"name": None, "origin": None, "detected": True, "confidence": None, "mapping": [], "unmapped": []}
+    if not sample:
+        return None, {**empty, "spec": None, "error": "no parseable rows to detect a format from"}
+    try:
+        d = detect_format(sample, f.display)
+    except FormatDetectionError as exc:
+        return None, {**empty, "spec": spec_snippet(sample), "error": str(exc).splitlines()[0]}
+    return d.spec, {"name": d.spec.name, "origin": d.spec.origin, "detected": True, "confidence": d.confidence,
+                    "sampled": d.sampled, "matched": d.matched, "mapping": [list(m) for m in d.mapping],
+                    "unmapped": list(d.unmapped), "spec": _snippet(d.spec, d), "error": None}  # fmt: skip
+
+
+def _check_row(ins: RawInspection, where: str, row: Row | None, messages: list[Row] | None, kind: str) -> None:
+    if messages is not None:
+        for name, detail in conversation_findings(messages, row.get("tools") if row else None, kind=kind):
+            ins.finding(name, where, detail)
+    if row is None:
+        return
+    total = 0
+    seen: set[str] = set()
+    for role, text in row_texts(row):
+        total += len(text)
+        if len(text) > ins.longest["chars"]:
+            ins.longest = {"chars": len(text), "location": where, "role": role}
+        for name, detail in text_findings(text):
+            if name not in seen:
+                seen.add(name)
+                ins.finding(name, where, f"{role}: {detail}")
+    ins.chars.append(total)
+
+
+def inspect_file(f: InputFile, *, fmt: str = "auto", sample_rows: int = 200, on_rows: RowsCallback | None = None
+                 ) -> RawInspection:  # fmt: skip
+    """Read `f` once and collect everything the report shows about it; kept rows go to `on_rows` in batches."""
+    spec, fmt_info = _choose(f, fmt, sample_rows)
+    ins = RawInspection(f, fmt_info)
+    for batch in read_records(f):
+        kept: list[tuple[str, Row]] = []
+        for rec in batch:
+            ins.read += 1
+            where = location(f, rec.row)
+            ins.hashes.append(_hash(rec.raw))
+            ins.rows.append(rec.row)
+            error = rec.error or (None if spec is not None and rec.value is not None else
+                                  RowError("", "no_format", fmt_info["error"] or "no format"))  # fmt: skip
+            row = None
+            if error is None:
+                try:
+                    row = normalize_record(rec.value, spec)  # type: ignore[arg-type]
+                except RowError as exc:
+                    error = exc
+            if error is not None:
+                ins.rejected.setdefault(error.reason, Tally()).add(where, str(error))
+                if spec is not None and rec.value is not None and spec.kind == "conversation":
+                    _check_row(ins, where, None, lenient_messages(rec.value, spec), spec.kind)
+                continue
+            assert row is not None and spec is not None
+            ins.kept += 1
+            ins.kinds[row["kind"]] = ins.kinds.get(row["kind"], 0) + 1
+            _check_row(ins, where, row, row_messages(row), row["kind"])
+            row.update(id=row_id(f.path.name, rec.row, rec.raw), source_file=f.display, source_row=rec.row)
+            kept.append((where, row))
+        if on_rows is not None and kept:
+            on_rows(f, kept)
+    return ins
+
+
+def overlap(a: RawInspection, b: RawInspection) -> dict[str, Any]:
+    """Rows of `b` whose raw record also occurs in `a` (e.g. valid rows that leak from train)."""
+    ha = np.frombuffer(a.hashes, dtype=np.uint64) if len(a.hashes) else np.zeros(0, np.uint64)
+    hb = np.frombuffer(b.hashes, dtype=np.uint64) if len(b.hashes) else np.zeros(0, np.uint64)
+    hit = np.flatnonzero(np.isin(hb, ha))
+    rows = np.frombuffer(b.rows, dtype=np.int64) if len(b.rows) else np.zeros(0, np.int64)
+    examples = [{"location": location(b.file, int(rows[i])), "detail": f"also in {a.file.display}"} for i in hit[:5]]
+    return {"a": a.file.display, "b": b.file.display, "rows": len(hit), "examples": examples}

@@ -1,0 +1,84 @@
+"""Inspect a dsprep output folder: verify it fully (`dsprep.verify.verify_output`), then summarize its manifest and
+its token columns. A failed verification raises `VerifyError` (exit code 8), never a partial report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dsprep.report.stats import histogram, summary
+from dsprep.report.tokens import example_pieces
+from dsprep.verify import verify_output
+
+__all__ = ["inspect_shards", "is_output_folder"]
+
+
+def is_output_folder(path: Path) -> bool:
+    """Whether `path` is a dsprep output folder (it holds a manifest.json)."""
+    return path.is_dir() and (path / "manifest.json").is_file()
+
+
+def _tokenizer(name: str | None) -> Any:
+    if not name:
+        return None
+    from dsprep.errors import TokenizerError
+    from dsprep.tokenizers import load_tokenizer
+
+    try:
+        return load_tokenizer(name).tokenizer
+    except TokenizerError:
+        return None
+
+
+def _token_columns(folder: Path, manifest: dict[str, Any], tok: Any, show: int) -> dict[str, Any]:
+    lengths, trained, examples = [], [], []
+    for shard in manifest["shards"]:
+        table = pq.read_table(folder / shard["file"])
+        lengths.append(table.column("num_tokens").to_numpy().astype(np.int64))
+        if "labels" in table.column_names and table.num_rows:
+            labels = table.column("labels").combine_chunks()
+            flags = pc.not_equal(labels.flatten(), -100).cast("int64").to_numpy(zero_copy_only=False)
+            offsets = labels.offsets.to_numpy()
+            sums = np.add.reduceat(flags, offsets[:-1]) if len(flags) else np.zeros(table.num_rows, np.int64)
+            sums = np.where(np.diff(offsets) > 0, sums, 0)  # empty or null label lists train nothing
+            trained.append(sums)
+        else:
+            trained.append(table.column("num_trained").to_numpy().astype(np.int64))
+        for row in table.slice(0, max(show - len(examples), 0)).to_pylist():
+            ids, labels = row["input_ids"] or [], row["labels"] or []
+            raw = [[f"⟨{i}⟩", lab != -100] for i, lab in zip(ids, labels, strict=False)]
+            pieces = example_pieces(tok, row) if tok is not None else raw
+            examples.append({"location": f"{shard['file']}[{len(examples)}]", "kind": row.get("kind", "packed"),
+                             "tokens": int(row["num_tokens"]), "pieces": pieces})  # fmt: skip
+    n = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    t = np.concatenate(trained) if trained else np.zeros(0, np.int64)
+    max_len = (manifest.get("packing") or {}).get("max_len") or manifest.get("options", {}).get("max_len")
+    return {"lengths": {**summary(n), "histogram": histogram(n, mark=max_len)}, "tokens": int(n.sum()),
+            "trained_tokens": int(t.sum()), "trained_share": float(t.sum() / n.sum()) if n.sum() else 0.0,
+            "untrained_rows": int((t == 0).sum()), "examples": examples}  # fmt: skip
+
+
+def inspect_shards(folder: Path, *, tokenizer: str | None = None, show: int = 0) -> dict[str, Any]:
+    """Verify `folder` (checksums, schema, packing invariants, fingerprint) and summarize it."""
+    manifest = verify_output(folder, tokenizer=tokenizer)
+    stage = manifest["stage"]
+    out: dict[str, Any] = {
+        "path": str(folder), "stage": stage, "verified": True,
+        "dsprep_version": manifest.get("dsprep_version"), "schema_version": manifest.get("schema_version"),
+        "shards": len(manifest["shards"]), "rows": sum(s["rows"] for s in manifest["shards"]),
+        "bytes": sum(s.get("bytes", 0) for s in manifest["shards"]),
+        "totals": manifest.get("totals", {}),
+        "inputs": [{k: i.get(k) for k in ("path", "format", "rows_read", "rows_kept", "rows_rejected",
+                                          "rejected_by_reason")} for i in manifest.get("inputs", [])],
+        "tokenizer": manifest.get("tokenizer"), "template": (manifest.get("template") or {}).get("name"),
+        "conformance": manifest.get("conformance"), "packing": manifest.get("packing"), "token_stats": None,
+    }  # fmt: skip
+    if stage != "normalized":
+        name = tokenizer or (manifest.get("tokenizer") or {}).get("name")
+        out["token_stats"] = _token_columns(folder, manifest, _tokenizer(name) if show else None, show)
+    return out

@@ -1,0 +1,49 @@
+"""Small numeric helpers shared by the report: distribution summaries, histograms and bounded example lists."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MAX_EXAMPLES", "Tally", "histogram", "summary"]
+
+MAX_EXAMPLES = 5
+
+
+@dataclass
+class Tally:
+    """A count with up to MAX_EXAMPLES examples (`location` plus a detail)."""
+
+    count: int = 0
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, location: str, detail: str) -> None:
+        self.count += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append({"location": location, "detail": detail})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "examples": self.examples}
+
+
+def summary(values: np.ndarray) -> dict[str, Any]:
+    """count, min, mean, p50, p90, p99, max of integer values (zeros when empty)."""
+    if not len(values):
+        return {"count": 0, "min": 0, "mean": 0.0, "p50": 0, "p90": 0, "p99": 0, "max": 0}
+    p50, p90, p99 = np.percentile(values, [50, 90, 99], method="nearest")
+    return {"count": len(values), "min": int(values.min()), "mean": round(float(values.mean()), 2),
+            "p50": int(p50), "p90": int(p90), "p99": int(p99), "max": int(values.max())}  # fmt: skip
+
+
+def histogram(values: np.ndarray, *, bins: int = 24, mark: int | None = None) -> dict[str, Any]:
+    """Counts over power-of-two-ish bins ([edges[i], edges[i+1])), so long tails stay readable; `mark` is kept."""
+    if not len(values):
+        return {"edges": [0, 1], "counts": [0], "mark": mark}
+    hi = max(int(values.max()), 1)
+    edges = np.unique(np.round(np.geomspace(1, hi + 1, num=bins + 1)).astype(np.int64))
+    edges = np.concatenate([[0], edges]) if edges[0] > 0 else edges
+    edges[-1] = max(int(edges[-1]), hi + 1)
+    counts, _ = np.histogram(values, bins=edges)
+    return {"edges": [int(e) for e in edges], "counts": [int(c) for c in counts], "mark": mark}

@@ -1,0 +1,129 @@
+"""The rich terminal rendering of an inspect report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+__all__ = ["print_report"]
+
+
+def _pct(x: float) -> str:
+    return f"{x:.2%}"
+
+
+def _tallies(console: Console, title: str, tallies: dict[str, Any]) -> None:
+    if not tallies:
+        return
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column("what")
+    table.add_column("rows", justify="right")
+    table.add_column("examples")
+    for name, t in tallies.items():
+        examples = "\n".join(f"{e['location']}: {e['detail'][:100]}" for e in t["examples"])
+        table.add_row(name, str(t["count"]), examples)
+    console.print(table)
+
+
+def _input(console: Console, d: dict[str, Any]) -> None:
+    fmt, rows = d["format"], d["rows"]
+    console.rule(f"[bold]{d['path']}")
+    if fmt["name"]:
+        conf = f" (confidence {fmt['confidence']:.0%})" if fmt["confidence"] is not None else ""
+        console.print(f"format [bold]{fmt['name']}[/]{conf}; mapping as a spec:")
+        console.print(Text(fmt["spec"], style="dim"))
+    else:
+        console.print(f"[red]no format: {fmt['error']}[/]")
+    console.print(f"rows: read {rows['read']} = kept {rows['kept']} + rejected {rows['rejected']}")
+    _tallies(console, "rejected", d["rejected_by_reason"])
+    _tallies(console, "findings", d["findings"])
+    dup = d["duplicates"]
+    if dup["rows"]:
+        console.print(f"[yellow]duplicates: {dup['rows']} rows ({_pct(dup['share'])}), e.g. "
+                      f"{'; '.join(e['location'] + ' ' + e['detail'] for e in dup['examples'][:2])}")  # fmt: skip
+    c = d["chars"]
+    longest = c["longest_message"]
+    console.print(f"characters per row: min {c['min']}, median {c['p50']}, p99 {c['p99']}, max {c['max']}; "
+                  f"longest message {longest['chars']} chars ({longest['role']}, {longest['location']})")  # fmt: skip
+
+
+def _histogram(console: Console, hist: dict[str, Any], width: int = 40) -> None:
+    top = max(hist["counts"]) or 1
+    for lo, hi, n in zip(hist["edges"], hist["edges"][1:], hist["counts"], strict=False):
+        if n:
+            over = hist.get("mark") is not None and lo >= hist["mark"]
+            console.print(f"{lo:>8}–{hi - 1:<8} {'█' * max(1, round(width * n / top)):<{width}} {n}",
+                          style="red" if over else None)  # fmt: skip
+
+
+def _tokens(console: Console, t: dict[str, Any]) -> None:
+    console.rule("[bold]tokens")
+    console.print(
+        f"tokenizer {t['tokenizer']['name']}, template {t['template']['name']}; {t['rows_encoded']} rows, "
+        f"{t['tokens']} tokens, trained {_pct(t['trained_share'])}, untrained rows {t['untrained_rows']}"
+    )
+    _histogram(console, t["lengths"]["histogram"])
+    o = t["overflow"]
+    if t["max_len"] is not None:
+        console.print(
+            f"over --max-len {t['max_len']}: {o['rows_over']} rows ({_pct(o['share_over'])}); "
+            f"--overflow {o['policy']} drops {o['rows_dropped']} rows ({o['tokens_dropped']} tokens), "
+            f"cuts {o['tokens_cut']} tokens"
+        )
+    c = t["conformance"]
+    console.print(
+        f"template checks: end-of-turn {c['eot_text']!r} {'trained' if c['eot_trained'] else 'NOT trained'}, "
+        f"single BOS {c['single_bos']}, prefix-stable {c['prefix_stable']}"
+    )
+    _tallies(console, "encode errors", t["encode_errors"])
+    if p := t["packing"]:
+        console.print(f"packing at {p['max_len']}: {p['rows']} rows, efficiency {_pct(p['efficiency'])}, lower bound "
+                      f"{p['lower_bound']} (+{p['gap_to_lower_bound']})")  # fmt: skip
+
+
+def _shards(console: Console, s: dict[str, Any]) -> None:
+    console.rule(f"[bold]{s['path']}")
+    console.print(f"[green]verified[/]: {s['stage']}, {s['shards']} shards, {s['rows']} rows, {s['bytes']} bytes")
+    for i in s["inputs"]:
+        console.print(f"  {i['path']}: {i['format']}, read {i['rows_read']} = kept {i['rows_kept']} + "
+                      f"rejected {i['rows_rejected']}")  # fmt: skip
+    if ts := s["token_stats"]:
+        console.print(
+            f"{ts['tokens']} tokens, trained {_pct(ts['trained_share'])}, untrained rows {ts['untrained_rows']}"
+        )
+        _histogram(console, ts["lengths"]["histogram"])
+    if p := s["packing"]:
+        console.print(f"packing: {p['rows']} rows of ≤{p['max_len']}, efficiency {_pct(p['efficiency'])}")
+
+
+def _example(console: Console, e: dict[str, Any]) -> None:
+    console.rule(f"example {e['location']} ({e['kind']}, {e['tokens']} tokens)")
+    text = Text()
+    for k, (piece, trained) in enumerate(e["pieces"]):
+        shade = "on grey19" if k % 2 else "on grey27"
+        text.append(piece, style=f"bold green {shade}" if trained else f"dim {shade}")
+    console.print(text)
+
+
+def print_report(report: dict[str, Any], console: Console | None = None) -> None:
+    """Print the whole report: per input, overlaps, shards, tokens, examples, then the gate."""
+    console = console or Console()
+    for d in report["inputs"]:
+        _input(console, d)
+    for o in report["overlaps"]:
+        console.print(f"[yellow]overlap: {o['rows']} rows of {o['b']} also in {o['a']}")
+    for s in report["shards"]:
+        _shards(console, s)
+    if report["tokens"]:
+        _tokens(console, report["tokens"])
+    for e in report["examples"]:
+        _example(console, e)
+    t = report["totals"]
+    console.print(f"total: {t['inputs']} inputs, read {t['rows_read']} = kept {t['rows_kept']} + rejected "
+                  f"{t['rows_rejected']}; duplicates {t['duplicate_rows']}, overlap {t['overlap_rows']}")  # fmt: skip
+    if gate := report["gate"]:
+        for r in gate["rules"]:
+            console.print(f"gate {r['rule']}: value {r['value']:g} → {'[red]FAIL' if r['failed'] else '[green]ok'}")

@@ -1,0 +1,238 @@
+"""`dsprep inspect`: findings on the real sample files, shard verification, the JSON schema and --fail-on gates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from dsprep.config import ConvertConfig
+from dsprep.pipeline import convert
+from dsprep.report.checks import conversation_findings, text_findings
+from dsprep.report.cli import inspect_command
+from dsprep.report.jsonout import load_schema
+from dsprep.shards import file_sha256
+from dsprep.sources import CONTAINERS
+from paths import FIXTURES, SHARED_DATA
+
+DATA_FILES = sorted(
+    p for p in SHARED_DATA.rglob("*") if p.is_file() and any(s in CONTAINERS for s in p.suffixes)
+) if SHARED_DATA.is_dir() else []  # fmt: skip
+
+
+def run(*args: Any, tmp: Path | None = None) -> tuple[int, str, dict[str, Any] | None]:
+    """Invoke `inspect` with --json into `tmp`; returns (exit code, output, report)."""
+    extra = ["--json", str(tmp / "r.json")] if tmp else []
+    result = CliRunner().invoke(inspect_command, [*map(str, args), *extra])
+    report = json.loads((tmp / "r.json").read_text()) if tmp and (tmp / "r.json").exists() else None
+    return result.exit_code, result.output, report
+
+
+def one(report: dict[str, Any]) -> dict[str, Any]:
+    [d] = report["inputs"]
+    return d
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("path", DATA_FILES, ids=lambda p: p.name)
+def test_every_shared_file_inspects_and_validates(shared_data: Path, path: Path, tmp_path: Path) -> None:
+    code, output, report = run(path, "--quiet", tmp=tmp_path)
+    assert code == 0, output
+    jsonschema.validate(report, load_schema())
+    d = one(report)
+    assert d["rows"]["read"] == d["rows"]["kept"] + d["rows"]["rejected"]
+
+
+@pytest.mark.shared_data
+def test_cookbook_toy_file(shared_data: Path, tmp_path: Path) -> None:
+    code, output, report = run(shared_data / "openai/openai-cookbook__toy_chat_fine_tuning.jsonl", tmp=tmp_path)
+    assert code == 0, output
+    d = one(report)
+    assert d["format"]["name"] == "openai" and d["format"]["confidence"] == 1.0
+    assert d["findings"]["no_user_turn"]["count"] == 1
+    assert d["findings"]["no_user_turn"]["examples"][0]["location"].endswith("toy_chat_fine_tuning.jsonl:4")
+    longest = d["chars"]["longest_message"]
+    assert (longest["chars"], longest["role"]) == (26000, "assistant")
+    assert longest["location"].endswith("toy_chat_fine_tuning.jsonl:5")
+
+
+@pytest.mark.shared_data
+def test_glaive_zh_observations_without_call(shared_data: Path, tmp_path: Path) -> None:
+    d = one(run(shared_data / "multilingual/llamafactory__glaive_toolcall_zh_demo.json", tmp=tmp_path)[2])
+    found = d["findings"]["tool_result_without_call"]
+    assert found["count"] == 2
+    assert [e["location"].rsplit("[", 1)[1] for e in found["examples"]] == ["197]", "293]"]
+    assert d["duplicates"]["rows"] == 43
+
+
+@pytest.mark.shared_data
+def test_wwdc25_duplicates_and_train_valid_overlap(shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "prompt_completion"
+    code, _, report = run(
+        folder / "mlx-examples__wwdc25_train.jsonl", folder / "mlx-examples__wwdc25_valid.jsonl", tmp=tmp_path
+    )
+    assert code == 0
+    train, _valid = report["inputs"]
+    assert train["duplicates"]["rows"] == 437
+    [overlap] = report["overlaps"]
+    assert overlap["rows"] == 16 and overlap["b"].endswith("wwdc25_valid.jsonl")
+    assert report["totals"]["overlap_rows"] == 16
+
+
+@pytest.mark.shared_data
+def test_axolotl_missing_turn(shared_data: Path, tmp_path: Path) -> None:
+    d = one(run(shared_data / "sharegpt/axolotl__conversation.missingturns.json", tmp=tmp_path)[2])
+    assert d["findings"]["empty_turn"]["examples"][0]["detail"] == "turn 1 (assistant) is empty"
+    assert d["rejected_by_reason"]["empty_content"]["count"] == 1
+
+
+@pytest.mark.shared_data
+def test_placeholders_duplicates_and_undetectable_format(shared_data: Path, tmp_path: Path) -> None:
+    d = one(run(shared_data / "alpaca/llamafactory__identity.json", tmp=tmp_path)[2])
+    assert d["findings"]["template_placeholders"]["count"] == 85
+    d = one(run(shared_data / "sharegpt/llamafactory__glaive_toolcall_en_demo.json", tmp=tmp_path)[2])
+    assert d["duplicates"]["rows"] == 35
+    d = one(run(shared_data / "preference/torchtune__stack_exchange_paired_tiny.json", tmp=tmp_path)[2])
+    assert d["format"]["name"] is None and "no known format" in d["format"]["error"]
+    assert 'chosen = "response_j"' in d["format"]["spec"]
+
+
+def test_conversation_and_text_checks() -> None:
+    def msg(role: str, content: str | None, **kw: Any) -> dict[str, Any]:
+        return {"role": role, "content": content, **kw}
+
+    tools = json.dumps([{"type": "function", "function": {"name": "get_weather"}}])
+    call = {"name": "get_time", "arguments": "{not json"}
+    messages = [msg("user", "hi"), msg("system", "late"), msg("assistant", None, tool_calls=[call]),
+                msg("tool", "12:00"), msg("tool", "12:01"), msg("user", " "), msg("user", "?")]  # fmt: skip
+    found = dict(conversation_findings(messages, tools))
+    assert set(found) == {"ends_on_user", "consecutive_same_role", "system_not_first", "empty_turn",
+                          "tool_arguments_not_json", "unknown_tool"}  # fmt: skip
+    assert found["consecutive_same_role"] == "turns 5 and 6 are both user"
+    assert dict(conversation_findings([msg("user", "a"), msg("tool", "b")]))["tool_result_without_call"]
+    names = {name for name, _ in text_findings("a\x00b\x0cc\ufffd {{x}")}
+    assert names == {"nul_characters", "control_characters", "replacement_characters", "unbalanced_braces"}
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("packed") / "o"
+    inputs = tuple(str(FIXTURES / "formats" / f) for f in ("openai.jsonl", "sharegpt.jsonl", "alpaca.jsonl"))
+    convert(ConvertConfig(inputs=inputs, out=out, tokenizer="mistral:tekken", template="chatml", pack=512))
+    return out
+
+
+@pytest.fixture
+def copy(packed: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(packed, tmp_path / "copy"))
+
+
+def test_shards_report(packed: Path, tmp_path: Path) -> None:
+    code, output, report = run(packed, "--tokenizer", "mistral:tekken", "--show", "1", tmp=tmp_path)
+    assert code == 0, output
+    jsonschema.validate(report, load_schema())
+    [s] = report["shards"]
+    assert s["stage"] == "packed" and s["verified"] is True
+    assert s["token_stats"]["untrained_rows"] == 0 and 0 < s["token_stats"]["trained_share"] < 1
+    assert any(trained for _, trained in report["examples"][0]["pieces"])
+
+
+def _rewrite(folder: Path, change) -> None:
+    path = folder / "part-00000.parquet"
+    rows = pq.read_table(path).to_pylist()
+    change(rows)
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(path)), path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = file_sha256(path)  # a consistent checksum: the invariant check must catch it
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _flip_byte(folder: Path) -> None:
+    path = folder / "part-00000.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _shift_positions(rows: list[dict[str, Any]]) -> None:
+    rows[0]["position_ids"][1] += 1
+
+
+def _boundary_label(rows: list[dict[str, Any]]) -> None:
+    row = next(r for r in rows if len(r["seq_lens"]) > 1)
+    row["labels"][row["seq_lens"][0]] = row["input_ids"][row["seq_lens"][0]]
+
+
+def _fingerprint(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["tokenizer"]["fingerprint"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (_flip_byte, "checksum mismatch"),
+        (lambda f: _rewrite(f, _shift_positions), "position_ids do not restart"),
+        (lambda f: _rewrite(f, _boundary_label), "first label is not -100"),
+        (_fingerprint, "tokenizer mismatch"),
+    ],
+    ids=["flipped_byte", "position_ids", "boundary_label", "fingerprint"],
+)
+def test_shards_corruption_is_an_error(copy: Path, corrupt, message: str) -> None:
+    corrupt(copy)
+    code, output, _ = run(copy, "--tokenizer", "mistral:tekken")
+    assert code == 8
+    assert output.startswith("error: ") and message in output
+
+
+@pytest.mark.parametrize(
+    ("rules", "code"),
+    [("empty_content>0", 2), ("duplicates>0.05", 0), ("findings>0", 11), ("no_user_turn>0,rejected>=1%", 11),
+     ("rejected>0.5", 0), ("untrained_rows>0", 2), ("nonsense", 2)],
+)  # fmt: skip
+def test_fail_on_exit_codes(tmp_path: Path, rules: str, code: int) -> None:
+    src = tmp_path / "chats.jsonl"
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+            {"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "no user"}]},
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]}]  # fmt: skip
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got, output, _ = run(src, "--quiet", "--fail-on", rules)
+    assert got == code, output
+    if code == 11:
+        assert "error: gate failed:" in output
+
+
+def test_tokens_json_validates(tmp_path: Path) -> None:
+    src = FIXTURES / "formats" / "openai.jsonl"
+    args = (
+        src,
+        "--tokenizer",
+        "mistral:tekken",
+        "--template",
+        "chatml",
+        "--max-len",
+        "64",
+        "--pack",
+        "128",
+        "--show",
+        "2",
+    )
+    code, output, report = run(*args, "--fail-on", "untrained_rows>0,packing_efficiency<0.01", tmp=tmp_path)
+    assert code == 0, output
+    jsonschema.validate(report, load_schema())
+    tokens = report["tokens"]
+    assert tokens["packing"]["max_len"] == 128 and tokens["packing"]["rows"] >= tokens["packing"]["lower_bound"]
+    assert tokens["overflow"]["rows_over"] == sum(
+        tokens["lengths"]["histogram"]["counts"][i]
+        for i, e in enumerate(tokens["lengths"]["histogram"]["edges"][:-1])
+        if e > 64
+    )
+    assert len(report["examples"]) == 2 and report["gate"]["passed"] is True
