@@ -64,7 +64,7 @@ class _Reader:
         found = self.key(name)
         if found is None:
             keys = " or ".join(repr(k) for k in self.spec.fields.get(name, (name,)))
-            has = ", ".join(k for k, v in self.record.items() if v is not None) or "no fields"
+            has = ", ".join(json_text(k)[1:-1] for k, v in self.record.items() if v is not None) or "no fields"
             message = f"expected a field {keys} ({self.spec.name} format); the row has {has}"
             raise RowError(self.spec.fields.get(name, (name,))[0], "missing_field", message)
         return found, self.record[found]

@@ -346,6 +346,8 @@ def _csv(f: InputFile, progress: Progress | None) -> Iterator[Record]:
         header = next(reader, None)
         if header is None:
             return
+        if any("\udc80" <= ch <= "\udcff" for name in header for ch in name):
+            raise InputError(f"{f.display}: the CSV header is not valid UTF-8")
         for i, cells in enumerate(reader):
             if not any(c.strip() for c in cells):
                 continue

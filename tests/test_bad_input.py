@@ -124,3 +124,19 @@ def test_missing_input_is_an_input_error(run_convert, tmp_path: Path) -> None:
         run_convert(tmp_path / "nope.jsonl")
     with pytest.raises(InputError, match="no file matches"):
         run_convert(str(tmp_path / "*.jsonl"))
+
+
+def test_csv_header_with_invalid_utf8_is_an_input_error(run_convert, tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(b"te\xffxt\nhello\n")
+    with pytest.raises(InputError, match=r"bad\.csv: the CSV header is not valid UTF-8"):
+        run_convert(path, format="text")
+
+
+def test_row_errors_stay_on_one_line(run_convert, tmp_path: Path) -> None:
+    path = tmp_path / "keys.jsonl"
+    path.write_text('{"odd\\nkey": 1}\n')
+    with pytest.raises(RowFailure) as caught:
+        run_convert(path, format="openai", on_error="fail")
+    assert "\n" not in str(caught.value)
+    assert "odd\\nkey" in str(caught.value)
