@@ -1,0 +1,291 @@
+"""Hostile chat templates are refused or bounded with a `TemplateError` naming the template; benign ones render.
+
+Every payload runs through `dsprep.sandbox` directly, and through `dsprep.templates.render` (the path a convert
+takes, for shipped, file and tokenizer templates alike). The latter is marked xfail(strict) for the payloads that
+the plain jinja sandbox in `dsprep/templates.py` does not stop yet; bombs that would hang or exhaust memory today
+first assert that templates.py has adopted the bounded environment, so they fail fast instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jinja2.ext
+import pytest
+from click.testing import CliRunner
+
+from dsprep import templates
+from dsprep.errors import TemplateError
+from dsprep.sandbox import BoundedSandboxedEnvironment, render_bounded
+
+SECRET = "dsprep-secret-8c1f0e"
+MESSAGES = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+# (id, template text, bomb): a bomb would hang or exhaust memory in an unbounded sandbox
+PAYLOADS: list[tuple[str, str, bool]] = [
+    ("str_class_mro_subclasses", "{{ ''.__class__.__mro__[1].__subclasses__() }}", False),
+    ("tuple_base_subclasses", "{% for c in ().__class__.__base__.__subclasses__() %}{{ c }}{% endfor %}", False),
+    ("messages_class", "{{ messages.__class__ }}", False),
+    ("cycler_globals_os_environ", "{{ cycler.__init__.__globals__.os.environ }}", False),
+    (
+        "joiner_globals_builtins_open",
+        "{{ joiner.__init__.__globals__.__builtins__.open('/etc/passwd').read() }}",
+        False,
+    ),
+    ("namespace_init_globals", "{{ namespace.__init__.__globals__['__builtins__']['__import__']('os') }}", False),
+    ("lipsum_globals_os_popen", "{{ lipsum.__globals__['os'].popen('id').read() }}", False),
+    ("raise_exception_globals", "{{ raise_exception.__globals__['__builtins__'] }}", False),
+    ("strftime_code", "{{ strftime_now.__code__.co_consts }}", False),
+    ("function_attribute_dict", "{{ raise_exception.__dict__ }}", False),
+    ("self_context", "{{ self._TemplateReference__context }}", False),
+    ("self_init_globals", "{{ self.__init__.__globals__ }}", False),
+    ("config_items", "{{ config.items() }}", False),
+    ("request_application_globals", "{{ request.application.__globals__.__builtins__ }}", False),
+    ("getattr_filter_class", "{{ (messages|attr('__class__')) }}", False),
+    ("include_file", "{% include '/etc/passwd' %}", False),
+    ("import_module", "{% import 'os' as os %}{{ os.environ }}", False),
+    ("list_append_mutation", "{{ messages.append({'role': 'system'}) }}", False),
+    ("str_format_dunder", "{{ '{0.__class__.__mro__}'.format('') }}", False),
+    ("range_huge", "{% for i in range(10**12) %}{% endfor %}", True),
+    ("string_multiplication_bomb", "{{ 'A' * 10**10 }}", True),
+    ("list_multiplication_bomb", "{{ ([0] * 10**10)|length }}", True),
+    (
+        "concat_doubling",
+        "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
+        "{% endfor %}{{ ns.s|length }}",
+        True,
+    ),
+    (
+        "plus_doubling",
+        "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}"
+        "{% endfor %}{{ ns.s|length }}",
+        True,
+    ),
+    ("power_bomb", "{{ 10 ** (10 ** 10) }}", True),
+    ("recursive_macro", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", False),
+    ("macro_doubling", "{% macro f(s) %}{{ f(s ~ s) }}{% endmacro %}{{ f('x') }}", True),
+    ("nested_loops_time", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", True),
+    ("output_size_bomb", "{% for i in range(100000) %}{{ 'x' * 1000000 }}{% endfor %}", True),
+    ("center_filter", "{{ 'x'|center(10**10) }}", True),
+    ("ljust_method", "{{ 'x'.ljust(10**10) }}", True),
+    ("percent_width", "{{ '%0999999999d' % 1 }}", True),
+    ("format_width", "{{ '{:>9999999999}'.format(1) }}", True),
+    ("format_filter_width", "{{ '%09999999999d'|format(1) }}", True),
+    ("replace_growth", "{{ ('x' * 100000).replace('x', 'y' * 100000) }}", True),
+    ("join_growth", "{{ (['x' * 100000] * 100000)|join }}", True),
+    ("indent_growth", "{{ ('\\n' * 100000)|indent(100000) }}", True),
+    ("batch_fill", "{{ [1]|batch(10**10, 0)|list|length }}", True),
+    ("lipsum_bomb", "{{ lipsum(10**8) }}", True),
+    ("deep_nesting_parser", "{{ " + "(" * 20000 + "1" + ")" * 20000 + " }}", False),
+]
+
+# payloads the plain jinja sandbox of templates.py already refuses with a TemplateError
+REFUSED_TODAY = {
+    "str_class_mro_subclasses", "tuple_base_subclasses", "cycler_globals_os_environ", "joiner_globals_builtins_open",
+    "namespace_init_globals", "lipsum_globals_os_popen", "raise_exception_globals", "self_init_globals",
+    "config_items", "request_application_globals", "list_append_mutation", "str_format_dunder", "strftime_code",
+}  # fmt: skip
+
+HARMLESS = [  # not attacks that can be refused: they render nothing, and never anything secret
+    ("config", "{{ config }}"),
+    ("request", "{{ request }}"),
+    ("cycler_repr", "{{ cycler }}{{ joiner }}{{ namespace }}"),
+]
+
+
+def _environment(**limits: Any) -> BoundedSandboxedEnvironment:
+    """A bounded environment with the globals and filters chat templates get (as templates.py sets them up)."""
+    env = BoundedSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[templates._Generation, jinja2.ext.loopcontrols], **limits
+    )
+    env.filters["tojson"] = templates._tojson
+    env.globals.update(
+        raise_exception=templates._raise_exception,
+        strftime_now=templates._strftime_now,
+        dict=templates._Dict(),
+        namespace=templates._Namespace,
+    )
+    return env
+
+
+ENV = _environment(render_seconds=2.0)
+
+
+@pytest.fixture(autouse=True)
+def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSPREP_SECRET", SECRET)
+
+
+def _adopted() -> bool:
+    return isinstance(templates._environment(), BoundedSandboxedEnvironment)
+
+
+def _assert_refused(call: Any, name: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(TemplateError) as info:
+        call()
+    message = str(info.value)
+    assert message.startswith(f"template {name}: "), message
+    assert SECRET not in message and "root:" not in message
+    assert "\n" not in message.strip() or message.count("\n") <= 3  # one line (jinja adds "line N" to syntax errors)
+    assert time.monotonic() - start < 15
+
+
+@pytest.mark.parametrize(("name", "text", "bomb"), PAYLOADS, ids=[p[0] for p in PAYLOADS])
+def test_sandbox_refuses_payload(name: str, text: str, bomb: bool) -> None:
+    _assert_refused(lambda: render_bounded(text, name, environment=ENV, messages=MESSAGES), name)
+
+
+def _via_templates_param(name: str, text: str, bomb: bool) -> Any:
+    marks = []
+    if name not in REFUSED_TODAY:
+        marks.append(pytest.mark.xfail(strict=True, reason="until templates.py uses dsprep.sandbox"))
+    return pytest.param(name, text, bomb, id=name, marks=marks)
+
+
+@pytest.mark.parametrize(("name", "text", "bomb"), [_via_templates_param(*p) for p in PAYLOADS])
+def test_templates_render_refuses_payload(monkeypatch: pytest.MonkeyPatch, name: str, text: str, bomb: bool) -> None:
+    if bomb:
+        assert _adopted(), "templates.py still renders with the unbounded jinja sandbox; this payload would not stop"
+    if _adopted():
+        monkeypatch.setattr(templates._environment(), "render_seconds", 2.0)
+    template = templates.ChatTemplate(name, text, "test")
+    _assert_refused(lambda: templates.render(template, MESSAGES), name)
+
+
+@pytest.mark.parametrize(("name", "text", "bomb"), [_via_templates_param(*p) for p in PAYLOADS])
+def test_tokenizer_template_refuses_payload(monkeypatch: pytest.MonkeyPatch, name: str, text: str, bomb: bool) -> None:
+    """A tokenizer's own chat_template takes the same path (`load_template('tokenizer', text)`)."""
+    if bomb:
+        assert _adopted(), "templates.py still renders with the unbounded jinja sandbox; this payload would not stop"
+    if _adopted():
+        monkeypatch.setattr(templates._environment(), "render_seconds", 2.0)
+    template = templates.load_template("tokenizer", text)
+    _assert_refused(lambda: templates.render(template, MESSAGES), "tokenizer")
+
+
+@pytest.mark.parametrize(("name", "text"), HARMLESS, ids=[h[0] for h in HARMLESS])
+def test_undefined_names_render_nothing_secret(name: str, text: str) -> None:
+    out = render_bounded(text, name, environment=ENV, messages=MESSAGES)
+    assert SECRET not in out and "root:" not in out and len(out) < 200
+
+
+def test_at_least_25_payloads() -> None:
+    assert len(PAYLOADS) >= 25
+    assert len({p[0] for p in PAYLOADS}) == len(PAYLOADS)
+
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_benign_template_renders_through_the_sandbox() -> None:
+    out = render_bounded(CHATML, "chatml", environment=ENV, messages=MESSAGES, add_generation_prompt=True)
+    assert out == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_benign_features_still_work() -> None:
+    text = (
+        "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}|"
+        "{{ messages|tojson }}|{{ range(3)|list }}|{{ 'ab' * 3 }}|{{ '%s-%d' % ('x', 2) }}|{{ '{}!'.format('y') }}|"
+        "{{ 'a' ~ 'b' }}|{{ ['x', 'y']|join(',') }}|{{ 'x'|center(5) }}|{{ 2 ** 10 }}|{{ 'a\\nb'|indent(2) }}|"
+        "{% macro m(x) %}<{{ x }}>{% endmacro %}{{ m(1) }}|{{ messages[0].content|upper }}|{{ dict(a=1)|length }}"
+    )
+    out = render_bounded(text, "benign", environment=ENV, messages=MESSAGES)
+    assert out == (
+        '2|[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]|[0, 1, 2]|ababab|x-2|y!|'
+        "ab|x,y|  x  |1024|a\n  b|<1>|HI|1"
+    )
+
+
+@pytest.mark.parametrize("name", templates.shipped_template_names())
+def test_every_shipped_template_renders_the_same_bounded(name: str) -> None:
+    """The bounded environment is a drop-in: each shipped template renders exactly as the plain sandbox does."""
+    template = templates.load_template(name)
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+    ]
+    special = {"bos_token": "<s>", "eos_token": "</s>"}
+    try:
+        expected = templates.render(template, conversation, add_generation_prompt=True, special_tokens=special)
+    except TemplateError:
+        pytest.skip(f"{name} does not render this conversation")
+    got = render_bounded(
+        template.text, name, environment=_environment(), messages=conversation, tools=None, documents=None,
+        add_generation_prompt=True, **special,
+    )  # fmt: skip
+    assert got == expected
+
+
+def test_time_limit_interrupts_a_loop_that_calls_nothing() -> None:
+    env = _environment(render_seconds=0.3)
+    text = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    start = time.monotonic()
+    with pytest.raises(TemplateError, match=r"template slow: rendering took longer than 0\.3 s"):
+        render_bounded(text, "slow", environment=env)
+    assert time.monotonic() - start < 3
+    assert render_bounded("{{ 1 }}", "after", environment=env) == "1"  # the watchdog left nothing pending
+
+
+def test_output_limit() -> None:
+    env = _environment(max_output=1000)
+    with pytest.raises(TemplateError, match="longer than 1000 characters"):
+        render_bounded("{% for i in range(100) %}{{ 'x' * 100 }}{% endfor %}", "big", environment=env)
+    assert len(render_bounded("{{ 'x' * 1000 }}", "fits", environment=env)) == 1000
+
+
+def test_generate_is_bounded_too() -> None:
+    env = _environment(max_output=50)
+    template = env.from_string("{% for i in range(10) %}{{ 'x' * 10 }}{% endfor %}")
+    with pytest.raises(jinja2.exceptions.TemplateError, match="longer than 50"):
+        list(template.generate())
+
+
+def test_non_jinja_exceptions_become_template_errors() -> None:
+    with pytest.raises(TemplateError, match=r"template typo: TypeError"):
+        render_bounded("{{ 1 + 'a' }}", "typo", environment=ENV)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param("{{ cycler.__init__.__globals__.os.environ['DSPREP_SECRET'] }}", id="globals"),
+        pytest.param(
+            "{% for i in range(10**12) %}{% endfor %}",
+            id="range",
+            marks=pytest.mark.xfail(strict=True, reason="until templates.py uses dsprep.sandbox (exit 1 today)"),
+        ),
+    ],
+)
+def test_hostile_tokenizer_template_stops_a_convert_with_exit_7(tmp_path: Path, payload: str) -> None:
+    """A tokenizer folder whose tokenizer_config.json carries a hostile chat_template: one line, exit 7, no output."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from dsprep.cli import main
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz ")}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tok.chat_template = payload + "{% for m in messages %}{{ m.content }}{% endfor %}"
+    folder = tmp_path / "tok"
+    tok.save_pretrained(str(folder))
+    saved = [p.read_text() for p in folder.iterdir() if p.name in ("tokenizer_config.json", "chat_template.jinja")]
+    assert any(payload in text for text in saved)
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"messages": MESSAGES}) + "\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["convert", str(data), "--out", str(out), "--tokenizer", str(folder), "-q"])
+    assert result.exit_code == 7, result.output
+    assert result.output.startswith("error: template tokenizer") and result.output.count("\n") == 1
+    assert SECRET not in result.output
+    assert not (out / "manifest.json").exists()
