@@ -100,7 +100,7 @@ def _token_range(enc: Any, start: int, end: int, n_chars: int) -> tuple[int, int
         if b is not None:
             break
     assert b is not None  # a token covers some char in the range, so the backward scan finds one
-    n = len(enc.ids)
+    n = len(enc)
     while a > 0 and enc.token_to_chars(a - 1)[1] > start:
         a -= 1
     while b + 1 < n and enc.token_to_chars(b + 1)[0] < end:
@@ -391,8 +391,8 @@ class Encoder:
     def _split(self, plan: dict[str, Any], enc: Any, text: str, cut: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(prompt ids, continuation ids) of one full rendering, or None when a token straddles the cut."""
         ids = self._with_specials(enc, text, None)[0] if plan["plain_text"] else self._ids(enc)
-        k = enc.char_to_token(cut) if cut < len(text) else len(enc.ids)
-        if k is None or (k < len(enc.ids) and enc.token_to_chars(k)[0] < cut):
+        k = enc.char_to_token(cut) if cut < len(text) else len(enc)
+        if k is None or (k < len(enc) and enc.token_to_chars(k)[0] < cut):
             return None
         return ids[:k], ids[k:]
 
