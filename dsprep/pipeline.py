@@ -3,6 +3,11 @@
 Every row read is either written to a shard or to ``rejects.jsonl`` with a reason, and the manifest records, per
 input, ``rows_read == rows_kept + rows_rejected``. With a tokenizer, rows are rendered and tokenized
 (`dsprep.encode`) after the template passes its conformance checks (`dsprep.conformance`).
+
+Records are cut into slices processed by `dsprep.workers` (inline or on a process pool); each slice's result is
+stored as a piece (`dsprep.pieces`) and counted in input order, then `dsprep.assemble` writes the shards (packed or
+not) from the pieces. The run's cache key (`dsprep.cache`) finds an identical earlier output, and names the staging
+folder's pieces so that a killed run resumes from them.
 """
 
 from __future__ import annotations

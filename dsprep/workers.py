@@ -48,6 +48,7 @@ __all__ = [
     "Stage",
     "Task",
     "default_workers",
+    "die_with_parent",
     "encoder_for",
     "ordered_results",
     "process",
@@ -224,8 +225,22 @@ _STAGE: Stage | None = None
 _SINK: Sink | None = None
 
 
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies (Linux), so a killed convert leaves no workers behind."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not on Linux
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _init(stage: Stage, sink: Sink | None) -> None:
     global _STAGE, _SINK
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _STAGE, _SINK = stage, sink
@@ -239,7 +254,7 @@ def _work(task: Task) -> BatchResult:
     return _SINK(result) if _SINK else result
 
 
-PRELOAD = ["dsprep.workers", "transformers.models.auto.tokenization_auto"]  # imported once, before workers fork
+PRELOAD = ["dsprep.forkserver"]  # imported once by the fork server, before it forks workers
 
 
 def _context() -> multiprocessing.context.BaseContext:
