@@ -142,26 +142,24 @@ def generate(path: Path, size: int, seed: int, invalid_fraction: float) -> tuple
     return lines, invalid
 
 
-def _rss_mb(pid: int) -> float | None:
+def _kb_field(path: str, name: str) -> float | None:
+    """A ``Name:   123 kB`` line of a /proc file, in MB."""
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(name):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def _rss_mb(pid: int) -> float | None:
+    return _kb_field(f"/proc/{pid}/status", "VmRSS:")
 
 
 def _pss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    return _kb_field(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def _tree_pss_mb(pid: int) -> float | None:

@@ -43,6 +43,7 @@ from dsprep.workers import (
     default_workers,
     encoder_for,
     ordered_results,
+    start_server,
 )
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ConvertResult", "InputReport", "convert"]
 
+SERVER_MIN_BYTES = 1 << 20  # smaller inputs rarely make more than one task: no worker process is started early
 Planned = tuple[InputFile, FormatSpec | None, Detection | None]
 
 
@@ -245,6 +247,9 @@ def convert(
         if on_note:
             on_note(f"cache hit: reused the output of an identical earlier run (key {key[:16]})")
         return result
+    workers = config.workers or default_workers()
+    if workers > 1 and sum(f.size for f in files) > SERVER_MIN_BYTES:
+        start_server(_encode_spec(config))
     plan = [(f, *_choose_spec(f, config)) for f in files]
     encoder, encoding = _encoder(config)
     staging = Staging(config.out, overwrite=config.overwrite, key=key)
@@ -266,7 +271,6 @@ def convert(
         with RejectsWriter(staging.dir / REJECTS) as rejects:
             accounts = _Accounts(config, reports, rejects, on_input)
             sink = functools.partial(store_piece, staging.pieces)
-            workers = config.workers or default_workers()
             for result in ordered_results(stage, _tasks(plan, on_bytes), workers, sink=sink, done=done):
                 accounts.add(result)
             accounts.finish(upto=len(plan))

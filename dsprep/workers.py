@@ -25,7 +25,7 @@ import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -52,6 +52,7 @@ __all__ = [
     "encoder_for",
     "ordered_results",
     "process",
+    "start_server",
 ]
 
 TASK_ROWS = 256
@@ -257,6 +258,17 @@ def _work(task: Task) -> BatchResult:
 PRELOAD = ["dsprep.forkserver"]  # imported once by the fork server, before it forks workers
 
 
+def start_server(spec: EncodeSpec | None) -> None:
+    """Start the fork server now, so it loads the encoder while this process does its own start-up work."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not on Linux
+        return
+    from multiprocessing import forkserver
+
+    _context()
+    with _preload_encoder(spec):
+        forkserver.ensure_running()
+
+
 def _context() -> multiprocessing.context.BaseContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
@@ -296,7 +308,7 @@ def ordered_results(
         return
     pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init, initargs=(stage, sink))
     try:
-        with _detached_main():
+        with _detached_main(), _preload_encoder(stage.encoding):
             pending: deque[Future[BatchResult] | BatchResult] = deque()
             for task in tasks:
                 previous = done(task.seq) if done else None
@@ -307,6 +319,24 @@ def ordered_results(
                 yield _get(pending.popleft())
     finally:
         _stop(pool)
+
+
+PRELOAD_ENV = "DSPREP_FORKSERVER_ENCODER"
+
+
+@contextlib.contextmanager
+def _preload_encoder(spec: EncodeSpec | None) -> Iterator[None]:
+    """Name the encoder for a fork server started meanwhile to load before it forks (`dsprep.forkserver`)."""
+    before = os.environ.get(PRELOAD_ENV)
+    if spec is not None:
+        os.environ[PRELOAD_ENV] = orjson.dumps(asdict(spec)).decode()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PRELOAD_ENV, None)
+        else:
+            os.environ[PRELOAD_ENV] = before
 
 
 @contextlib.contextmanager

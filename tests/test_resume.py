@@ -40,6 +40,21 @@ def _convert(src: Path, out: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=True)
 
 
+def _start_and_kill(src: Path, out: Path, *, pieces: int) -> int:
+    """Start a convert, SIGKILL it once `pieces` pieces are complete; returns how many were."""
+    cmd = [sys.executable, "-m", "dsprep", "convert", str(src), "--out", str(out), *OPTIONS]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = out / ".dsprep-staging" / "pieces"
+    deadline = time.monotonic() + 300
+    while len(list(folder.glob("*.json"))) < pieces and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.fail("the convert finished before it could be killed; make the input larger")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(list(folder.glob("*.json")))
+
+
 def _files(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
@@ -48,17 +63,7 @@ def test_a_killed_convert_resumes_to_the_same_bytes(tmp_path: Path) -> None:
     src = tmp_path / "chats.jsonl"
     _corpus(src)
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "dsprep", "convert", str(src), "--out", str(killed), *OPTIONS]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pieces = killed / ".dsprep-staging" / "pieces"
-    deadline = time.monotonic() + 300
-    while len(list(pieces.glob("*.json"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if proc.poll() is not None:
-        pytest.fail("the convert finished before it could be killed; make the input larger")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(list(pieces.glob("*.json")))
+    done = _start_and_kill(src, killed, pieces=3)
     assert done >= 3 and not (killed / "manifest.json").exists()
 
     rerun = _convert(src, killed)
@@ -77,14 +82,7 @@ def test_a_rerun_with_other_options_starts_over(tmp_path: Path) -> None:
     src = tmp_path / "chats.jsonl"
     _corpus(src)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "dsprep", "convert", str(src), "--out", str(out), *OPTIONS]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pieces = out / ".dsprep-staging" / "pieces"
-    deadline = time.monotonic() + 300
-    while not list(pieces.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert _start_and_kill(src, out, pieces=1) >= 1
     cmd = [sys.executable, "-m", "dsprep", "convert", str(src), "--out", str(out), *OPTIONS, "--shuffle-seed", "1"]
     rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=True)
     assert "resumed" not in rerun.stderr
