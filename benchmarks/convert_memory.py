@@ -4,6 +4,7 @@ Run it from the repository root:
 
     .venv/bin/python benchmarks/convert_memory.py --size 1GB     # the target run (a few minutes)
     .venv/bin/python benchmarks/convert_memory.py --size 100MB   # a quick check
+    .venv/bin/python benchmarks/convert_memory.py --size 100MB --tokenizer mistral:tekken --pack 4096  # tokenize+pack
 
 It writes a deterministic (seeded) JSONL file of the requested size, of rows such as
 ``{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`` with 1-6 messages of a few hundred
@@ -11,6 +12,9 @@ to a few thousand characters each (some with non-ASCII text), plus a small fract
 rejects path runs too. It then runs ``dsprep convert FILE --out DIR --quiet`` as a child process and measures:
 
 - peak RSS of the child (``ru_maxrss`` from ``os.wait4``), plus an RSS timeline sampled from /proc while it runs;
+- with worker processes (``--workers``, tokenizing runs), the peak of the whole process tree's summed PSS, sampled
+  (workers are children of a fork server, which ``ru_maxrss`` of the convert process does not cover; PSS counts the
+  pages they share with it once);
 - wall time, input bytes, throughput in MB/s and rows/s;
 - rows read / kept / rejected from the output's ``manifest.json``, checked against what was generated.
 
@@ -138,24 +142,53 @@ def generate(path: Path, size: int, seed: int, invalid_fraction: float) -> tuple
     return lines, invalid
 
 
-def _rss_mb(pid: int) -> float | None:
+def _kb_field(path: str, name: str) -> float | None:
+    """A ``Name:   123 kB`` line of a /proc file, in MB."""
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(name):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
 
 
-def run_convert(src: Path, out: Path, log: Path) -> tuple[int, float, float, list[tuple[float, float]]]:
-    """Run dsprep convert; returns (exit code, wall seconds, peak RSS MB from wait4, RSS timeline)."""
+def _rss_mb(pid: int) -> float | None:
+    return _kb_field(f"/proc/{pid}/status", "VmRSS:")
+
+
+def _pss_mb(pid: int) -> float | None:
+    return _kb_field(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
+def _tree_pss_mb(pid: int) -> float | None:
+    """Summed PSS (shared pages divided among their users) of `pid` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, stack = 0.0, [pid]
+    while stack:
+        p = stack.pop()
+        total += _pss_mb(p) or 0.0
+        stack.extend(children.get(p, []))
+    return total or None
+
+
+def run_convert(
+    src: Path, out: Path, log: Path, options: list[str]
+) -> tuple[int, float, float, list[tuple[float, float]], float]:
+    """Run dsprep convert; returns (exit code, wall s, peak RSS MB from wait4, RSS timeline, peak tree PSS MB)."""
     script = Path(sys.executable).with_name("dsprep")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "dsprep"]
-    cmd += ["convert", str(src), "--out", str(out), "--quiet"]
+    cmd += ["convert", str(src), "--out", str(out), "--quiet", *options]
     print("running:", " ".join(cmd), flush=True)
     timeline: list[tuple[float, float]] = []
+    tree_peak = [0.0]
     with open(log, "wb") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT)
@@ -166,6 +199,7 @@ def run_convert(src: Path, out: Path, log: Path) -> tuple[int, float, float, lis
                 rss = _rss_mb(proc.pid)
                 if rss is not None:
                     timeline.append((time.perf_counter() - start, rss))
+                tree_peak[0] = max(tree_peak[0], _tree_pss_mb(proc.pid) or 0.0)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -174,7 +208,7 @@ def run_convert(src: Path, out: Path, log: Path) -> tuple[int, float, float, lis
         done.set()
         sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; tell Popen
-    return proc.returncode, wall, usage.ru_maxrss / 1024, timeline  # ru_maxrss: KiB on Linux
+    return proc.returncode, wall, usage.ru_maxrss / 1024, timeline, tree_peak[0]  # ru_maxrss: KiB on Linux
 
 
 def _timeline_text(timeline: list[tuple[float, float]], points: int = 10) -> str:
@@ -195,7 +229,18 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the generated data")
     parser.add_argument("--invalid-fraction", type=float, default=0.001, help="fraction of invalid JSON lines")
     parser.add_argument("--max-rss-mb", type=float, default=600.0, help="peak RSS target in MB (PASS below it)")
+    parser.add_argument("--tokenizer", help="tokenize with this tokenizer (e.g. mistral:tekken)")
+    parser.add_argument("--template", default="chatml", help="chat template when tokenizing (default chatml)")
+    parser.add_argument("--pack", type=int, help="pack into rows of at most this many tokens (needs --tokenizer)")
+    parser.add_argument("--workers", type=int, help="dsprep --workers (default: dsprep's, every usable core)")
     args = parser.parse_args()
+    options = ["--no-cache", "--format", "openai"]
+    if args.tokenizer:
+        options += ["--tokenizer", args.tokenizer, "--template", args.template]
+    if args.pack:
+        options += ["--pack", str(args.pack)]
+    if args.workers:
+        options += ["--workers", str(args.workers)]
 
     own_dir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="dsprep-bench-", dir="/tmp")) if own_dir else args.workdir
@@ -212,7 +257,7 @@ def main() -> int:
         )
         if out.exists():
             shutil.rmtree(out)
-        code, wall, peak, timeline = run_convert(src, out, log)
+        code, wall, peak, timeline, tree_peak = run_convert(src, out, log, options)
         if code != 0:
             print(log.read_text(errors="replace")[-4000:], file=sys.stderr)
             print(f"FAIL: dsprep convert exited with {code} after {wall:.1f}s (peak RSS {peak:.0f} MB)")
@@ -220,19 +265,26 @@ def main() -> int:
         manifest = json.loads((out / "manifest.json").read_text())
         totals = manifest["totals"]
         out_bytes = sum(s["bytes"] for s in manifest["shards"])
-        counts_ok = (totals["rows_read"], totals["rows_rejected"]) == (lines, invalid)
-        rss_ok = peak < args.max_rss_mb
+        reasons = manifest["inputs"][0]["rejected_by_reason"]
+        unparsed = sum(n for reason, n in reasons.items() if reason in ("invalid_json", "wrong_type"))
+        counts_ok = (totals["rows_read"], unparsed) == (lines, invalid)
+        rss_ok = max(peak, tree_peak) < args.max_rss_mb
         print()
         print(f"input         {size / MB:,.1f} MB  ({size:,} bytes)")
         print(
             f"rows          read {totals['rows_read']:,}  kept {totals['rows_kept']:,}  "
-            f"rejected {totals['rows_rejected']:,}  (generated {lines:,}, {invalid:,} invalid)"
+            f"rejected {totals['rows_rejected']:,}  (generated {lines:,}, {invalid:,} invalid)  {reasons}"
         )
         print(f"output        {len(manifest['shards'])} shard(s), {out_bytes / MB:,.1f} MB")
         print(f"wall time     {wall:.1f} s")
         print(f"throughput    {size / MB / wall:,.1f} MB/s  {totals['rows_read'] / wall:,.0f} rows/s")
         print(f"peak RSS      {peak:,.0f} MB  (target < {args.max_rss_mb:.0f} MB)")
+        print(f"peak tree PSS {tree_peak:,.0f} MB  (convert process, fork server and workers, summed PSS, sampled)")
         print(f"RSS timeline  {_timeline_text(timeline)}  (elapsed:MB)")
+        if "packing" in manifest:
+            p = manifest["packing"]
+            rows = f"{p['rows']:,} rows of {p['max_len']}"
+            print(f"packing       {p['tokens']:,} tokens, {rows}, {p['efficiency']:.2%} full")
         if not counts_ok:
             print(f"row counts do not match what was generated ({lines} lines, {invalid} invalid)")
         ok = rss_ok and counts_ok

@@ -3,6 +3,11 @@
 Every row read is either written to a shard or to ``rejects.jsonl`` with a reason, and the manifest records, per
 input, ``rows_read == rows_kept + rows_rejected``. With a tokenizer, rows are rendered and tokenized
 (`dsprep.encode`) after the template passes its conformance checks (`dsprep.conformance`).
+
+Records are cut into slices processed by `dsprep.workers` (inline or on a process pool); each slice's result is
+stored as a piece (`dsprep.pieces`) and counted in input order, then `dsprep.assemble` writes the shards (packed or
+not) from the pieces. The run's cache key (`dsprep.cache`) finds an identical earlier output, and names the staging
+folder's pieces so that a killed run resumes from them.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from dsprep.workers import (
     default_workers,
     encoder_for,
     ordered_results,
+    start_server,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ConvertResult", "InputReport", "convert"]
 
+SERVER_MIN_BYTES = 1 << 20  # smaller inputs rarely make more than one task: no worker process is started early
 Planned = tuple[InputFile, FormatSpec | None, Detection | None]
 
 
@@ -100,9 +107,10 @@ def _reading(f: InputFile) -> Iterator[None]:
         raise InputError(f"{f.display}: cannot read: {exc.strerror or exc}") from None
 
 
-def _digest(f: InputFile) -> str:
+def _identity(f: InputFile) -> tuple[int, str]:
+    """An input's size and sha256, read now (it may have changed or gone since it was listed)."""
     with _reading(f):
-        return file_sha256(f.path)
+        return f.size, file_sha256(f.path)
 
 
 def _sample(f: InputFile, n: int) -> list[dict[str, Any]]:
@@ -178,10 +186,14 @@ class _Accounts:
 def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None) -> Iterator[Task]:
     seq = itertools.count()
     for index, (f, _, _) in enumerate(plan):
-        with _reading(f):  # an OSError raised here is the input failing; writes raise OutputError
-            for batch in read_records(f, on_bytes):
-                for first in range(0, len(batch), TASK_ROWS):
-                    yield Task(next(seq), index, batch[first : first + TASK_ROWS])
+        batches = read_records(f, on_bytes)
+        while True:
+            with _reading(f):  # only the read happens here: a failed write never looks like a failed input
+                batch = next(batches, None)
+            if batch is None:
+                break
+            for first in range(0, len(batch), TASK_ROWS):
+                yield Task(next(seq), index, batch[first : first + TASK_ROWS])
 
 
 def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
@@ -193,6 +205,7 @@ def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
 
     encoder = encoder_for(spec)
     conformance = check_conformance(encoder)
+    encoder.method_counts = dict.fromkeys(encoder.method_counts, 0)  # count the data's rows only, not the probes
     if conformance.problems and not config.allow_template_warnings:
         raise TemplateError("; ".join(conformance.problems) + " (pass --allow-template-warnings to go on)")
     loaded, template = encoder.tok, encoder.template
@@ -216,9 +229,7 @@ def _encode_spec(config: ConvertConfig) -> EncodeSpec | None:
     return EncodeSpec(config.tokenizer, config.template, config.train_on, config.max_len, config.overflow)
 
 
-def _report(f: InputFile, sha256: str, spec: FormatSpec | None, detection: Detection | None) -> InputReport:
-    with _reading(f):
-        size = f.size
+def _report(f: InputFile, size: int, sha256: str, spec: FormatSpec | None, detection: Detection | None) -> InputReport:
     return InputReport(
         path=f.display,
         container=f.container,
@@ -246,7 +257,8 @@ def convert(
     miss, what changed since the newest cache entry.
     """
     files = discover(config.inputs)
-    digests = [_digest(f) for f in files]
+    identities = [_identity(f) for f in files]
+    digests = [sha256 for _, sha256 in identities]
     parts = components(config, files, digests)
     key = cache_key(parts)
     cache = OutputCache(config.cache_dir or default_cache_dir()) if config.cache else None
@@ -258,10 +270,13 @@ def convert(
         if on_note:
             on_note(f"cache hit: reused the output of an identical earlier run (key {key[:16]})")
         return result
+    workers = config.workers or default_workers()
+    if workers > 1 and sum(f.size for f in files) > SERVER_MIN_BYTES:
+        start_server(_encode_spec(config))
     plan = [(f, *_choose_spec(f, config)) for f in files]
     encoder, encoding = _encoder(config)
     staging = Staging(config.out, overwrite=config.overwrite, key=key)
-    reports = [_report(f, d, spec, detection) for (f, spec, detection), d in zip(plan, digests, strict=True)]
+    reports = [_report(f, *ident, spec, det) for (f, spec, det), ident in zip(plan, identities, strict=True)]
     stage = Stage(
         tuple(SourceInput(f.path.name, f.display, f.line_oriented, spec) for f, spec, _ in plan),
         _encode_spec(config),
@@ -276,26 +291,24 @@ def convert(
         return previous
 
     try:
-        with writing(staging.dir), RejectsWriter(staging.dir / REJECTS) as rejects:  # reads raise InputError
+        with RejectsWriter(staging.dir / REJECTS) as rejects:
             accounts = _Accounts(config, reports, rejects, on_input)
             sink = functools.partial(store_piece, staging.pieces)
-            workers = config.workers or default_workers()
             for result in ordered_results(stage, _tasks(plan, on_bytes), workers, sink=sink, done=done):
                 accounts.add(result)
             accounts.finish(upto=len(plan))
         if resumed and on_note:
             on_note(f"resumed: reused {resumed} of {len(accounts.done)} completed pieces of an interrupted run")
-        with writing(staging.dir):
-            if config.pack is not None:
-                writer = ShardWriter(staging.dir, PACKED, shard_bytes=config.shard_bytes)
-                packing = write_packed(
-                    staging.pieces, accounts.done, writer, max_len=config.pack, shuffle_seed=config.shuffle_seed
-                )
-                shard_list = packing.pop("shards")
-            else:
-                packing = None
-                writer = ShardWriter(staging.dir, stage.schema, shard_bytes=config.shard_bytes)
-                shard_list = write_unpacked(staging.pieces, accounts.done, writer)
+        if config.pack is not None:
+            writer = ShardWriter(staging.dir, PACKED, shard_bytes=config.shard_bytes)
+            packing = write_packed(
+                staging.pieces, accounts.done, writer, max_len=config.pack, shuffle_seed=config.shuffle_seed
+            )
+            shard_list = packing.pop("shards")
+        else:
+            packing = None
+            writer = ShardWriter(staging.dir, stage.schema, shard_bytes=config.shard_bytes)
+            shard_list = write_unpacked(staging.pieces, accounts.done, writer)
         read = sum(r.rows_read for r in reports)
         rejected = sum(r.rows_rejected for r in reports)
         if config.max_rejected is not None and read and rejected / read > config.max_rejected:
@@ -345,8 +358,9 @@ def _from_cache(
 ) -> ConvertResult:
     staging = Staging(config.out, overwrite=config.overwrite)
     try:
-        for path in files:
-            link_or_copy(path, staging.dir / path.name)
+        with writing(config.out):
+            for path in files:
+                link_or_copy(path, staging.dir / path.name)
         staging.publish([p.name for p in files])
     except BaseException:
         staging.discard()
