@@ -7,8 +7,9 @@ input, ``rows_read == rows_kept + rows_rejected``. With a tokenizer, rows are re
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from dsprep.version import __version__
 if TYPE_CHECKING:
     from dsprep.encode import Encoder
 
-__all__ = ["ConvertResult", "InputReport", "convert"]
+__all__ = ["ConvertResult", "InputReport", "convert", "convert_rows"]
 
 Row = dict[str, Any]
 UNPACKABLE = ("preference", "kto")
@@ -205,10 +206,16 @@ def convert(
     *,
     on_bytes: Callable[[int], None] | None = None,
     on_input: Callable[[InputReport], None] | None = None,
+    derive_spec: Callable[[FormatSpec], FormatSpec] | None = None,
 ) -> ConvertResult:
-    """Normalize (and with a tokenizer, tokenize) `config.inputs` into shards, rejects and manifest in `config.out`."""
+    """Normalize (and with a tokenizer, tokenize) `config.inputs` into shards, rejects and manifest in `config.out`.
+
+    `derive_spec`, when given, adjusts each input's spec (given or detected) before it is used.
+    """
     files = discover(config.inputs)
     plan = [(f, *_choose_spec(f, config)) for f in files]
+    if derive_spec is not None:
+        plan = [(f, derive_spec(spec) if spec else None, detection) for f, spec, detection in plan]
     encoder, encoding = _encoder(config)
     staging = Staging(config.out, overwrite=config.overwrite)
     reports: list[InputReport] = []
@@ -302,3 +309,75 @@ def _manifest(
         "shards": shards,
         "rejects": {"file": REJECTS, "rows": rejects, "sha256": file_sha256(staging.dir / REJECTS)},
     }
+
+
+def convert_rows(
+    config: ConvertConfig,
+    sources: Sequence[tuple[InputReport, Iterable[Row]]],
+    *,
+    location: Callable[[Row], str],
+    on_row: Callable[[Row, list[Row] | RowError], None] | None = None,
+) -> ConvertResult:
+    """Tokenize (with `config.tokenizer`) and pack rows that are already normalized, such as a recipe's selection.
+
+    `config.inputs` is not read: each source is a report (its identity filled in by the caller; the row accounting
+    is added here) and its normalized rows, which keep their `id`, `source_file` and `source_row`. `location` names a
+    row in the rejects file; `on_row` sees each row with its tokenized rows or its error. Shards, rejects and the
+    manifest are written to `config.out` as `convert` writes them.
+    """
+    encoder, encoding = _encoder(config)
+    staging = Staging(config.out, overwrite=config.overwrite)
+    try:
+        unpacked = staging.dir / "unpacked" if config.pack else staging.dir
+        unpacked.mkdir(exist_ok=True)
+        shards = ShardWriter(unpacked, NORMALIZED if encoder is None else TOKENIZED, shard_bytes=config.shard_bytes)
+        with RejectsWriter(staging.dir / REJECTS) as rejects:
+            run = _Run(config, shards, rejects, encoder)
+            for report, rows in sources:
+                _convert_source_rows(run, report, rows, location, on_row)
+        shard_list = shards.close()
+        packing = _pack(config, unpacked, staging) if config.pack else None
+        if packing is not None:
+            shard_list = packing.pop("shards")
+        manifest = _manifest(config, [r for r, _ in sources], shard_list, rejects.rows, staging)
+        if encoder is not None:
+            manifest.update(stage="tokenized", **encoding, mask_methods=dict(encoder.method_counts))
+        if packing is not None:
+            manifest.update(stage="packed", packing=packing)
+        write_json(staging.dir / MANIFEST, manifest)
+        staging.publish([*(s["file"] for s in shard_list), REJECTS, MANIFEST])
+    except BaseException:
+        staging.discard(keep=(REJECTS,))
+        raise
+    return ConvertResult([r for r, _ in sources], manifest)
+
+
+def _convert_source_rows(
+    run: _Run,
+    report: InputReport,
+    rows: Iterable[Row],
+    location: Callable[[Row], str],
+    on_row: Callable[[Row, list[Row] | RowError], None] | None,
+) -> None:
+    kinds: Counter[str] = Counter()
+    pending = iter(rows)
+    while batch := [(row, row) for row in itertools.islice(pending, PACK_CHUNK_ROWS)]:
+        report.rows_read += len(batch)
+        for row, out_rows in run._encoded(batch):  # type: ignore[arg-type]
+            if on_row is not None:
+                on_row(row, out_rows)
+            if isinstance(out_rows, RowError):
+                run.rejects.write(
+                    {"source_file": row["source_file"], "source_row": row["source_row"], "location": location(row),
+                     "field": out_rows.field, "reason": out_rows.reason, "message": out_rows.message, "raw": ""}
+                )  # fmt: skip
+                report.rows_rejected += 1
+                report.rejected_by_reason[out_rows.reason] = report.rejected_by_reason.get(out_rows.reason, 0) + 1
+                if run.config.on_error == "fail":
+                    raise RowFailure(f"{location(row)}: {out_rows}")
+                continue
+            for out in out_rows:
+                run.shards.write(out, 256 + 8 * int(out.get("num_tokens") or 0))
+            report.rows_kept += 1
+            kinds[out_rows[0]["kind"]] += 1
+    report.kinds = dict(sorted(kinds.items()))

@@ -19,11 +19,21 @@ import pyarrow.parquet as pq
 
 from dsprep.errors import OutputError
 
-__all__ = ["MANIFEST", "REJECTS", "RejectsWriter", "ShardWriter", "Staging", "file_sha256", "write_json"]
+__all__ = [
+    "MANIFEST",
+    "REJECTS",
+    "SPLIT_FOLDERS",
+    "RejectsWriter",
+    "ShardWriter",
+    "Staging",
+    "file_sha256",
+    "write_json",
+]
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 STAGING = ".dsprep-staging"
+SPLIT_FOLDERS = ("train", "eval")  # a recipe output's split folders, each an output folder of its own
 FLUSH_ROWS = 4096
 FLUSH_BYTES = 16 << 20
 
@@ -48,6 +58,8 @@ def write_json(path: Path, value: Any) -> None:
 
 def _written_by_dsprep(path: Path) -> bool:
     name = path.name
+    if path.is_dir():
+        return name in SPLIT_FOLDERS and (path / MANIFEST).is_file()
     return name in (MANIFEST, REJECTS) or (path.is_file() and name.startswith("part-") and name.endswith(".parquet"))
 
 

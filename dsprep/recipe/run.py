@@ -1,0 +1,326 @@
+"""Run a recipe: normalize each source, select (dedup, eval split, sampling), then tokenize and pack each split.
+
+1. Each source is normalized by `dsprep.pipeline.convert` (no tokenizer) into the staging folder, with its spec
+   overrides applied to the format it names or that is detected.
+2. `dsprep.recipe.select` decides each row's fate from content keys and seeds.
+3. The train and eval rows go through `dsprep.pipeline.convert_rows` into ``train/`` and ``eval/``, two ordinary
+   dsprep output folders (``dsprep verify`` and the train entry points read them).
+
+The output folder's ``manifest.json`` (written last) records the effective recipe — enough to run it again and get
+byte-identical shards — per-source statistics, dedup and leakage counts. ``rejects.jsonl`` holds every row that
+is not in a split, per source: unreadable or invalid rows, ``duplicate`` (with the kept twin), ``not_sampled``, and
+rows the tokenizer stage rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+from pydantic import ValidationError
+
+from dsprep.config import ConvertConfig
+from dsprep.errors import RecipeError, RejectedRowsError, RowError
+from dsprep.pipeline import ConvertResult, InputReport, convert, convert_rows
+from dsprep.recipe.model import Recipe, Source
+from dsprep.recipe.select import Selection, SourcePlan, content_key, leakage, select
+from dsprep.schema import SCHEMA_VERSION
+from dsprep.shards import MANIFEST, REJECTS, SPLIT_FOLDERS, RejectsWriter, Staging, file_sha256, write_json
+from dsprep.sources import discover
+from dsprep.specs import FormatSpec
+from dsprep.version import __version__
+
+__all__ = ["run_recipe"]
+
+Row = dict[str, Any]
+NOT_ERRORS = ("duplicate", "not_sampled")  # left out by choice: not counted against max_rejected
+
+
+def _size(text: str) -> int:
+    from dsprep.cli import parse_size
+
+    return parse_size(text)
+
+
+def _deriver(source: Source, label: str) -> Callable[[FormatSpec], FormatSpec] | None:
+    """A function applying the source's field/message/role overrides to a spec, or None without overrides."""
+    if not (source.fields or source.message or source.roles):
+        return None
+    overrides = {
+        "fields": source.fields or {},
+        "message": source.message or {},
+        "roles": {k: v if isinstance(v, str) else v.model_dump() for k, v in (source.roles or {}).items()},
+    }
+    tag = orjson.dumps(overrides, option=orjson.OPT_SORT_KEYS)
+
+    def derive(spec: FormatSpec) -> FormatSpec:
+        data = spec.model_dump()
+        for key, values in overrides.items():
+            data[key] = {**data[key], **values}
+        data["origin"] = f"{spec.origin} with the overrides of source {label}"
+        data["sha256"] = hashlib.sha256(spec.sha256.encode() + tag).hexdigest()
+        try:
+            return FormatSpec.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"] if "[" not in str(p))
+            raise RecipeError(f"source {label}: its overrides make an invalid {spec.name} spec: {where}: "
+                              f"{err['msg'].removeprefix('Value error, ')}") from None  # fmt: skip
+
+    return derive
+
+
+def _with_train_on(row: Row, policy: str) -> Row:
+    """A conversation row whose messages carry `train` flags for `policy` ('all' or 'last')."""
+    if row["kind"] != "conversation" or not row["messages"]:
+        return row
+    messages = row["messages"]
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    flags = [True] * len(messages) if policy == "all" else [i == last for i in range(len(messages))]
+    return {**row, "messages": [{**m, "train": f} for m, f in zip(messages, flags, strict=True)]}
+
+
+@dataclass
+class _Source:
+    """One source during a run: its normalized rows and everything counted about it."""
+
+    label: str
+    source: Source
+    result: ConvertResult
+    rows: list[Row]
+    line_oriented: dict[str, bool]
+    rejected: Counter[str] = field(default_factory=Counter)
+    duplicates_across: int = 0
+    duplicates_of_eval: int = 0
+    split: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def formats(self) -> str:
+        return ", ".join(sorted({r.format for r in self.result.inputs}))
+
+    def location(self, row: int) -> str:
+        file = self.rows[row]["source_file"]
+        return self._location(file, self.rows[row]["source_row"])
+
+    def _location(self, file: str, row: int) -> str:
+        return f"{file}:{row + 1}" if self.line_oriented.get(file, True) else f"{file}[{row}]"
+
+
+class _RecipeRun:
+    """Drives one recipe run inside a staging folder."""
+
+    def __init__(self, recipe: Recipe, staging: Staging, say: Callable[[str], None]) -> None:
+        self.recipe = recipe
+        self.staging = staging
+        self.say = say
+        self.sources: list[_Source] = []
+        self.rejects = RejectsWriter(staging.dir / REJECTS)
+
+    # --- stage 1 ------------------------------------------------------------------------------------------------
+    def normalize(self) -> None:
+        for i, (source, label) in enumerate(zip(self.recipe.sources, self.recipe.labels(), strict=True)):
+            config = ConvertConfig(inputs=source.paths, out=self.staging.dir / "sources" / f"{i:03d}",
+                                   format=source.format, on_error=self.recipe.on_error)  # fmt: skip
+            result = convert(config, derive_spec=_deriver(source, label))
+            parts = sorted(config.out.glob("part-*.parquet"))
+            rows = [r for p in parts for r in pq.read_table(p).to_pylist()]
+            files = {f.display: f.line_oriented for f in discover(source.paths)}
+            src = _Source(label, source, result, rows, files)
+            for line in (config.out / REJECTS).read_bytes().splitlines():
+                entry = orjson.loads(line)
+                src.rejected[entry["reason"]] += 1
+                self.rejects.write({"source": label, **entry})
+            self.sources.append(src)
+            self.say(f"{label}: {src.formats}, read {result.rows_read} = normalized {result.rows_kept} + rejected "
+                     f"{result.rows_rejected}")  # fmt: skip
+
+    # --- stage 2 ------------------------------------------------------------------------------------------------
+    def plans(self) -> list[SourcePlan]:
+        by = self.recipe.dedup.by
+        mode = "prompt" if by == "prompt" else "conversation"
+        out = []
+        for src in self.sources:
+            s = src.source
+            split = s.eval or (self.recipe.eval if s.split == "train" else None)
+            out.append(SourcePlan(
+                label=src.label, keys=[content_key(r, mode) for r in src.rows], split=s.split,
+                eval_fraction=split.fraction if split else None, eval_rows=split.rows if split else None,
+                eval_seed=split.seed if split and split.seed is not None else self.recipe.seed,
+                weight=s.weight, rows=s.rows, seed=self.recipe.seed,
+            ))  # fmt: skip
+        return out
+
+    def record_left_out(self, selections: list[Selection]) -> None:
+        by = self.recipe.dedup.by
+        for src, sel in zip(self.sources, selections, strict=True):
+            for r, (j, twin_row) in sorted(sel.duplicates.items()):
+                twin = self.sources[j]
+                src.duplicates_across += twin is not src
+                src.duplicates_of_eval += src.source.split == "train" and twin.source.split == "eval"
+                first = twin.rows[twin_row]
+                kept = {"source": twin.label, "source_file": first["source_file"], "source_row": first["source_row"],
+                        "location": twin.location(twin_row)}  # fmt: skip
+                self._reject(src, r, "duplicate", f"same {by} as {kept['location']} (source {twin.label})",
+                             duplicate_of=kept)  # fmt: skip
+            target = src.source.rows if src.source.rows is not None else f"weight {src.source.weight}"
+            for r in sel.not_sampled:
+                self._reject(src, r, "not_sampled", f"left out by sampling ({target}, seed {self.recipe.seed})")
+
+    def _reject(self, src: _Source, r: int, reason: str, message: str, **extra: Any) -> None:
+        row = src.rows[r]
+        src.rejected[reason] += 1
+        self.rejects.write({"source": src.label, "source_file": row["source_file"], "source_row": row["source_row"],
+                            "location": src.location(r), "field": "", "reason": reason, "message": message,
+                            "raw": "", **extra})  # fmt: skip
+
+    # --- stage 3 ------------------------------------------------------------------------------------------------
+    def _policies(self) -> tuple[str, list[str | None]]:
+        """The encoder's train_on, and per source the flags to set on its messages (None: none)."""
+        effective = [s.train_on or self.recipe.train_on for s in self.recipe.sources]
+        if all(p == self.recipe.train_on for p in effective):
+            return self.recipe.train_on, [None] * len(effective)
+        return "assistant", [None if p == "assistant" else p for p in effective]
+
+    def encode(self, selections: list[Selection]) -> dict[str, dict[str, Any]]:
+        train_on, flags = self._policies()
+        owner: dict[str, tuple[int, int]] = {}
+        splits: dict[str, dict[str, Any]] = {}
+        for split in SPLIT_FOLDERS:
+            feeds = []
+            for i, (src, sel) in enumerate(zip(self.sources, selections, strict=True)):
+                picks = sel.train if split == "train" else [(r, 0) for r in sel.eval]
+                src.split[split] = {"examples": 0, "rejected": 0, "tokens": 0, "trained_tokens": 0}
+                rows = []
+                for r, copy in picks:
+                    row = src.rows[r] if copy == 0 else {**src.rows[r], "id": f"{src.rows[r]['id']}-r{copy}"}
+                    row = _with_train_on(row, flags[i]) if flags[i] else row
+                    owner[row["id"]] = (i, r if copy == 0 else -1)
+                    rows.append(row)
+                report = InputReport(path=src.label, container="recipe", compression=None, bytes=0, sha256="",
+                                     format=src.formats, format_origin="recipe", format_sha256="")  # fmt: skip
+                feeds.append((report, rows))
+            config = self._split_config(split, train_on)
+            result = convert_rows(config, feeds, location=self._locate(owner),
+                                  on_row=lambda row, out, s=split: self._count(owner, s, row, out))  # fmt: skip
+            splits[split] = {"path": split, "stage": result.manifest["stage"],
+                             "rows": sum(s["rows"] for s in result.manifest["shards"]),
+                             "examples": sum(r.rows_kept for r in result.inputs),
+                             "manifest_sha256": file_sha256(config.out / MANIFEST)}  # fmt: skip
+            if "packing" in result.manifest:
+                splits[split]["packing_efficiency"] = result.manifest["packing"]["efficiency"]
+        return splits
+
+    def _locate(self, owner: dict[str, tuple[int, int]]) -> Callable[[Row], str]:
+        def locate(row: Row) -> str:
+            src = self.sources[owner[row["id"]][0]]
+            return src._location(row["source_file"], row["source_row"])
+
+        return locate
+
+    def _count(self, owner: dict[str, tuple[int, int]], split: str, row: Row, out: list[Row] | RowError) -> None:
+        i, r = owner[row["id"]]
+        src = self.sources[i]
+        stats = src.split[split]
+        if isinstance(out, RowError):
+            stats["rejected"] += 1
+            if r >= 0:  # a repeated copy shares its original's fate; the original is the one accounted for
+                self._reject(src, r, out.reason, out.message)
+            return
+        stats["examples"] += 1
+        stats["tokens"] += sum(int(o.get("num_tokens") or 0) for o in out)
+        stats["trained_tokens"] += sum(int(o.get("num_trained") or 0) for o in out)
+
+    def _split_config(self, split: str, train_on: str) -> ConvertConfig:
+        r = self.recipe
+        return ConvertConfig(
+            inputs=(), out=self.staging.dir / split, on_error=r.on_error, shard_bytes=_size(r.shard_size),
+            tokenizer=r.tokenizer, template=r.template, train_on=train_on,  # type: ignore[arg-type]
+            max_len=r.max_len, overflow=r.overflow, allow_template_warnings=r.allow_template_warnings,
+            pack=r.pack, shuffle_seed=r.shuffle_seed,
+        )  # fmt: skip
+
+    # --- manifest -----------------------------------------------------------------------------------------------
+    def source_stats(self, selections: list[Selection]) -> list[dict[str, Any]]:
+        train_examples = sum(s.split["train"]["examples"] for s in self.sources)
+        train_tokens = sum(s.split["train"]["tokens"] for s in self.sources)
+        out = []
+        for src, sel in zip(self.sources, selections, strict=True):
+            read = src.result.rows_read
+            rejected = sum(src.rejected.values())
+            train = src.split["train"]
+            out.append({
+                "name": src.label, "split": src.source.split, "paths": list(src.source.paths),
+                "inputs": [asdict(r) for r in src.result.inputs],
+                "rows_read": read, "rows_kept": read - rejected, "rows_rejected": rejected,
+                "rejected_by_reason": dict(sorted(src.rejected.items())),
+                "duplicates": len(sel.duplicates), "duplicates_across_sources": src.duplicates_across,
+                "duplicates_of_eval": src.duplicates_of_eval,
+                "held_out_for_eval": sel.held_out, "repeated": sum(1 for _, c in sel.train if c > 0),
+                "not_sampled": len(sel.not_sampled), "train": train, "eval": src.split["eval"],
+                "share_of_train_examples": train["examples"] / train_examples if train_examples else 0.0,
+                "share_of_train_tokens": train["tokens"] / train_tokens if train_tokens else 0.0,
+            })  # fmt: skip
+        return out
+
+
+def _check_rejected(sources: list[dict[str, Any]], limit: float | None, out: Path) -> None:
+    read = sum(s["rows_read"] for s in sources)
+    bad = sum(n for s in sources for reason, n in s["rejected_by_reason"].items() if reason not in NOT_ERRORS)
+    if limit is not None and read and bad / read > limit:
+        raise RejectedRowsError(f"{bad} of {read} rows rejected ({bad / read:.2%}), over max_rejected {limit:.2%}; "
+                                f"see {out / REJECTS}")  # fmt: skip
+
+
+def run_recipe(
+    recipe: Recipe,
+    *,
+    out: Path,
+    overwrite: bool = False,
+    origin: str | None = None,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> dict[str, Any]:
+    """Run `recipe` into `out` (``train/``, ``eval/``, ``rejects.jsonl``, ``manifest.json``); returns the manifest.
+
+    `recipe` must hold absolute paths (see `dsprep.recipe.load.load_recipe`); `origin` names its file.
+    """
+    effective = recipe.model_copy(update={"out": str(out)})
+    staging = Staging(out, overwrite=overwrite)
+    try:
+        run = _RecipeRun(effective, staging, say)
+        with run.rejects:
+            run.normalize()
+            plans = run.plans()
+            as_read = leakage(plans)
+            selections = select(plans, dedup=effective.dedup.by != "none")
+            run.record_left_out(selections)
+            splits = run.encode(selections)
+        selected = leakage(plans, selections)
+        sources = run.source_stats(selections)
+        _check_rejected(sources, effective.max_rejected, out)
+        manifest = {
+            "dsprep_version": __version__,
+            "schema_version": SCHEMA_VERSION,
+            "stage": "recipe",
+            "recipe": effective.model_dump(mode="json"),
+            "recipe_file": origin,
+            "splits": splits,
+            "sources": sources,
+            "dedup": {"by": effective.dedup.by, "removed": sum(s["duplicates"] for s in sources),
+                      "across_sources": sum(s["duplicates_across_sources"] for s in sources),
+                      "train_rows_equal_to_eval": sum(s["duplicates_of_eval"] for s in sources)},
+            "leakage": {"as_read": as_read, "selected": selected},
+            "totals": {k: sum(s[k] for s in sources) for k in ("rows_read", "rows_kept", "rows_rejected")},
+            "rejects": {"file": REJECTS, "rows": run.rejects.rows, "sha256": file_sha256(staging.dir / REJECTS)},
+        }  # fmt: skip
+        write_json(staging.dir / MANIFEST, manifest)
+        staging.publish([*SPLIT_FOLDERS, REJECTS, MANIFEST])
+    except BaseException:
+        staging.discard(keep=(REJECTS,))
+        raise
+    return manifest
