@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
@@ -40,6 +41,7 @@ __all__ = ["run_recipe"]
 
 Row = dict[str, Any]
 NOT_ERRORS = ("duplicate", "not_sampled")  # left out by choice: not counted against max_rejected
+CHUNK_ROWS = 4096  # rows turned into Python objects at a time; a source otherwise stays an Arrow table
 
 
 def _size(text: str) -> int:
@@ -88,12 +90,12 @@ def _with_train_on(row: Row, policy: str) -> Row:
 
 @dataclass
 class _Source:
-    """One source during a run: its normalized rows and everything counted about it."""
+    """One source during a run: its normalized shards (read in batches, never all at once) and its counts."""
 
     label: str
     source: Source
     result: ConvertResult
-    rows: list[Row]
+    parts: list[Path]
     line_oriented: dict[str, bool]
     rejected: Counter[str] = field(default_factory=Counter)
     duplicates_across: int = 0
@@ -104,9 +106,50 @@ class _Source:
     def formats(self) -> str:
         return ", ".join(sorted({r.format for r in self.result.inputs}))
 
+    def __post_init__(self) -> None:
+        where = pa.concat_tables([pq.read_table(p, columns=["id", "source_file", "source_row"]) for p in self.parts])
+        self.ids: list[str] = where.column("id").to_pylist()
+        self.files: list[str] = where.column("source_file").to_pylist()
+        self.positions: list[int] = where.column("source_row").to_pylist()
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        for part in self.parts:
+            yield from pq.ParquetFile(part).iter_batches(batch_size=CHUNK_ROWS)
+
+    def batches(self) -> Iterator[list[Row]]:
+        for batch in self._batches():
+            yield batch.to_pylist()
+
+    def take(self, picks: list[tuple[int, int]], flags: str | None) -> Iterator[Row]:
+        """The picked rows in order, repeated copies with their own ids, with `flags` train flags when given.
+
+        Picks come in ascending runs (one per pass over the source); each run is one streaming read of the shards.
+        """
+        start = 0
+        for end in range(1, len(picks) + 1):
+            if end == len(picks) or picks[end][0] <= picks[end - 1][0]:
+                yield from self._take_run(picks[start:end], flags)
+                start = end
+
+    def _take_run(self, run: list[tuple[int, int]], flags: str | None) -> Iterator[Row]:
+        i, offset = 0, 0
+        for batch in self._batches():
+            j = i
+            while j < len(run) and run[j][0] < offset + batch.num_rows:
+                j += 1
+            if j > i:
+                rows = batch.take([r - offset for r, _ in run[i:j]]).to_pylist()
+                for (_, copy), row in zip(run[i:j], rows, strict=True):
+                    if copy:
+                        row["id"] = f"{row['id']}-r{copy}"
+                    yield _with_train_on(row, flags) if flags else row
+                i = j
+            offset += batch.num_rows
+            if i == len(run):
+                return
+
     def location(self, row: int) -> str:
-        file = self.rows[row]["source_file"]
-        return self._location(file, self.rows[row]["source_row"])
+        return self._location(self.files[row], self.positions[row])
 
     def _location(self, file: str, row: int) -> str:
         return f"{file}:{row + 1}" if self.line_oriented.get(file, True) else f"{file}[{row}]"
@@ -129,9 +172,8 @@ class _RecipeRun:
                                    format=source.format, on_error=self.recipe.on_error)  # fmt: skip
             result = convert(config, derive_spec=_deriver(source, label))
             parts = sorted(config.out.glob("part-*.parquet"))
-            rows = [r for p in parts for r in pq.read_table(p).to_pylist()]
             files = {f.display: f.line_oriented for f in discover(source.paths)}
-            src = _Source(label, source, result, rows, files)
+            src = _Source(label, source, result, parts, files)
             for line in (config.out / REJECTS).read_bytes().splitlines():
                 entry = orjson.loads(line)
                 src.rejected[entry["reason"]] += 1
@@ -149,7 +191,7 @@ class _RecipeRun:
             s = src.source
             split = s.eval or (self.recipe.eval if s.split == "train" else None)
             out.append(SourcePlan(
-                label=src.label, keys=[content_key(r, mode) for r in src.rows], split=s.split,
+                label=src.label, keys=[content_key(r, mode) for b in src.batches() for r in b], split=s.split,
                 eval_fraction=split.fraction if split else None, eval_rows=split.rows if split else None,
                 eval_seed=split.seed if split and split.seed is not None else self.recipe.seed,
                 weight=s.weight, rows=s.rows, seed=self.recipe.seed,
@@ -163,9 +205,8 @@ class _RecipeRun:
                 twin = self.sources[j]
                 src.duplicates_across += twin is not src
                 src.duplicates_of_eval += src.source.split == "train" and twin.source.split == "eval"
-                first = twin.rows[twin_row]
-                kept = {"source": twin.label, "source_file": first["source_file"], "source_row": first["source_row"],
-                        "location": twin.location(twin_row)}  # fmt: skip
+                kept = {"source": twin.label, "source_file": twin.files[twin_row],
+                        "source_row": twin.positions[twin_row], "location": twin.location(twin_row)}  # fmt: skip
                 self._reject(src, r, "duplicate", f"same {by} as {kept['location']} (source {twin.label})",
                              duplicate_of=kept)  # fmt: skip
             target = src.source.rows if src.source.rows is not None else f"weight {src.source.weight}"
@@ -173,9 +214,8 @@ class _RecipeRun:
                 self._reject(src, r, "not_sampled", f"left out by sampling ({target}, seed {self.recipe.seed})")
 
     def _reject(self, src: _Source, r: int, reason: str, message: str, **extra: Any) -> None:
-        row = src.rows[r]
         src.rejected[reason] += 1
-        self.rejects.write({"source": src.label, "source_file": row["source_file"], "source_row": row["source_row"],
+        self.rejects.write({"source": src.label, "source_file": src.files[r], "source_row": src.positions[r],
                             "location": src.location(r), "field": "", "reason": reason, "message": message,
                             "raw": "", **extra})  # fmt: skip
 
@@ -196,15 +236,11 @@ class _RecipeRun:
             for i, (src, sel) in enumerate(zip(self.sources, selections, strict=True)):
                 picks = sel.train if split == "train" else [(r, 0) for r in sel.eval]
                 src.split[split] = {"examples": 0, "rejected": 0, "tokens": 0, "trained_tokens": 0}
-                rows = []
                 for r, copy in picks:
-                    row = src.rows[r] if copy == 0 else {**src.rows[r], "id": f"{src.rows[r]['id']}-r{copy}"}
-                    row = _with_train_on(row, flags[i]) if flags[i] else row
-                    owner[row["id"]] = (i, r if copy == 0 else -1)
-                    rows.append(row)
+                    owner[f"{src.ids[r]}-r{copy}" if copy else src.ids[r]] = (i, r if copy == 0 else -1)
                 report = InputReport(path=src.label, container="recipe", compression=None, bytes=0, sha256="",
                                      format=src.formats, format_origin="recipe", format_sha256="")  # fmt: skip
-                feeds.append((report, rows))
+                feeds.append((report, src.take(picks, flags[i])))
             config = self._split_config(split, train_on)
             result = convert_rows(config, feeds, location=self._locate(owner),
                                   on_row=lambda row, out, s=split: self._count(owner, s, row, out))  # fmt: skip
