@@ -10,13 +10,14 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsprep.config import ConvertConfig
 from dsprep.detect import Detection, detect_format
-from dsprep.errors import RejectedRowsError, RowError, RowFailure, TemplateError
+from dsprep.errors import InputError, RejectedRowsError, RowError, RowFailure, TemplateError
 from dsprep.normalize import normalize_record, row_id
 from dsprep.schema import NORMALIZED, SCHEMA_VERSION, TOKENIZED
 from dsprep.shards import MANIFEST, REJECTS, RejectsWriter, ShardWriter, Staging, file_sha256, write_json
@@ -74,20 +75,36 @@ class ConvertResult:
         return sum(r.rows_rejected for r in self.inputs)
 
 
+@contextmanager
+def _reading(f: InputFile) -> Iterator[None]:
+    """Turn a failed read (gone since it was listed, permission denied, I/O error) into a one-line `InputError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(f"{f.display}: cannot read: {exc.strerror or exc}") from None
+
+
+def _identity(f: InputFile) -> tuple[int, str]:
+    """An input's size and sha256, read now (it may have changed or gone since it was listed)."""
+    with _reading(f):
+        return f.size, file_sha256(f.path)
+
+
 def _location(f: InputFile, row: int) -> str:
     return f"{f.display}:{row + 1}" if f.line_oriented else f"{f.display}[{row}]"
 
 
 def _sample(f: InputFile, n: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    batches = read_records(f)
-    try:
-        for batch in batches:
-            out.extend(r.value for r in batch if r.value is not None)
-            if len(out) >= n:
-                break
-    finally:
-        batches.close()  # type: ignore[attr-defined]
+    with _reading(f):
+        batches = read_records(f)
+        try:
+            for batch in batches:
+                out.extend(r.value for r in batch if r.value is not None)
+                if len(out) >= n:
+                    break
+        finally:
+            batches.close()  # type: ignore[attr-defined]
     return out[:n]
 
 
@@ -227,19 +244,21 @@ def convert(
         with RejectsWriter(staging.dir / REJECTS) as rejects:
             run = _Run(config, shards, rejects, encoder)
             for f, spec, detection in plan:
+                size, sha256 = _identity(f)
                 report = InputReport(
                     path=f.display,
                     container=f.container,
                     compression=f.compression,
-                    bytes=f.size,
-                    sha256=file_sha256(f.path),
+                    bytes=size,
+                    sha256=sha256,
                     format=spec.name if spec else "none",
                     format_origin=spec.origin if spec else "no parseable rows to detect a format from",
                     format_sha256=spec.sha256 if spec else "",
                     detection=detection.describe() if detection else None,
                 )
                 reports.append(report)
-                run.run_input(f, spec, report, on_bytes)
+                with _reading(f):  # writes raise OutputError, so an OSError here is the input failing
+                    run.run_input(f, spec, report, on_bytes)
                 if on_input:
                     on_input(report)
         shard_list = shards.close()
