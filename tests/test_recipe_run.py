@@ -210,3 +210,34 @@ def test_recipe_init_writes_a_recipe_that_runs(tmp_path: Path) -> None:
     run = run_cli("--recipe", str(recipe), "-q")
     assert run.exit_code == 0, run.output
     assert verify_output(tmp_path / "prepared")["stage"] == "recipe"
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "message"),
+    [
+        ("", 0, ""),
+        ("on_error: fail\n", 4, "invalid_rows.jsonl:"),
+        ("max_rejected: 0.01\n", 5, "over max_rejected 1.00%"),
+    ],
+)  # fmt: skip
+def test_bad_rows_follow_on_error_and_max_rejected(tmp_path: Path, options: str, code: int, message: str) -> None:
+    recipe = tmp_path / "prep.yaml"
+    bad = FIXTURES / "bad" / "invalid_rows.jsonl"
+    recipe.write_text(f"sources:\n  - path: {bad}\n    format: openai\n  - path: {FIXTURES / 'formats' / 'openai.jsonl'}\n"
+                      + options)  # fmt: skip
+    result = run_cli("--recipe", str(recipe), "--out", str(tmp_path / "o"), "-q")
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert (tmp_path / "o" / "manifest.json").exists() == (code == 0)
+    if code == 0:
+        manifest = load(tmp_path / "o")
+        (first, second) = manifest["sources"]
+        assert first["rows_rejected"] > 0 and second["rows_rejected"] == 0
+        assert first["rows_read"] == first["rows_kept"] + first["rows_rejected"]
+
+
+def test_a_recipe_without_out_needs_the_option(tmp_path: Path) -> None:
+    recipe = tmp_path / "prep.yaml"
+    recipe.write_text(f"sources:\n  - path: {FIXTURES / 'formats' / 'text.jsonl'}\n")
+    result = run_cli("--recipe", str(recipe))
+    assert result.exit_code == 2 and "pass --out" in result.output

@@ -111,7 +111,7 @@ class Recipe(_Strict):
     max_len: int | None = Field(None, ge=1, description="Longest example in tokens (default: pack).")
     overflow: Overflow = "drop"
     pack: int | None = Field(None, ge=1, description="Pack examples into rows of at most this many tokens.")
-    shuffle_seed: int | None = Field(None, description="Shuffle the train examples and packed rows with this seed.")
+    shuffle_seed: int | None = Field(None, description="Shuffle the packed rows with this seed.")
     allow_template_warnings: bool = False
     on_error: Literal["quarantine", "fail"] = "quarantine"
     max_rejected: float | None = Field(None, ge=0, le=1, description="Fail past this share of rejected rows.")
