@@ -135,3 +135,12 @@ def test_the_readme_example_recipe_is_valid_and_exit_code_10_is_documented() -> 
     assert [s.split for s in recipe.sources].count("eval") == 1
     assert "| 10 | a recipe file is invalid" in readme
     assert RecipeError.exit_code == 10
+
+
+@pytest.mark.parametrize(
+    ("path", "label"),
+    [("data/sharegpt.jsonl", "sharegpt"), ("a/b/c.json.gz", "c"), ("raw/2024/**/*.json", "2024"),
+     ("*.jsonl", "source"), ("../d/e f.jsonl", "e_f"), ("folder/", "folder")],
+)  # fmt: skip
+def test_unnamed_sources_are_named_after_their_path(path: str, label: str) -> None:
+    assert parse_recipe(f"sources:\n  - path: '{path}'\n", origin="p.yaml").labels() == [label]

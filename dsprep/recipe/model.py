@@ -83,10 +83,12 @@ class Source(_Strict):
 
 
 def source_label(source: Source) -> str:
-    """The source's name, or its first path's file stem (without compression and container suffixes)."""
+    """The source's name, or its first path's last plain part (a glob's folder) without its suffixes."""
     if source.name:
         return source.name
-    stem = source.paths[0].rstrip("/").rsplit("/", 1)[-1]
+    parts = [p for p in source.paths[0].replace("\\", "/").split("/") if p and p not in (".", "..")]
+    plain = [p for p in parts if not any(c in p for c in "*?[")]
+    stem = plain[-1] if plain else "source"
     for _ in range(2):
         stem = stem.rsplit(".", 1)[0] if "." in stem.lstrip(".") else stem
     return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "source"
