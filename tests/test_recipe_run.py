@@ -241,3 +241,21 @@ def test_a_recipe_without_out_needs_the_option(tmp_path: Path) -> None:
     recipe.write_text(f"sources:\n  - path: {FIXTURES / 'formats' / 'text.jsonl'}\n")
     result = run_cli("--recipe", str(recipe))
     assert result.exit_code == 2 and "pass --out" in result.output
+
+
+def test_a_packed_run_reproduces_from_its_manifest_and_counts_unpackable_rows(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert (
+        run_cli("--recipe", str(MIX), "--out", str(first), "-q", "--pack", "512", "--shuffle-seed", "1").exit_code == 0
+    )
+    manifest = load(first)
+    assert {s["stage"] for s in manifest["splits"].values()} == {"packed"}
+    assert verify_output(first)["stage"] == "recipe"
+    kto = by_source(manifest)["kto"]
+    assert kto["rejected_by_reason"] == {"not_packable": 2} and kto["rows_kept"] == 0
+    recorded = tmp_path / "recorded.yaml"
+    recorded.write_text(yaml.safe_dump(manifest["recipe"]))
+    assert run_cli("--recipe", str(recorded), "--out", str(tmp_path / "again"), "-q").exit_code == 0
+    assert shard_bytes(tmp_path / "again") == shard_bytes(first)
+    examples = [e for split in manifest["_rows"].values() for r in split for e in r["example_ids"]]
+    assert len(examples) == len(set(examples)) == sum(s["examples"] for s in manifest["splits"].values())
