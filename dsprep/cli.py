@@ -154,6 +154,24 @@ def _progress(quiet: bool, total: int) -> tuple[Callable[[int], None] | None, Ca
 @click.option("--allow-template-warnings", is_flag=True, help="Go on when the template fails a conformance check.")
 @click.option("--pack", type=click.IntRange(min=1), metavar="L", help="Pack examples into rows of at most L tokens.")
 @click.option("--shuffle-seed", type=int, help="Shuffle the packed rows with this seed.")
+@click.option(
+    "--workers",
+    "-j",
+    type=click.IntRange(min=1),
+    help="Processes that normalize and tokenize (default: every usable core); the output is the same for any number.",
+)
+@click.option(
+    "--cache/--no-cache",
+    default=True,
+    show_default=True,
+    help="Reuse the output of an identical earlier run (same inputs, specs, template, tokenizer, options).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    help="Where cached outputs live (default: $DSPREP_CACHE/outputs, else ~/.cache/dsprep/outputs).",
+)
+@click.option("--explain-cache", is_flag=True, help="Print the cache key's components and, on a miss, what changed.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def convert(
     inputs: tuple[str, ...],
@@ -172,6 +190,10 @@ def convert(
     allow_template_warnings: bool,
     pack: int | None,
     shuffle_seed: int | None,
+    workers: int | None,
+    cache: bool,
+    cache_dir: Path | None,
+    explain_cache: bool,
     quiet: bool,
 ) -> None:
     """Normalize INPUTS (files, folders, globs) into Parquet shards, rejects.jsonl and manifest.json in --out.
@@ -184,7 +206,7 @@ def convert(
     from dsprep.sources import discover
 
     if recipe is not None:
-        _convert_recipe(recipe, inputs, out, overwrite, quiet)
+        _convert_recipe(recipe, inputs, out, overwrite, quiet, workers)
         return
     if not inputs:
         raise click.UsageError("give INPUTS (files, folders or globs) or --recipe")
@@ -210,6 +232,9 @@ def convert(
         allow_template_warnings=allow_template_warnings,
         pack=pack,
         shuffle_seed=shuffle_seed,
+        workers=workers,
+        cache=cache,
+        cache_dir=cache_dir,
     )
     say = (lambda _msg: None) if quiet else click.echo
 
@@ -226,7 +251,9 @@ def convert(
 
     advance, stop = _progress(quiet, sum(f.size for f in discover(inputs)))
     try:
-        result = run_convert(config, on_bytes=advance, on_input=on_input)
+        note = None if quiet else (lambda msg: click.echo(msg, err=True))
+        explain = (lambda msg: click.echo(msg, err=True)) if explain_cache else None
+        result = run_convert(config, on_bytes=advance, on_input=on_input, on_note=note, explain=explain)
     finally:
         stop()
     shards = result.manifest["shards"]
@@ -250,8 +277,13 @@ def convert(
     say(f"wrote {len(shards)} shard{'s' * (len(shards) != 1)}, rejects.jsonl and manifest.json to {out}")
 
 
-def _convert_recipe(path: Path, inputs: tuple[str, ...], out: Path | None, overwrite: bool, quiet: bool) -> None:
-    """`dsprep convert --recipe`: the recipe's values, overridden by the options given on the command line."""
+def _convert_recipe(
+    path: Path, inputs: tuple[str, ...], out: Path | None, overwrite: bool, quiet: bool, workers: int | None
+) -> None:
+    """`dsprep convert --recipe`: the recipe's values, overridden by the options given on the command line.
+
+    Recipe runs do not use the output cache: --cache, --cache-dir and --explain-cache are refused, --no-cache accepted.
+    """
     from click.core import ParameterSource
 
     from dsprep.recipe.cli import OVERRIDES, convert_with_recipe
@@ -261,13 +293,16 @@ def _convert_recipe(path: Path, inputs: tuple[str, ...], out: Path | None, overw
         raise click.UsageError("INPUTS and --recipe exclude each other: list the inputs as the recipe's sources")
     if ctx.get_parameter_source("fmt") == ParameterSource.COMMANDLINE:
         raise click.UsageError("--format applies per source with --recipe: set 'format' on the recipe's sources")
+    for name in ("cache", "cache_dir", "explain_cache"):
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE and ctx.params[name]:
+            raise click.UsageError(f"--{name.replace('_', '-')}: recipe runs do not use the output cache")
     overrides = {}
     for name in OVERRIDES:
         if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             value = ctx.params[name]
             is_file = name in ("tokenizer", "template") and Path(value).exists()
             overrides[name] = str(Path(value).absolute()) if is_file else value
-    convert_with_recipe(path, overrides=overrides, out=out, overwrite=overwrite, quiet=quiet)
+    convert_with_recipe(path, overrides=overrides, out=out, overwrite=overwrite, quiet=quiet, workers=workers)
 
 
 @main.command()

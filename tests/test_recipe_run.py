@@ -131,6 +131,38 @@ def test_command_line_options_override_the_recipe_and_are_recorded(
     assert too_long == {(r["source_file"], r["source_row"]) for r in long_ones}
 
 
+def test_any_number_of_workers_writes_the_same_bytes_and_rejects_a_row_once(tmp_path: Path) -> None:
+    files = {}
+    for workers in ("1", "2"):
+        out = tmp_path / workers
+        result = run_cli("--recipe", str(MIX), "--out", str(out), "-q", "--max-len", "60", "--workers", workers)
+        assert result.exit_code == 0, result.output
+        files[workers] = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    manifests = [orjson.loads(f.pop("manifest.json")) for f in files.values()]
+    assert files["1"] == files["2"]
+    assert [m["recipe"].pop("out") for m in manifests] == [str(tmp_path / "1"), str(tmp_path / "2")]
+    assert manifests[0] == manifests[1]
+    sharegpt = str(FIXTURES / "formats" / "sharegpt.jsonl")
+    in_train = [orjson.loads(line) for line in files["1"]["train/rejects.jsonl"].splitlines()]
+    repeated = [r for r in in_train if r["source_file"] == sharegpt]
+    assert len(repeated) == 2 and repeated[0] == repeated[1]  # a row and its repeated copy
+    assert (
+        repeated[0]["reason"] == "too_long" and repeated[0]["location"] == f"{sharegpt}:{repeated[0]['source_row'] + 1}"
+    )
+    top = [orjson.loads(line) for line in files["1"]["rejects.jsonl"].splitlines()]
+    too_long = [(r["source"], r["source_row"]) for r in top if r["reason"] == "too_long"]
+    assert too_long.count(("sharegpt", repeated[0]["source_row"])) == 1
+    sharegpt_stats = by_source(manifests[0])["sharegpt"]
+    assert sharegpt_stats["train"]["rejected"] == 2 and sharegpt_stats["rejected_by_reason"] == {"too_long": 1}
+
+
+def test_recipe_runs_refuse_the_output_cache_options(tmp_path: Path) -> None:
+    for option in (["--cache"], ["--cache-dir", str(tmp_path / "c")], ["--explain-cache"]):
+        result = run_cli("--recipe", str(MIX), "--out", str(tmp_path / "o"), *option)
+        assert result.exit_code == 2 and "recipe runs do not use the output cache" in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_recipe_output_is_replaced_only_with_overwrite(mix: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     out = tmp_path / "copy"
     shutil.copytree(mix[0], out)
@@ -162,6 +194,28 @@ def test_spec_overrides_map_other_keys_and_bad_ones_name_the_source(tmp_path: Pa
     bad = run_cli("--recipe", str(recipe), "--out", str(tmp_path / "o2"))
     assert bad.exit_code == 10
     assert "source qa: its overrides make an invalid prompt_completion spec" in bad.output
+
+
+def test_a_derived_spec_neither_uses_nor_fills_the_output_cache(tmp_path: Path, output_cache: Path) -> None:
+    from dsprep.specs import FormatSpec
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "Q1", "answer": "A1"}\n')
+
+    def derive(spec: FormatSpec) -> FormatSpec:
+        fields = {**spec.model_dump()["fields"], "prompt": "question", "completion": "answer"}
+        return FormatSpec.model_validate({**spec.model_dump(), "fields": fields})
+
+    def run(name: str, **derived: Any) -> Any:
+        config = ConvertConfig(inputs=(str(data),), out=tmp_path / name, format="prompt_completion", cache=True)
+        return convert(config, **derived)
+
+    assert run("derived", derive_spec=derive).rows_kept == 1
+    assert not output_cache.exists()
+    plain = run("plain")
+    assert (plain.rows_kept, plain.cached) == (0, False) and output_cache.exists()
+    again = run("again", derive_spec=derive)
+    assert (again.rows_kept, again.cached) == (1, False)
 
 
 def test_prompt_dedup_keeps_one_answer_per_prompt(tmp_path: Path) -> None:

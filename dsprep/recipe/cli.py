@@ -16,7 +16,7 @@ OVERRIDES = ("tokenizer", "template", "train_on", "max_len", "overflow", "allow_
 
 
 def convert_with_recipe(
-    path: Path, *, overrides: dict[str, Any], out: Path | None, overwrite: bool, quiet: bool
+    path: Path, *, overrides: dict[str, Any], out: Path | None, overwrite: bool, quiet: bool, workers: int | None = None
 ) -> dict[str, Any]:
     """Load the recipe at `path`, apply command-line `overrides` (and `out`), run it and print a summary."""
     from pydantic import ValidationError
@@ -38,7 +38,7 @@ def convert_with_recipe(
     if target is None:
         raise click.UsageError("the recipe sets no 'out'; pass --out")
     say = (lambda _msg: None) if quiet else click.echo
-    manifest = run_recipe(recipe, out=target, overwrite=overwrite, origin=str(path), say=say)
+    manifest = run_recipe(recipe, out=target, overwrite=overwrite, origin=str(path), say=say, workers=workers)
     dedup, as_read, selected = manifest["dedup"], manifest["leakage"]["as_read"], manifest["leakage"]["selected"]
     say(f"dedup ({dedup['by']}): removed {dedup['removed']} rows; eval rows equal to a train row: "
         f"{as_read['eval_rows_in_train']} as read, {selected['eval_rows_in_train']} selected")  # fmt: skip

@@ -23,11 +23,12 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from dsprep.config import ConvertConfig
-from dsprep.errors import RecipeError, RejectedRowsError, RowError
+from dsprep.errors import RecipeError, RejectedRowsError
 from dsprep.pipeline import ConvertResult, InputReport, convert, convert_rows
 from dsprep.recipe.model import Recipe, Source
 from dsprep.recipe.select import Selection, SourcePlan, content_key, leakage, select
@@ -36,6 +37,7 @@ from dsprep.shards import MANIFEST, REJECTS, SPLIT_FOLDERS, RejectsWriter, Stagi
 from dsprep.sources import discover
 from dsprep.specs import FormatSpec
 from dsprep.version import __version__
+from dsprep.workers import BatchResult
 
 __all__ = ["run_recipe"]
 
@@ -88,6 +90,11 @@ def _with_train_on(row: Row, policy: str) -> Row:
     return {**row, "messages": [{**m, "train": f} for m, f in zip(messages, flags, strict=True)]}
 
 
+def _location(file: str, row: int, line_oriented: dict[str, bool]) -> str:
+    """Where a row of `file` is: ``file:line`` for line-oriented files, else ``file[row]``."""
+    return f"{file}:{row + 1}" if line_oriented.get(file, True) else f"{file}[{row}]"
+
+
 @dataclass
 class _Source:
     """One source during a run: its normalized shards (read in batches, never all at once) and its counts."""
@@ -107,8 +114,7 @@ class _Source:
         return ", ".join(sorted({r.format for r in self.result.inputs}))
 
     def __post_init__(self) -> None:
-        where = pa.concat_tables([pq.read_table(p, columns=["id", "source_file", "source_row"]) for p in self.parts])
-        self.ids: list[str] = where.column("id").to_pylist()
+        where = pa.concat_tables([pq.read_table(p, columns=["source_file", "source_row"]) for p in self.parts])
         self.files: list[str] = where.column("source_file").to_pylist()
         self.positions: list[int] = where.column("source_row").to_pylist()
 
@@ -149,27 +155,30 @@ class _Source:
                 return
 
     def location(self, row: int) -> str:
-        return self._location(self.files[row], self.positions[row])
-
-    def _location(self, file: str, row: int) -> str:
-        return f"{file}:{row + 1}" if self.line_oriented.get(file, True) else f"{file}[{row}]"
+        return _location(self.files[row], self.positions[row], self.line_oriented)
 
 
 class _RecipeRun:
-    """Drives one recipe run inside a staging folder."""
+    """Drives one recipe run inside a staging folder (`workers`: processes per stage, None: every usable core)."""
 
-    def __init__(self, recipe: Recipe, staging: Staging, say: Callable[[str], None]) -> None:
+    def __init__(self, recipe: Recipe, staging: Staging, say: Callable[[str], None], workers: int | None) -> None:
         self.recipe = recipe
         self.staging = staging
         self.say = say
+        self.workers = workers
         self.sources: list[_Source] = []
         self.rejects = RejectsWriter(staging.dir / REJECTS)
+        self.encode_rejected: set[tuple[int, str, int]] = set()  # (source, file, row) the tokenizer stage rejected
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        self.rejects.write_line(orjson.dumps(entry).decode())
 
     # --- stage 1 ------------------------------------------------------------------------------------------------
     def normalize(self) -> None:
         for i, (source, label) in enumerate(zip(self.recipe.sources, self.recipe.labels(), strict=True)):
             config = ConvertConfig(inputs=source.paths, out=self.staging.dir / "sources" / f"{i:03d}",
-                                   format=source.format, on_error=self.recipe.on_error)  # fmt: skip
+                                   format=source.format, on_error=self.recipe.on_error,
+                                   workers=self.workers)  # fmt: skip
             result = convert(config, derive_spec=_deriver(source, label))
             parts = sorted(config.out.glob("part-*.parquet"))
             files = {f.display: f.line_oriented for f in discover(source.paths)}
@@ -177,7 +186,7 @@ class _RecipeRun:
             for line in (config.out / REJECTS).read_bytes().splitlines():
                 entry = orjson.loads(line)
                 src.rejected[entry["reason"]] += 1
-                self.rejects.write({"source": label, **entry})
+                self._write({"source": label, **entry})
             self.sources.append(src)
             self.say(f"{label}: {src.formats}, read {result.rows_read} = normalized {result.rows_kept} + rejected "
                      f"{result.rows_rejected}")  # fmt: skip
@@ -214,10 +223,13 @@ class _RecipeRun:
                 self._reject(src, r, "not_sampled", f"left out by sampling ({target}, seed {self.recipe.seed})")
 
     def _reject(self, src: _Source, r: int, reason: str, message: str, **extra: Any) -> None:
+        self._reject_at(src, src.files[r], src.positions[r], reason, message, **extra)
+
+    def _reject_at(self, src: _Source, file: str, row: int, reason: str, message: str, **extra: Any) -> None:
         src.rejected[reason] += 1
-        self.rejects.write({"source": src.label, "source_file": src.files[r], "source_row": src.positions[r],
-                            "location": src.location(r), "field": "", "reason": reason, "message": message,
-                            "raw": "", **extra})  # fmt: skip
+        where = _location(file, row, src.line_oriented)
+        self._write({"source": src.label, "source_file": file, "source_row": row, "location": where, "field": "",
+                     "reason": reason, "message": message, "raw": "", **extra})  # fmt: skip
 
     # --- stage 3 ------------------------------------------------------------------------------------------------
     def _policies(self) -> tuple[str, list[str | None]]:
@@ -229,21 +241,18 @@ class _RecipeRun:
 
     def encode(self, selections: list[Selection]) -> dict[str, dict[str, Any]]:
         train_on, flags = self._policies()
-        owner: dict[str, tuple[int, int]] = {}
         splits: dict[str, dict[str, Any]] = {}
         for split in SPLIT_FOLDERS:
             feeds = []
             for i, (src, sel) in enumerate(zip(self.sources, selections, strict=True)):
                 picks = sel.train if split == "train" else [(r, 0) for r in sel.eval]
                 src.split[split] = {"examples": 0, "rejected": 0, "tokens": 0, "trained_tokens": 0}
-                for r, copy in picks:
-                    owner[f"{src.ids[r]}-r{copy}" if copy else src.ids[r]] = (i, r if copy == 0 else -1)
                 report = InputReport(path=src.label, container="recipe", compression=None, bytes=0, sha256="",
                                      format=src.formats, format_origin="recipe", format_sha256="")  # fmt: skip
                 feeds.append((report, src.take(picks, flags[i])))
             config = self._split_config(split, train_on)
-            result = convert_rows(config, feeds, location=self._locate(owner),
-                                  on_row=lambda row, out, s=split: self._count(owner, s, row, out))  # fmt: skip
+            result = convert_rows(config, feeds, location=self._locate(),
+                                  on_result=lambda r, rows, s=split: self._count(s, r, rows))  # fmt: skip
             splits[split] = {"path": split, "stage": result.manifest["stage"],
                              "rows": sum(s["rows"] for s in result.manifest["shards"]),
                              "examples": sum(r.rows_kept for r in result.inputs),
@@ -252,25 +261,26 @@ class _RecipeRun:
                 splits[split]["packing_efficiency"] = result.manifest["packing"]["efficiency"]
         return splits
 
-    def _locate(self, owner: dict[str, tuple[int, int]]) -> Callable[[Row], str]:
-        def locate(row: Row) -> str:
-            src = self.sources[owner[row["id"]][0]]
-            return src._location(row["source_file"], row["source_row"])
+    def _locate(self) -> Callable[[Row], str]:
+        line_oriented = {f: lo for src in self.sources for f, lo in src.line_oriented.items()}
+        return lambda row: _location(row["source_file"], row["source_row"], line_oriented)
 
-        return locate
-
-    def _count(self, owner: dict[str, tuple[int, int]], split: str, row: Row, out: list[Row] | RowError) -> None:
-        i, r = owner[row["id"]]
+    def _count(self, split: str, result: BatchResult, rows: pa.Table) -> None:
+        """Add one task's outcome to its source's counts; each rejected row goes to the rejects once, not per copy."""
+        i = result.input_index
         src = self.sources[i]
         stats = src.split[split]
-        if isinstance(out, RowError):
-            stats["rejected"] += 1
-            if r >= 0:  # a repeated copy shares its original's fate; the original is the one accounted for
-                self._reject(src, r, out.reason, out.message)
-            return
-        stats["examples"] += 1
-        stats["tokens"] += sum(int(o.get("num_tokens") or 0) for o in out)
-        stats["trained_tokens"] += sum(int(o.get("num_trained") or 0) for o in out)
+        stats["examples"] += result.rows_kept
+        stats["rejected"] += len(result.rejects)
+        for column, key in (("num_tokens", "tokens"), ("num_trained", "trained_tokens")):
+            if column in rows.column_names:
+                stats[key] += int(pc.sum(rows[column]).as_py() or 0)
+        for line in result.rejects:
+            entry = orjson.loads(line)
+            where = (i, entry["source_file"], entry["source_row"])
+            if where not in self.encode_rejected:  # a repeated copy shares its original's fate
+                self.encode_rejected.add(where)
+                self._reject_at(src, where[1], where[2], entry["reason"], entry["message"])
 
     def _split_config(self, split: str, train_on: str) -> ConvertConfig:
         r = self.recipe
@@ -278,7 +288,7 @@ class _RecipeRun:
             inputs=(), out=self.staging.dir / split, on_error=r.on_error, shard_bytes=_size(r.shard_size),
             tokenizer=r.tokenizer, template=r.template, train_on=train_on,  # type: ignore[arg-type]
             max_len=r.max_len, overflow=r.overflow, allow_template_warnings=r.allow_template_warnings,
-            pack=r.pack, shuffle_seed=r.shuffle_seed,
+            pack=r.pack, shuffle_seed=r.shuffle_seed, workers=self.workers,
         )  # fmt: skip
 
     # --- manifest -----------------------------------------------------------------------------------------------
@@ -320,15 +330,17 @@ def run_recipe(
     overwrite: bool = False,
     origin: str | None = None,
     say: Callable[[str], None] = lambda _msg: None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Run `recipe` into `out` (``train/``, ``eval/``, ``rejects.jsonl``, ``manifest.json``); returns the manifest.
 
-    `recipe` must hold absolute paths (see `dsprep.recipe.load.load_recipe`); `origin` names its file.
+    `recipe` must hold absolute paths (see `dsprep.recipe.load.load_recipe`); `origin` names its file. `workers`
+    (None: every usable core) changes nothing in the output. The output cache is not used.
     """
     effective = recipe.model_copy(update={"out": str(out)})
     staging = Staging(out, overwrite=overwrite)
     try:
-        run = _RecipeRun(effective, staging, say)
+        run = _RecipeRun(effective, staging, say, workers)
         with run.rejects:
             run.normalize()
             plans = run.plans()
