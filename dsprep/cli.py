@@ -93,8 +93,14 @@ def _progress(quiet: bool, total: int) -> tuple[Callable[[int], None] | None, Ca
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output folder (must be empty).")
+@click.argument("inputs", nargs=-1)
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Output folder (must be empty).")
+@click.option(
+    "--recipe",
+    "-r",
+    type=click.Path(path_type=Path),
+    help="Run a recipe file (see `dsprep recipe`); options given here override the recipe's.",
+)
 @click.option(
     "--format",
     "-f",
@@ -169,7 +175,8 @@ def _progress(quiet: bool, total: int) -> tuple[Callable[[int], None] | None, Ca
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def convert(
     inputs: tuple[str, ...],
-    out: Path,
+    out: Path | None,
+    recipe: Path | None,
     fmt: str,
     on_error: str,
     max_rejected: float | None,
@@ -189,12 +196,22 @@ def convert(
     explain_cache: bool,
     quiet: bool,
 ) -> None:
-    """Normalize INPUTS (files, folders, globs) into Parquet shards, rejects.jsonl and manifest.json in --out."""
+    """Normalize INPUTS (files, folders, globs) into Parquet shards, rejects.jsonl and manifest.json in --out.
+
+    With --recipe, the recipe names the inputs and options, and the output holds train/ and eval/ shard sets.
+    """
     from dsprep.config import ConvertConfig
     from dsprep.pipeline import InputReport
     from dsprep.pipeline import convert as run_convert
     from dsprep.sources import discover
 
+    if recipe is not None:
+        _convert_recipe(recipe, inputs, out, overwrite, quiet, workers)
+        return
+    if not inputs:
+        raise click.UsageError("give INPUTS (files, folders or globs) or --recipe")
+    if out is None:
+        raise click.UsageError("Missing option '--out' / '-o'.")
     if pack is not None and tokenizer is None:
         raise click.BadParameter("packing needs --tokenizer", param_hint="--pack")
     if pack is not None and max_len is not None and max_len > pack:
@@ -260,6 +277,34 @@ def convert(
     say(f"wrote {len(shards)} shard{'s' * (len(shards) != 1)}, rejects.jsonl and manifest.json to {out}")
 
 
+def _convert_recipe(
+    path: Path, inputs: tuple[str, ...], out: Path | None, overwrite: bool, quiet: bool, workers: int | None
+) -> None:
+    """`dsprep convert --recipe`: the recipe's values, overridden by the options given on the command line.
+
+    Recipe runs do not use the output cache: --cache, --cache-dir and --explain-cache are refused, --no-cache accepted.
+    """
+    from click.core import ParameterSource
+
+    from dsprep.recipe.cli import OVERRIDES, convert_with_recipe
+
+    ctx = click.get_current_context()
+    if inputs:
+        raise click.UsageError("INPUTS and --recipe exclude each other: list the inputs as the recipe's sources")
+    if ctx.get_parameter_source("fmt") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("--format applies per source with --recipe: set 'format' on the recipe's sources")
+    for name in ("cache", "cache_dir", "explain_cache"):
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE and ctx.params[name]:
+            raise click.UsageError(f"--{name.replace('_', '-')}: recipe runs do not use the output cache")
+    overrides = {}
+    for name in OVERRIDES:
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            value = ctx.params[name]
+            is_file = name in ("tokenizer", "template") and Path(value).exists()
+            overrides[name] = str(Path(value).absolute()) if is_file else value
+    convert_with_recipe(path, overrides=overrides, out=out, overwrite=overwrite, quiet=quiet, workers=workers)
+
+
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--tokenizer", "-t", metavar="DIR|NAME", help="Also require the shards to match this tokenizer.")
@@ -268,6 +313,10 @@ def verify(folder: Path, tokenizer: str | None) -> None:
     from dsprep.verify import verify_output
 
     manifest = verify_output(folder, tokenizer=tokenizer)
+    if manifest["stage"] == "recipe":
+        splits = ", ".join(f"{name} {s['rows']} rows" for name, s in manifest["splits"].items())
+        click.echo(f"{folder}: ok (recipe: {splits})")
+        return
     rows = sum(s["rows"] for s in manifest["shards"])
     click.echo(f"{folder}: ok ({manifest['stage']}, {len(manifest['shards'])} shards, {rows} rows)")
 
@@ -294,9 +343,11 @@ def formats() -> None:
 
 
 def _register() -> None:
+    from dsprep.recipe.cli import recipe_group
     from dsprep.report.cli import inspect_command
 
     main.add_command(inspect_command)
+    main.add_command(recipe_group)
 
 
 _register()

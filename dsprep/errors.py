@@ -10,6 +10,7 @@ __all__ = [
     "FormatSpecError",
     "InputError",
     "OutputError",
+    "RecipeError",
     "RejectedRowsError",
     "RowError",
     "RowFailure",
@@ -77,6 +78,12 @@ class OutputError(DsprepError):
     """The output folder cannot be written (not empty without `--overwrite`, not writable)."""
 
     exit_code = 6
+
+
+class RecipeError(DsprepError):
+    """A recipe file is invalid: not YAML, an unknown key, a wrong type (the message names file and line)."""
+
+    exit_code = 10
 
 
 @dataclass(frozen=True)

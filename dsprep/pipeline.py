@@ -15,23 +15,24 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import pyarrow as pa
 
 from dsprep.assemble import write_packed, write_unpacked
 from dsprep.cache import OutputCache, cache_key, changes, components, default_cache_dir, describe, link_or_copy
 from dsprep.config import ConvertConfig
 from dsprep.detect import Detection, detect_format
 from dsprep.errors import InputError, RejectedRowsError, RowFailure, TemplateError
-from dsprep.pieces import load_piece, store_piece
+from dsprep.pieces import load_piece, piece_table, store_piece
 from dsprep.schema import PACKED, SCHEMA_VERSION
 from dsprep.shards import MANIFEST, REJECTS, RejectsWriter, ShardWriter, Staging, file_sha256, write_json, writing
-from dsprep.sources import InputFile, discover, read_records
+from dsprep.sources import InputFile, Record, discover, read_records
 from dsprep.specs import FormatSpec, load_spec
 from dsprep.version import __version__
 from dsprep.workers import (
@@ -50,10 +51,11 @@ from dsprep.workers import (
 if TYPE_CHECKING:
     from dsprep.encode import Encoder
 
-__all__ = ["ConvertResult", "InputReport", "convert"]
+__all__ = ["ConvertResult", "InputReport", "convert", "convert_rows"]
 
 SERVER_MIN_BYTES = 1 << 20  # smaller inputs rarely make more than one task: no worker process is started early
 Planned = tuple[InputFile, FormatSpec | None, Detection | None]
+Row = dict[str, Any]
 
 
 @dataclass
@@ -250,18 +252,21 @@ def convert(
     on_input: Callable[[InputReport], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     explain: Callable[[str], None] | None = None,
+    derive_spec: Callable[[FormatSpec], FormatSpec] | None = None,
 ) -> ConvertResult:
     """Normalize (and with a tokenizer, tokenize) `config.inputs` into shards, rejects and manifest in `config.out`.
 
     on_note receives one-line notes on cache hits and resumed runs; explain, the cache key's components and, on a
-    miss, what changed since the newest cache entry.
+    miss, what changed since the newest cache entry. derive_spec, when given, adjusts each input's spec (given or
+    detected) before it is used; the cache key cannot cover it, so such a run neither uses the cache nor resumes.
     """
     files = discover(config.inputs)
     identities = [_identity(f) for f in files]
     digests = [sha256 for _, sha256 in identities]
     parts = components(config, files, digests)
     key = cache_key(parts)
-    cache = OutputCache(config.cache_dir or default_cache_dir()) if config.cache else None
+    cacheable = config.cache and derive_spec is None
+    cache = OutputCache(config.cache_dir or default_cache_dir()) if cacheable else None
     if explain:
         _explain(explain, key, parts, cache)
     cached = cache.lookup(key) if cache else None
@@ -274,14 +279,75 @@ def convert(
     if workers > 1 and sum(f.size for f in files) > SERVER_MIN_BYTES:
         start_server(_encode_spec(config))
     plan = [(f, *_choose_spec(f, config)) for f in files]
-    encoder, encoding = _encoder(config)
-    staging = Staging(config.out, overwrite=config.overwrite, key=key)
+    if derive_spec is not None:
+        plan = [(f, derive_spec(spec) if spec else None, detection) for f, spec, detection in plan]
+    encoded = _encoder(config)
+    staging = Staging(config.out, overwrite=config.overwrite, key=key if derive_spec is None else None)
     reports = [_report(f, *ident, spec, det) for (f, spec, det), ident in zip(plan, identities, strict=True)]
     stage = Stage(
         tuple(SourceInput(f.path.name, f.display, f.line_oriented, spec) for f, spec, _ in plan),
         _encode_spec(config),
         config.pack is not None,
     )
+    tasks = _tasks(plan, on_bytes)
+    result, names = _write(config, stage, tasks, reports, staging, encoded, on_input=on_input, on_note=on_note)
+    if cache is not None:
+        cache.store(key, parts, config.out, names)
+    return result
+
+
+def convert_rows(
+    config: ConvertConfig,
+    sources: Sequence[tuple[InputReport, Iterable[Row]]],
+    *,
+    location: Callable[[Row], str],
+    on_result: Callable[[BatchResult, pa.Table], None] | None = None,
+) -> ConvertResult:
+    """Tokenize (with `config.tokenizer`) and pack rows that are already normalized, such as a recipe's selection.
+
+    `config.inputs` is not read, and the output cache is not used: each source is a report (its identity filled in by
+    the caller; the row accounting is added here) and its normalized rows, which keep their `id`, `source_file` and
+    `source_row`. `location` names a row in the rejects file; `on_result` sees each task's result, in order, with its
+    kept rows. Shards, rejects and the manifest are written to `config.out` as `convert` writes them.
+    """
+    encoded = _encoder(config)
+    staging = Staging(config.out, overwrite=config.overwrite)
+    reports = [report for report, _ in sources]
+    inputs = tuple(SourceInput(r.path, r.path, True, None, rows=True) for r in reports)
+    stage = Stage(inputs, _encode_spec(config), config.pack is not None)
+    seen = None if on_result is None else lambda r: on_result(r, piece_table(staging.pieces, r.seq))
+    tasks = _row_tasks(sources, location)
+    return _write(config, stage, tasks, reports, staging, encoded, on_result=seen)[0]
+
+
+def _row_tasks(sources: Sequence[tuple[InputReport, Iterable[Row]]], location: Callable[[Row], str]) -> Iterator[Task]:
+    """Tasks of normalized rows: each record's value is a row, its `row` the row's position in its source."""
+    seq = itertools.count()
+    for index, (_, rows) in enumerate(sources):
+        pending, first = iter(rows), 0
+        while batch := list(itertools.islice(pending, TASK_ROWS)):
+            positions = range(first, first + len(batch))
+            records = [Record(k, row, b"") for k, row in zip(positions, batch, strict=True)]
+            yield Task(next(seq), index, records, {k: location(row) for k, row in zip(positions, batch, strict=True)})
+            first += len(batch)
+
+
+def _write(
+    config: ConvertConfig,
+    stage: Stage,
+    tasks: Iterator[Task],
+    reports: list[InputReport],
+    staging: Staging,
+    encoded: tuple[Encoder | None, dict[str, Any]],
+    *,
+    on_input: Callable[[InputReport], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    on_result: Callable[[BatchResult], None] | None = None,
+) -> tuple[ConvertResult, list[str]]:
+    """Run `tasks` and write their shards, rejects and manifest, then publish them; returns the result and its files.
+
+    A resumed staging folder's completed pieces are reused; an interrupted run keeps its pieces for the next.
+    """
     resumed = 0
 
     def done(seq: int) -> BatchResult | None:
@@ -294,21 +360,15 @@ def convert(
         with RejectsWriter(staging.dir / REJECTS) as rejects:
             accounts = _Accounts(config, reports, rejects, on_input)
             sink = functools.partial(store_piece, staging.pieces)
-            for result in ordered_results(stage, _tasks(plan, on_bytes), workers, sink=sink, done=done):
+            workers = config.workers or default_workers()
+            for result in ordered_results(stage, tasks, workers, sink=sink, done=done):
                 accounts.add(result)
-            accounts.finish(upto=len(plan))
+                if on_result is not None:
+                    on_result(result)
+            accounts.finish(upto=len(reports))
         if resumed and on_note:
             on_note(f"resumed: reused {resumed} of {len(accounts.done)} completed pieces of an interrupted run")
-        if config.pack is not None:
-            writer = ShardWriter(staging.dir, PACKED, shard_bytes=config.shard_bytes)
-            packing = write_packed(
-                staging.pieces, accounts.done, writer, max_len=config.pack, shuffle_seed=config.shuffle_seed
-            )
-            shard_list = packing.pop("shards")
-        else:
-            packing = None
-            writer = ShardWriter(staging.dir, stage.schema, shard_bytes=config.shard_bytes)
-            shard_list = write_unpacked(staging.pieces, accounts.done, writer)
+        shard_list, packing = _shards(config, stage, staging, accounts.done)
         read = sum(r.rows_read for r in reports)
         rejected = sum(r.rows_rejected for r in reports)
         if config.max_rejected is not None and read and rejected / read > config.max_rejected:
@@ -317,6 +377,7 @@ def convert(
                 f"{config.max_rejected:.2%}; see {config.out / REJECTS}"
             )
         manifest = _manifest(config, reports, shard_list, rejects.rows, staging)
+        encoder, encoding = encoded
         if encoder is not None:
             methods = {k: accounts.methods.get(k, 0) for k in encoder.method_counts}
             manifest.update(stage="tokenized", **encoding, mask_methods=methods)
@@ -331,9 +392,20 @@ def convert(
     except BaseException:
         staging.discard(keep=(REJECTS,))
         raise
-    if cache is not None:
-        cache.store(key, parts, config.out, names)
-    return ConvertResult(reports, manifest, resumed_pieces=resumed)
+    return ConvertResult(reports, manifest, resumed_pieces=resumed), names
+
+
+def _shards(
+    config: ConvertConfig, stage: Stage, staging: Staging, done: list[BatchResult]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Write the completed pieces' rows as shards, packed with `config.pack`; the shard list and packing report."""
+    with writing(staging.dir):
+        if config.pack is None:
+            writer = ShardWriter(staging.dir, stage.schema, shard_bytes=config.shard_bytes)
+            return write_unpacked(staging.pieces, done, writer), None
+        writer = ShardWriter(staging.dir, PACKED, shard_bytes=config.shard_bytes)
+        packing = write_packed(staging.pieces, done, writer, max_len=config.pack, shuffle_seed=config.shuffle_seed)
+        return packing.pop("shards"), packing
 
 
 def _explain(say: Callable[[str], None], key: str, parts: dict[str, Any], cache: OutputCache | None) -> None:

@@ -22,11 +22,22 @@ import pyarrow.parquet as pq
 
 from dsprep.errors import OutputError
 
-__all__ = ["MANIFEST", "REJECTS", "RejectsWriter", "ShardWriter", "Staging", "file_sha256", "write_json", "writing"]
+__all__ = [
+    "MANIFEST",
+    "REJECTS",
+    "SPLIT_FOLDERS",
+    "RejectsWriter",
+    "ShardWriter",
+    "Staging",
+    "file_sha256",
+    "write_json",
+    "writing",
+]
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 STAGING = ".dsprep-staging"
+SPLIT_FOLDERS = ("train", "eval")  # a recipe output's split folders, each an output folder of its own
 PIECES = "pieces"  # completed pieces of a run (`dsprep.pieces`), kept for a rerun to resume from
 KEY = "key"  # the run's cache key, which the pieces belong to
 FLUSH_ROWS = 4096
@@ -70,6 +81,8 @@ def _read_key(folder: Path) -> str | None:
 
 def _written_by_dsprep(path: Path) -> bool:
     name = path.name
+    if path.is_dir():
+        return name in SPLIT_FOLDERS and (path / MANIFEST).is_file()
     return name in (MANIFEST, REJECTS) or (path.is_file() and name.startswith("part-") and name.endswith(".parquet"))
 
 

@@ -4,6 +4,7 @@ Checks: the manifest parses; every shard it lists exists with its sha256 and row
 present; each shard has the schema of its stage; packed rows keep their invariants (`input_ids`, `labels` and
 `position_ids` of one length, `position_ids` restarting exactly at the `seq_lens` boundaries, each example's first
 label -100, no row over the packing length); a tokenizer fingerprint is recorded, and matches the tokenizer given.
+A recipe output is verified split by split, each split's manifest against the checksum the recipe manifest records.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def _manifest(folder: Path) -> dict[str, Any]:
         manifest = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as exc:
         raise VerifyError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(manifest, dict) and manifest.get("stage") == "recipe" and isinstance(manifest.get("splits"), dict):
+        return manifest
     if not isinstance(manifest, dict) or manifest.get("stage") not in SCHEMAS or "shards" not in manifest:
         raise VerifyError(f"{path}: not a dsprep manifest (no known stage or shard list)")
     return manifest
@@ -79,6 +82,8 @@ def verify_output(folder: Path, *, tokenizer: str | None = None) -> dict[str, An
     """Verify `folder` against its manifest; returns the manifest, or raises VerifyError naming the problem."""
     folder = Path(folder)
     manifest = _manifest(folder)
+    if manifest["stage"] == "recipe":
+        return _verify_recipe(folder, manifest, tokenizer)
     schema = SCHEMAS[manifest["stage"]]
     listed = {s["file"] for s in manifest["shards"]}
     for extra in sorted(p.name for p in folder.glob("part-*.parquet") if p.name not in listed):
@@ -109,6 +114,19 @@ def verify_output(folder: Path, *, tokenizer: str | None = None) -> dict[str, An
             from dsprep.tokenizers import load_tokenizer
 
             check_fingerprint(manifest, load_tokenizer(tokenizer).fingerprint, tokenizer)
+    return manifest
+
+
+def _verify_recipe(folder: Path, manifest: dict[str, Any], tokenizer: str | None) -> dict[str, Any]:
+    """A recipe output: its rejects file and each split folder's manifest as recorded, and each split in full."""
+    rejects = manifest.get("rejects") or {}
+    if rejects and file_sha256(folder / rejects["file"]) != rejects["sha256"]:
+        raise VerifyError(f"{folder / rejects['file']}: checksum mismatch (sha256 differs from the manifest)")
+    for name, split in manifest["splits"].items():
+        sub = folder / split["path"]
+        if not (sub / MANIFEST).is_file() or file_sha256(sub / MANIFEST) != split["manifest_sha256"]:
+            raise VerifyError(f"{sub / MANIFEST}: missing, or not the {name} manifest the recipe manifest records")
+        verify_output(sub, tokenizer=tokenizer)
     return manifest
 
 

@@ -26,7 +26,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import pyarrow as pa
@@ -95,12 +95,17 @@ def encoder_for(spec: EncodeSpec) -> Encoder:
 
 @dataclass(frozen=True)
 class SourceInput:
-    """One input as the stages see it: its file name (for row ids), display name, addressing and format spec."""
+    """One input as the stages see it: its file name (for row ids), display name, addressing and format spec.
+
+    rows: its records' values are already normalized rows (with their own id, source_file and source_row), which
+    are encoded as they are.
+    """
 
     name: str
     display: str
     line_oriented: bool
     spec: FormatSpec | None
+    rows: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,11 +123,15 @@ class Stage:
 
 @dataclass(frozen=True)
 class Task:
-    """A slice of one input's records; `seq` numbers tasks in input order."""
+    """A slice of one input's records; `seq` numbers tasks in input order.
+
+    locations: for an input of normalized rows, each record's location (by `Record.row`) that its reject line names.
+    """
 
     seq: int
     input_index: int
     records: list[Record]
+    locations: dict[int, str] | None = None
 
 
 @dataclass
@@ -147,8 +156,9 @@ class BatchResult:
 
 
 class _Collector:
-    def __init__(self, src: SourceInput) -> None:
+    def __init__(self, src: SourceInput, locations: dict[int, str] | None) -> None:
         self.src = src
+        self.locations = locations
         self.rejects: list[str] = []
         self.reasons: Counter[str] = Counter()
         self.failure: str | None = None
@@ -158,9 +168,14 @@ class _Collector:
         self.kept = 0
 
     def reject(self, rec: Record, error: RowError) -> None:
-        location = f"{self.src.display}:{rec.row + 1}" if self.src.line_oriented else f"{self.src.display}[{rec.row}]"
+        if self.src.rows:
+            assert rec.value is not None and self.locations is not None
+            file, position, location = rec.value["source_file"], rec.value["source_row"], self.locations[rec.row]
+        else:
+            file, position = self.src.display, rec.row
+            location = f"{file}:{position + 1}" if self.src.line_oriented else f"{file}[{position}]"
         raw = rec.raw.decode("utf-8", "backslashreplace")
-        entry = {"source_file": self.src.display, "source_row": rec.row, "location": location, "field": error.field,
+        entry = {"source_file": file, "source_row": position, "location": location, "field": error.field,
                  "reason": error.reason, "message": error.message, "raw": raw}  # fmt: skip
         self.rejects.append(orjson.dumps(entry).decode())
         self.reasons[error.reason] += 1
@@ -169,15 +184,16 @@ class _Collector:
 
     def keep(self, rec: Record, rows: list[Row]) -> None:
         self.rows.extend(rows)
-        self.approx.extend([len(rec.raw)] * len(rows))
+        if self.src.rows:  # no raw bytes: a row's size is about its tokens'
+            self.approx.extend(256 + 8 * int(row.get("num_tokens") or 0) for row in rows)
+        else:
+            self.approx.extend([len(rec.raw)] * len(rows))
         self.kinds[rows[0]["kind"]] += 1
         self.kept += 1
 
 
-def process(stage: Stage, task: Task) -> BatchResult:
-    """Normalize (and encode) one task's records; a pure function of the stage and the task."""
-    src = stage.inputs[task.input_index]
-    out = _Collector(src)
+def _normalized(src: SourceInput, task: Task, out: _Collector) -> list[tuple[Record, Row]]:
+    """The task's records normalized through the input's spec, with their ids; the others go to `out`'s rejects."""
     kept: list[tuple[Record, Row]] = []
     for rec in task.records:
         if rec.error is not None or rec.value is None or src.spec is None:
@@ -192,6 +208,17 @@ def process(stage: Stage, task: Task) -> BatchResult:
         row["source_file"] = src.display
         row["source_row"] = rec.row
         kept.append((rec, row))
+    return kept
+
+
+def process(stage: Stage, task: Task) -> BatchResult:
+    """Normalize (and encode) one task's records; a pure function of the stage and the task.
+
+    Records of an input of normalized rows (`SourceInput.rows`) are taken as they are.
+    """
+    src = stage.inputs[task.input_index]
+    out = _Collector(src, task.locations)
+    kept = [(rec, cast(Row, rec.value)) for rec in task.records] if src.rows else _normalized(src, task, out)
     methods: dict[str, int] = {}
     if stage.encoding is None:
         for rec, row in kept:

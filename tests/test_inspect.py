@@ -129,6 +129,20 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_tokenized_shards_ending_in_kto_rows_count_trained_tokens(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    inputs = tuple(str(FIXTURES / "formats" / f) for f in ("openai.jsonl", "kto.jsonl"))
+    convert(ConvertConfig(inputs=inputs, out=out, tokenizer="mistral:tekken", template="chatml"))
+    table = pq.read_table(out / "part-00000.parquet")
+    assert table.column("kind").to_pylist()[-1] == "kto"
+    code, output, report = run(out, tmp=tmp_path)
+    assert code == 0, output
+    stats = report["shards"][0]["token_stats"]
+    conversations = [r for r in table.to_pylist() if r["kind"] == "conversation"]
+    assert stats["trained_tokens"] == sum(r["num_trained"] for r in conversations)
+    assert stats["untrained_rows"] == table.num_rows - len(conversations)
+
+
 @pytest.fixture
 def copy(packed: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(packed, tmp_path / "copy"))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dsprep.report.raw import RawInspection, inspect_file, overlap
-from dsprep.report.shards import inspect_shards, is_output_folder
+from dsprep.report.shards import inspect_output, is_output_folder
 from dsprep.sources import discover
 from dsprep.version import __version__
 
@@ -40,7 +40,7 @@ def build_report(paths: Sequence[str], options: InspectOptions) -> dict[str, Any
     """Inspect every path (raw files, folders, globs, or dsprep output folders) and return the report."""
     folders = [Path(p) for p in paths if is_output_folder(Path(p))]
     raw_paths = [p for p in paths if not is_output_folder(Path(p))]
-    shards = [inspect_shards(f, tokenizer=options.tokenizer, show=options.show) for f in folders]
+    shards = [s for f in folders for s in inspect_output(f, tokenizer=options.tokenizer, show=options.show)]
     stats = None
     if options.tokenizer is not None and raw_paths:
         from dsprep.report.tokens import TokenStats

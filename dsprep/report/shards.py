@@ -15,7 +15,7 @@ from dsprep.report.stats import histogram, summary
 from dsprep.report.tokens import example_pieces
 from dsprep.verify import verify_output
 
-__all__ = ["inspect_shards", "is_output_folder"]
+__all__ = ["inspect_output", "inspect_shards", "is_output_folder"]
 
 
 def is_output_folder(path: Path) -> bool:
@@ -44,7 +44,8 @@ def _token_columns(folder: Path, manifest: dict[str, Any], tok: Any, show: int) 
             labels = table.column("labels").combine_chunks()
             flags = pc.not_equal(labels.flatten(), -100).cast("int64").to_numpy(zero_copy_only=False)
             offsets = labels.offsets.to_numpy()
-            sums = np.add.reduceat(flags, offsets[:-1]) if len(flags) else np.zeros(table.num_rows, np.int64)
+            flags = np.append(flags, 0)  # rows after the last label (preference/KTO: none) start at len(flags)
+            sums = np.add.reduceat(flags, offsets[:-1])
             sums = np.where(np.diff(offsets) > 0, sums, 0)  # empty or null label lists train nothing
             trained.append(sums)
         else:
@@ -81,4 +82,23 @@ def inspect_shards(folder: Path, *, tokenizer: str | None = None, show: int = 0)
     if stage != "normalized":
         name = tokenizer or (manifest.get("tokenizer") or {}).get("name")
         out["token_stats"] = _token_columns(folder, manifest, _tokenizer(name) if show else None, show)
+    return out
+
+
+def inspect_output(folder: Path, *, tokenizer: str | None = None, show: int = 0) -> list[dict[str, Any]]:
+    """Inspect an output folder; a recipe output gives one entry per split, with its per-source statistics."""
+    manifest = verify_output(folder, tokenizer=tokenizer)
+    if manifest["stage"] != "recipe":
+        return [inspect_shards(folder, tokenizer=tokenizer, show=show)]
+    out = []
+    for name, split in manifest["splits"].items():
+        entry = inspect_shards(folder / split["path"], tokenizer=tokenizer, show=show)
+        examples = sum(s[name]["examples"] for s in manifest["sources"]) or 1
+        tokens = sum(s[name]["tokens"] for s in manifest["sources"]) or 1
+        entry["recipe_sources"] = [
+            {"name": s["name"], "rows_read": s["rows_read"], "rows_rejected": s["rows_rejected"], **s[name],
+             "share_of_examples": s[name]["examples"] / examples, "share_of_tokens": s[name]["tokens"] / tokens}
+            for s in manifest["sources"]
+        ]  # fmt: skip
+        out.append(entry)
     return out

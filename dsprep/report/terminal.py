@@ -84,12 +84,23 @@ def _tokens(console: Console, t: dict[str, Any]) -> None:
                       f"{p['lower_bound']} (+{p['gap_to_lower_bound']})")  # fmt: skip
 
 
+def _recipe_sources(console: Console, sources: list[dict[str, Any]]) -> None:
+    table = Table("source", "read", "rejected", "examples", "tokens", "trained", "share (examples / tokens)")
+    for r in sources:
+        share = f"{r['share_of_examples']:.1%} / {r['share_of_tokens']:.1%}"
+        table.add_row(r["name"], str(r["rows_read"]), str(r["rows_rejected"]), str(r["examples"]), str(r["tokens"]),
+                      str(r["trained_tokens"]), share)  # fmt: skip
+    console.print(table)
+
+
 def _shards(console: Console, s: dict[str, Any]) -> None:
     console.rule(f"[bold]{s['path']}")
     console.print(f"[green]verified[/]: {s['stage']}, {s['shards']} shards, {s['rows']} rows, {s['bytes']} bytes")
     for i in s["inputs"]:
         console.print(f"  {i['path']}: {i['format']}, read {i['rows_read']} = kept {i['rows_kept']} + "
                       f"rejected {i['rows_rejected']}")  # fmt: skip
+    if sources := s.get("recipe_sources"):
+        _recipe_sources(console, sources)
     if ts := s["token_stats"]:
         console.print(
             f"{ts['tokens']} tokens, trained {_pct(ts['trained_share'])}, untrained rows {ts['untrained_rows']}"

@@ -1,0 +1,315 @@
+"""`dsprep convert --recipe` on the hand-written fixtures: layout, accounting, overrides, reproduction, inspect."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from dsprep.cli import main
+from dsprep.config import ConvertConfig
+from dsprep.pipeline import convert
+from dsprep.report.jsonout import load_schema
+from dsprep.verify import verify_output
+from paths import FIXTURES
+
+MIX = FIXTURES / "recipes" / "formats_mix.yaml"
+
+
+def run_cli(*args: str) -> Any:
+    return CliRunner().invoke(main, ["convert", *args])
+
+
+def load(out: Path) -> dict[str, Any]:
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    manifest["_rows"] = {s: pq.read_table(sorted((out / s).glob("part-*.parquet"))[0]).to_pylist()
+                         for s in ("train", "eval")}  # fmt: skip
+    manifest["_rejects"] = [orjson.loads(line) for line in (out / "rejects.jsonl").read_bytes().splitlines()]
+    return manifest
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def mix(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("mix") / "out"
+    result = run_cli("--recipe", str(MIX), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    return out, load(out)
+
+
+def by_source(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in manifest["sources"]}
+
+
+def test_the_output_is_two_verified_shard_sets_and_a_manifest(mix: tuple[Path, dict[str, Any]]) -> None:
+    out, manifest = mix
+    assert sorted(p.name for p in out.iterdir()) == ["eval", "manifest.json", "rejects.jsonl", "train"]
+    assert verify_output(out)["stage"] == "recipe"
+    for split in ("train", "eval"):
+        assert verify_output(out / split)["stage"] == "tokenized"
+    assert manifest["splits"]["train"]["examples"] == len(manifest["_rows"]["train"]) == 12
+    assert manifest["splits"]["eval"]["examples"] == len(manifest["_rows"]["eval"]) == 3
+
+
+def test_every_row_read_is_kept_or_rejected_per_source(mix: tuple[Path, dict[str, Any]]) -> None:
+    _, manifest = mix
+    rejected = Counter((r["source"], r["reason"]) for r in manifest["_rejects"])
+    written = Counter(r["source_file"] for split in manifest["_rows"].values() for r in split if "-r" not in r["id"])
+    for s in manifest["sources"]:
+        assert s["rows_read"] == s["rows_kept"] + s["rows_rejected"]
+        assert s["rejected_by_reason"] == {reason: n for (name, reason), n in rejected.items() if name == s["name"]}
+        assert s["rows_kept"] == written[s["paths"][0]]
+        assert s["rows_read"] == sum(i["rows_read"] for i in s["inputs"])
+
+
+def test_sampling_eval_and_split_follow_the_recipe(mix: tuple[Path, dict[str, Any]]) -> None:
+    _, manifest = mix
+    s = by_source(manifest)
+    assert (s["sharegpt"]["train"]["examples"], s["sharegpt"]["repeated"]) == (6, 3)
+    assert (s["alpaca"]["train"]["examples"], s["alpaca"]["eval"]["examples"]) == (2, 1)
+    assert (s["completions"]["train"]["examples"], s["completions"]["not_sampled"]) == (1, 1)
+    assert (s["kto"]["train"]["examples"], s["kto"]["eval"]["examples"]) == (0, 2)
+    ids = [r["id"] for r in manifest["_rows"]["train"]]
+    assert len(ids) == len(set(ids))
+    assert sum(1 for i in ids if i.endswith("-r1")) == 3
+    shares = [x["share_of_train_examples"] for x in manifest["sources"]]
+    assert shares == pytest.approx([6 / 12, 3 / 12, 2 / 12, 1 / 12, 0.0])
+
+
+def test_a_source_train_on_gives_the_masks_of_that_policy(mix: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    _, manifest = mix
+    src = str(FIXTURES / "formats" / "openai.jsonl")
+    expected = {}  # a plain convert with --train-on last (its conformance probe flags earlier turns' markers)
+    for policy in ("last", "assistant"):
+        config = ConvertConfig(inputs=(src,), out=tmp_path / policy, tokenizer="mistral:tekken", template="chatml",
+                               train_on=policy, max_len=512, allow_template_warnings=True)  # fmt: skip
+        convert(config)
+        rows = pq.read_table(tmp_path / policy / "part-00000.parquet").to_pylist()
+        expected[policy] = {r["id"]: r["num_trained"] for r in rows}
+    got = {r["id"]: r["num_trained"] for r in manifest["_rows"]["train"] if r["source_file"] == src}
+    assert got == expected["last"]
+    assert got != expected["assistant"]  # the fixture has a multi-turn row, so the policy matters
+
+
+def test_the_manifest_recipe_reproduces_byte_identical_shards(mix: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    out, manifest = mix
+    recorded = tmp_path / "recorded.yaml"
+    recorded.write_text(yaml.safe_dump(manifest["recipe"]))
+    result = run_cli("--recipe", str(recorded), "--out", str(tmp_path / "again"), "-q")
+    assert result.exit_code == 0, result.output
+    assert shard_bytes(tmp_path / "again") == shard_bytes(out)
+    assert len(shard_bytes(out)) == 2
+    assert (tmp_path / "again" / "rejects.jsonl").read_bytes() == (out / "rejects.jsonl").read_bytes()
+
+
+def test_command_line_options_override_the_recipe_and_are_recorded(
+    mix: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    out = tmp_path / "o"
+    result = run_cli("--recipe", str(MIX), "--out", str(out), "-q", "--max-len", "100", "--shuffle-seed", "5")
+    assert result.exit_code == 0, result.output
+    manifest = load(out)
+    assert (manifest["recipe"]["max_len"], manifest["recipe"]["shuffle_seed"]) == (100, 5)
+    assert manifest["recipe"]["out"] == str(out)
+    assert manifest["recipe"]["tokenizer"] == "mistral:tekken"  # not given: the recipe's value
+    assert orjson.loads((out / "train" / "manifest.json").read_bytes())["options"]["max_len"] == 100
+    long_ones = [r for r in mix[1]["_rows"]["train"] if r["num_tokens"] > 100]
+    assert long_ones and max(r["num_tokens"] for r in manifest["_rows"]["train"]) <= 100
+    assert len(manifest["_rows"]["train"]) == len(mix[1]["_rows"]["train"]) - len(long_ones)
+    too_long = {(r["source_file"], r["source_row"]) for r in manifest["_rejects"] if r["reason"] == "too_long"}
+    assert too_long == {(r["source_file"], r["source_row"]) for r in long_ones}
+
+
+def test_any_number_of_workers_writes_the_same_bytes_and_rejects_a_row_once(tmp_path: Path) -> None:
+    files = {}
+    for workers in ("1", "2"):
+        out = tmp_path / workers
+        result = run_cli("--recipe", str(MIX), "--out", str(out), "-q", "--max-len", "60", "--workers", workers)
+        assert result.exit_code == 0, result.output
+        files[workers] = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    manifests = [orjson.loads(f.pop("manifest.json")) for f in files.values()]
+    assert files["1"] == files["2"]
+    assert [m["recipe"].pop("out") for m in manifests] == [str(tmp_path / "1"), str(tmp_path / "2")]
+    assert manifests[0] == manifests[1]
+    sharegpt = str(FIXTURES / "formats" / "sharegpt.jsonl")
+    in_train = [orjson.loads(line) for line in files["1"]["train/rejects.jsonl"].splitlines()]
+    repeated = [r for r in in_train if r["source_file"] == sharegpt]
+    assert len(repeated) == 2 and repeated[0] == repeated[1]  # a row and its repeated copy
+    assert (
+        repeated[0]["reason"] == "too_long" and repeated[0]["location"] == f"{sharegpt}:{repeated[0]['source_row'] + 1}"
+    )
+    top = [orjson.loads(line) for line in files["1"]["rejects.jsonl"].splitlines()]
+    too_long = [(r["source"], r["source_row"]) for r in top if r["reason"] == "too_long"]
+    assert too_long.count(("sharegpt", repeated[0]["source_row"])) == 1
+    sharegpt_stats = by_source(manifests[0])["sharegpt"]
+    assert sharegpt_stats["train"]["rejected"] == 2 and sharegpt_stats["rejected_by_reason"] == {"too_long": 1}
+
+
+def test_recipe_runs_refuse_the_output_cache_options(tmp_path: Path) -> None:
+    for option in (["--cache"], ["--cache-dir", str(tmp_path / "c")], ["--explain-cache"]):
+        result = run_cli("--recipe", str(MIX), "--out", str(tmp_path / "o"), *option)
+        assert result.exit_code == 2 and "recipe runs do not use the output cache" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_recipe_output_is_replaced_only_with_overwrite(mix: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(mix[0], out)
+    again = run_cli("--recipe", str(MIX), "--out", str(out), "-q")
+    assert again.exit_code == 6 and "--overwrite" in again.output
+    assert run_cli("--recipe", str(MIX), "--out", str(out), "-q", "--overwrite").exit_code == 0
+    assert shard_bytes(out) == shard_bytes(mix[0])
+
+
+def test_inputs_and_format_do_not_mix_with_a_recipe(tmp_path: Path) -> None:
+    assert run_cli("x.jsonl", "--recipe", str(MIX), "--out", str(tmp_path / "o")).exit_code == 2
+    assert run_cli("--recipe", str(MIX), "--format", "openai", "--out", str(tmp_path / "o")).exit_code == 2
+    assert run_cli("--out", str(tmp_path / "o")).exit_code == 2
+
+
+def test_spec_overrides_map_other_keys_and_bad_ones_name_the_source(tmp_path: Path) -> None:
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "Q1", "answer": "A1"}\n{"question": "Q2"}\n')
+    recipe = tmp_path / "prep.yaml"
+    recipe.write_text("sources:\n  - path: qa.jsonl\n    format: prompt_completion\n"
+                      "    fields: {prompt: question, completion: answer}\n")  # fmt: skip
+    assert run_cli("--recipe", str(recipe), "--out", str(tmp_path / "o"), "-q").exit_code == 0
+    manifest = load(tmp_path / "o")
+    (row,) = manifest["_rows"]["train"]
+    assert (row["kind"], row["prompt"], row["completion"]) == ("prompt_completion", "Q1", "A1")
+    assert manifest["stage"] == "recipe" and manifest["splits"]["train"]["stage"] == "normalized"
+    assert [r["reason"] for r in manifest["_rejects"]] == ["missing_field"]
+    recipe.write_text("sources:\n  - path: qa.jsonl\n    format: prompt_completion\n    fields: {answer: x}\n")
+    bad = run_cli("--recipe", str(recipe), "--out", str(tmp_path / "o2"))
+    assert bad.exit_code == 10
+    assert "source qa: its overrides make an invalid prompt_completion spec" in bad.output
+
+
+def test_a_derived_spec_neither_uses_nor_fills_the_output_cache(tmp_path: Path, output_cache: Path) -> None:
+    from dsprep.specs import FormatSpec
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "Q1", "answer": "A1"}\n')
+
+    def derive(spec: FormatSpec) -> FormatSpec:
+        fields = {**spec.model_dump()["fields"], "prompt": "question", "completion": "answer"}
+        return FormatSpec.model_validate({**spec.model_dump(), "fields": fields})
+
+    def run(name: str, **derived: Any) -> Any:
+        config = ConvertConfig(inputs=(str(data),), out=tmp_path / name, format="prompt_completion", cache=True)
+        return convert(config, **derived)
+
+    assert run("derived", derive_spec=derive).rows_kept == 1
+    assert not output_cache.exists()
+    plain = run("plain")
+    assert (plain.rows_kept, plain.cached) == (0, False) and output_cache.exists()
+    again = run("again", derive_spec=derive)
+    assert (again.rows_kept, again.cached) == (1, False)
+
+
+def test_prompt_dedup_keeps_one_answer_per_prompt(tmp_path: Path) -> None:
+    data = tmp_path / "pc.jsonl"
+    data.write_text("".join(orjson.dumps({"prompt": f"P{i % 3}", "completion": f"C{i}"}).decode() + "\n"
+                            for i in range(9)))  # fmt: skip
+    recipe = tmp_path / "prep.yaml"
+    for by, kept in (("prompt", 3), ("conversation", 9), ("none", 9)):
+        recipe.write_text(f"sources:\n  - path: pc.jsonl\ndedup: {{by: {by}}}\n")
+        assert run_cli("--recipe", str(recipe), "--out", str(tmp_path / by), "-q").exit_code == 0
+        manifest = load(tmp_path / by)
+        assert [r["completion"] for r in manifest["_rows"]["train"]] == [f"C{i}" for i in range(kept)]
+        duplicates = [r for r in manifest["_rejects"] if r["reason"] == "duplicate"]
+        assert len(duplicates) == 9 - kept
+        for d in duplicates:
+            assert d["duplicate_of"]["source_row"] == d["source_row"] % 3
+            assert d["duplicate_of"]["location"] == f"{data}:{d['source_row'] % 3 + 1}"
+
+
+def test_inspect_shows_per_source_statistics(mix: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    out, manifest = mix
+    result = CliRunner().invoke(main, ["inspect", str(out), "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    report = orjson.loads((tmp_path / "r.json").read_bytes())
+    jsonschema.validate(report, load_schema())
+    entries = {Path(s["path"]).name: s for s in report["shards"]}
+    assert sorted(entries) == ["eval", "train"]
+    train = {s["name"]: s for s in entries["train"]["recipe_sources"]}
+    for s in manifest["sources"]:
+        assert train[s["name"]]["examples"] == s["train"]["examples"]
+        assert train[s["name"]]["trained_tokens"] == s["train"]["trained_tokens"]
+        assert s["name"] in result.output
+    assert sum(r["tokens"] for r in train.values()) == entries["train"]["token_stats"]["tokens"]
+
+
+def test_recipe_init_writes_a_recipe_that_runs(tmp_path: Path) -> None:
+    recipe = tmp_path / "prep.yaml"
+    inputs = [str(FIXTURES / "formats" / f) for f in ("sharegpt.jsonl", "alpaca.jsonl", "kto.jsonl")]
+    result = CliRunner().invoke(main, ["recipe", "init", *inputs, "-o", str(recipe), "--template", "chatml"])
+    assert result.exit_code == 0, result.output
+    text = recipe.read_text()
+    assert text.startswith("# yaml-language-server: $schema=")
+    data = yaml.safe_load(text)
+    assert [s["format"] for s in data["sources"]] == ["sharegpt", "alpaca", "kto"]
+    assert CliRunner().invoke(main, ["recipe", "init", *inputs, "-o", str(recipe)]).exit_code == 6
+    run = run_cli("--recipe", str(recipe), "-q")
+    assert run.exit_code == 0, run.output
+    assert verify_output(tmp_path / "prepared")["stage"] == "recipe"
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "message"),
+    [
+        ("", 0, ""),
+        ("on_error: fail\n", 4, "invalid_rows.jsonl:"),
+        ("max_rejected: 0.01\n", 5, "over max_rejected 1.00%"),
+    ],
+)  # fmt: skip
+def test_bad_rows_follow_on_error_and_max_rejected(tmp_path: Path, options: str, code: int, message: str) -> None:
+    recipe = tmp_path / "prep.yaml"
+    bad = FIXTURES / "bad" / "invalid_rows.jsonl"
+    recipe.write_text(f"sources:\n  - path: {bad}\n    format: openai\n  - path: {FIXTURES / 'formats' / 'openai.jsonl'}\n"
+                      + options)  # fmt: skip
+    result = run_cli("--recipe", str(recipe), "--out", str(tmp_path / "o"), "-q")
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert (tmp_path / "o" / "manifest.json").exists() == (code == 0)
+    if code == 0:
+        manifest = load(tmp_path / "o")
+        (first, second) = manifest["sources"]
+        assert first["rows_rejected"] > 0 and second["rows_rejected"] == 0
+        assert first["rows_read"] == first["rows_kept"] + first["rows_rejected"]
+
+
+def test_a_recipe_without_out_needs_the_option(tmp_path: Path) -> None:
+    recipe = tmp_path / "prep.yaml"
+    recipe.write_text(f"sources:\n  - path: {FIXTURES / 'formats' / 'text.jsonl'}\n")
+    result = run_cli("--recipe", str(recipe))
+    assert result.exit_code == 2 and "pass --out" in result.output
+
+
+def test_a_packed_run_reproduces_from_its_manifest_and_counts_unpackable_rows(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert (
+        run_cli("--recipe", str(MIX), "--out", str(first), "-q", "--pack", "512", "--shuffle-seed", "1").exit_code == 0
+    )
+    manifest = load(first)
+    assert {s["stage"] for s in manifest["splits"].values()} == {"packed"}
+    assert verify_output(first)["stage"] == "recipe"
+    kto = by_source(manifest)["kto"]
+    assert kto["rejected_by_reason"] == {"not_packable": 2} and kto["rows_kept"] == 0
+    recorded = tmp_path / "recorded.yaml"
+    recorded.write_text(yaml.safe_dump(manifest["recipe"]))
+    assert run_cli("--recipe", str(recorded), "--out", str(tmp_path / "again"), "-q").exit_code == 0
+    assert shard_bytes(tmp_path / "again") == shard_bytes(first)
+    examples = [e for split in manifest["_rows"].values() for r in split for e in r["example_ids"]]
+    assert len(examples) == len(set(examples)) == sum(s["examples"] for s in manifest["splits"].values())
