@@ -107,10 +107,9 @@ def _reading(f: InputFile) -> Iterator[None]:
         raise InputError(f"{f.display}: cannot read: {exc.strerror or exc}") from None
 
 
-def _identity(f: InputFile) -> tuple[int, str]:
-    """An input's size and sha256, read now (it may have changed or gone since it was listed)."""
+def _digest(f: InputFile) -> str:
     with _reading(f):
-        return f.size, file_sha256(f.path)
+        return file_sha256(f.path)
 
 
 def _sample(f: InputFile, n: int) -> list[dict[str, Any]]:
@@ -186,14 +185,10 @@ class _Accounts:
 def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None) -> Iterator[Task]:
     seq = itertools.count()
     for index, (f, _, _) in enumerate(plan):
-        batches = read_records(f, on_bytes)
-        while True:
-            with _reading(f):  # only the read happens here: a failed write never looks like a failed input
-                batch = next(batches, None)
-            if batch is None:
-                break
-            for first in range(0, len(batch), TASK_ROWS):
-                yield Task(next(seq), index, batch[first : first + TASK_ROWS])
+        with _reading(f):  # an OSError raised here is the input failing; writes raise OutputError
+            for batch in read_records(f, on_bytes):
+                for first in range(0, len(batch), TASK_ROWS):
+                    yield Task(next(seq), index, batch[first : first + TASK_ROWS])
 
 
 def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
@@ -205,7 +200,6 @@ def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
 
     encoder = encoder_for(spec)
     conformance = check_conformance(encoder)
-    encoder.method_counts = dict.fromkeys(encoder.method_counts, 0)  # count the data's rows only, not the probes
     if conformance.problems and not config.allow_template_warnings:
         raise TemplateError("; ".join(conformance.problems) + " (pass --allow-template-warnings to go on)")
     loaded, template = encoder.tok, encoder.template
@@ -229,7 +223,9 @@ def _encode_spec(config: ConvertConfig) -> EncodeSpec | None:
     return EncodeSpec(config.tokenizer, config.template, config.train_on, config.max_len, config.overflow)
 
 
-def _report(f: InputFile, size: int, sha256: str, spec: FormatSpec | None, detection: Detection | None) -> InputReport:
+def _report(f: InputFile, sha256: str, spec: FormatSpec | None, detection: Detection | None) -> InputReport:
+    with _reading(f):
+        size = f.size
     return InputReport(
         path=f.display,
         container=f.container,
@@ -257,8 +253,7 @@ def convert(
     miss, what changed since the newest cache entry.
     """
     files = discover(config.inputs)
-    identities = [_identity(f) for f in files]
-    digests = [sha256 for _, sha256 in identities]
+    digests = [_digest(f) for f in files]
     parts = components(config, files, digests)
     key = cache_key(parts)
     cache = OutputCache(config.cache_dir or default_cache_dir()) if config.cache else None
@@ -276,7 +271,7 @@ def convert(
     plan = [(f, *_choose_spec(f, config)) for f in files]
     encoder, encoding = _encoder(config)
     staging = Staging(config.out, overwrite=config.overwrite, key=key)
-    reports = [_report(f, *ident, spec, det) for (f, spec, det), ident in zip(plan, identities, strict=True)]
+    reports = [_report(f, d, spec, detection) for (f, spec, detection), d in zip(plan, digests, strict=True)]
     stage = Stage(
         tuple(SourceInput(f.path.name, f.display, f.line_oriented, spec) for f, spec, _ in plan),
         _encode_spec(config),
@@ -291,7 +286,7 @@ def convert(
         return previous
 
     try:
-        with RejectsWriter(staging.dir / REJECTS) as rejects:
+        with writing(staging.dir), RejectsWriter(staging.dir / REJECTS) as rejects:  # reads raise InputError
             accounts = _Accounts(config, reports, rejects, on_input)
             sink = functools.partial(store_piece, staging.pieces)
             for result in ordered_results(stage, _tasks(plan, on_bytes), workers, sink=sink, done=done):
@@ -299,16 +294,17 @@ def convert(
             accounts.finish(upto=len(plan))
         if resumed and on_note:
             on_note(f"resumed: reused {resumed} of {len(accounts.done)} completed pieces of an interrupted run")
-        if config.pack is not None:
-            writer = ShardWriter(staging.dir, PACKED, shard_bytes=config.shard_bytes)
-            packing = write_packed(
-                staging.pieces, accounts.done, writer, max_len=config.pack, shuffle_seed=config.shuffle_seed
-            )
-            shard_list = packing.pop("shards")
-        else:
-            packing = None
-            writer = ShardWriter(staging.dir, stage.schema, shard_bytes=config.shard_bytes)
-            shard_list = write_unpacked(staging.pieces, accounts.done, writer)
+        with writing(staging.dir):
+            if config.pack is not None:
+                writer = ShardWriter(staging.dir, PACKED, shard_bytes=config.shard_bytes)
+                packing = write_packed(
+                    staging.pieces, accounts.done, writer, max_len=config.pack, shuffle_seed=config.shuffle_seed
+                )
+                shard_list = packing.pop("shards")
+            else:
+                packing = None
+                writer = ShardWriter(staging.dir, stage.schema, shard_bytes=config.shard_bytes)
+                shard_list = write_unpacked(staging.pieces, accounts.done, writer)
         read = sum(r.rows_read for r in reports)
         rejected = sum(r.rows_rejected for r in reports)
         if config.max_rejected is not None and read and rejected / read > config.max_rejected:
