@@ -1,22 +1,32 @@
-"""Peak memory and throughput of `dsprep convert` on a large OpenAI-chat JSONL file.
+"""Peak memory and throughput of `dsprep convert` on large generated OpenAI-chat JSONL inputs, tokenized and packed.
 
 Run it from the repository root:
 
-    .venv/bin/python benchmarks/convert_memory.py --size 1GB     # the target run (a few minutes)
-    .venv/bin/python benchmarks/convert_memory.py --size 100MB   # a quick check
+    .venv/bin/python benchmarks/convert_memory.py                 # the target: a 1 GB and a 4 GB input (see below)
+    .venv/bin/python benchmarks/convert_memory.py 100MB 400MB     # a quick check of the same comparison
+    .venv/bin/python benchmarks/convert_memory.py --no-tokenize   # 1 GB and 4 GB, read + normalize + write only
 
-It writes a deterministic (seeded) JSONL file of the requested size, of rows such as
+For each size it writes a deterministic (seeded) JSONL file of rows such as
 ``{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`` with 1-6 messages of a few hundred
 to a few thousand characters each (some with non-ASCII text), plus a small fraction of invalid JSON lines so the
-rejects path runs too. It then runs ``dsprep convert FILE --out DIR --quiet`` as a child process and measures:
+rejects path runs too. It then runs the whole pipeline, ``dsprep convert FILE --out DIR --quiet --tokenizer
+mistral:tekken --template chatml --pack 4096`` (read, normalize, tokenize, pack, write), as a child process and
+measures:
 
-- peak RSS of the child (``ru_maxrss`` from ``os.wait4``), plus an RSS timeline sampled from /proc while it runs;
-- wall time, input bytes, throughput in MB/s and rows/s;
-- rows read / kept / rejected from the output's ``manifest.json``, checked against what was generated.
+- peak RSS of the child (``ru_maxrss`` from ``os.wait4``: the largest single process, worker processes included),
+  plus an RSS timeline of the main process sampled from /proc while it runs;
+- wall time, input bytes, throughput in MB/s, rows/s and tokens/s;
+- rows read / kept / rejected from the output's ``manifest.json``, checked against what was generated (rows over
+  the packed length are rejected as ``too_long`` too).
 
-It prints PASS when the peak RSS stays under --max-rss-mb (600 MB, the target for a 1 GB input) and the row counts
-match, else FAIL and exits 1. Sizes and MB are binary units (1 MB = 2**20 bytes), as in ``dsprep --shard-size``.
-Generated files are removed at the end unless --keep.
+The summary prints every size's peak RSS, the largest (target < --max-rss-mb, 1.5 GB) and the growth from the
+smallest to the largest input (target < --max-growth, 20%), each with PASS/FAIL; the exit code is 1 on FAIL.
+
+Time: this text tokenizes to about 0.15 Tekken tokens per byte, so 1 GB is about 160 M tokens and 4 GB about 640 M:
+at 0.5-1 M tokens/s (2 cores) the 4 GB run takes 11-22 minutes on top of the 1 GB one. --no-tokenize measures the
+read/normalize/write path alone in a few minutes; memory flatness of tokenizing and packing is then shown by
+smaller sizes (e.g. 250MB 1GB). Sizes and MB are binary units (1 MB = 2**20 bytes), as in ``dsprep --shard-size``.
+Generated files are removed after each size unless --keep.
 """
 
 from __future__ import annotations
@@ -149,11 +159,13 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-def run_convert(src: Path, out: Path, log: Path) -> tuple[int, float, float, list[tuple[float, float]]]:
+def run_convert(
+    src: Path, out: Path, log: Path, options: list[str]
+) -> tuple[int, float, float, list[tuple[float, float]]]:
     """Run dsprep convert; returns (exit code, wall seconds, peak RSS MB from wait4, RSS timeline)."""
     script = Path(sys.executable).with_name("dsprep")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "dsprep"]
-    cmd += ["convert", str(src), "--out", str(out), "--quiet"]
+    cmd += ["convert", str(src), "--out", str(out), "--quiet", *options]
     print("running:", " ".join(cmd), flush=True)
     timeline: list[tuple[float, float]] = []
     with open(log, "wb") as err:
@@ -187,23 +199,22 @@ def _timeline_text(timeline: list[tuple[float, float]], points: int = 10) -> str
     return "  ".join(f"{t:.1f}s:{rss:.0f}" for t, rss in picked)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=parse_size, default=parse_size("1GB"), help="input size, e.g. 100MB or 1GB")
-    parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a new dir under /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the generated input and output")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the generated data")
-    parser.add_argument("--invalid-fraction", type=float, default=0.001, help="fraction of invalid JSON lines")
-    parser.add_argument("--max-rss-mb", type=float, default=600.0, help="peak RSS target in MB (PASS below it)")
-    args = parser.parse_args()
+def convert_options(args: argparse.Namespace) -> list[str]:
+    """The `dsprep convert` options of the measured pipeline (--workers only where the installed dsprep has it)."""
+    if args.no_tokenize:
+        return []
+    options = ["--tokenizer", args.tokenizer, "--template", args.template, "--pack", str(args.pack)]
+    if args.workers is not None:
+        options += ["--workers", str(args.workers)]
+    return options
 
-    own_dir = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="dsprep-bench-", dir="/tmp")) if own_dir else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
+
+def measure(size: int, workdir: Path, args: argparse.Namespace) -> dict[str, float] | None:
+    """Generate `size` bytes, convert them and print the report; returns the measured figures, None on failure."""
     src, out, log = workdir / "chat.jsonl", workdir / "out", workdir / "convert.log"
     try:
         t0 = time.perf_counter()
-        lines, invalid = generate(src, args.size, args.seed, args.invalid_fraction)
+        lines, invalid = generate(src, size, args.seed, args.invalid_fraction)
         size = src.stat().st_size
         print(
             f"generated {src}: {size / MB:.1f} MB, {lines} lines ({invalid} invalid) "
@@ -212,16 +223,14 @@ def main() -> int:
         )
         if out.exists():
             shutil.rmtree(out)
-        code, wall, peak, timeline = run_convert(src, out, log)
+        code, wall, peak, timeline = run_convert(src, out, log, convert_options(args))
         if code != 0:
             print(log.read_text(errors="replace")[-4000:], file=sys.stderr)
             print(f"FAIL: dsprep convert exited with {code} after {wall:.1f}s (peak RSS {peak:.0f} MB)")
-            return 1
+            return None
         manifest = json.loads((out / "manifest.json").read_text())
         totals = manifest["totals"]
         out_bytes = sum(s["bytes"] for s in manifest["shards"])
-        counts_ok = (totals["rows_read"], totals["rows_rejected"]) == (lines, invalid)
-        rss_ok = peak < args.max_rss_mb
         print()
         print(f"input         {size / MB:,.1f} MB  ({size:,} bytes)")
         print(
@@ -229,24 +238,90 @@ def main() -> int:
             f"rejected {totals['rows_rejected']:,}  (generated {lines:,}, {invalid:,} invalid)"
         )
         print(f"output        {len(manifest['shards'])} shard(s), {out_bytes / MB:,.1f} MB")
+        if "packing" in manifest:
+            p = manifest["packing"]
+            print(
+                f"packing       {p['tokens']:,} tokens into {p['rows']:,} rows of {p['max_len']}, "
+                f"efficiency {p['efficiency']:.4f}"
+            )
         print(f"wall time     {wall:.1f} s")
-        print(f"throughput    {size / MB / wall:,.1f} MB/s  {totals['rows_read'] / wall:,.0f} rows/s")
-        print(f"peak RSS      {peak:,.0f} MB  (target < {args.max_rss_mb:.0f} MB)")
-        print(f"RSS timeline  {_timeline_text(timeline)}  (elapsed:MB)")
-        if not counts_ok:
-            print(f"row counts do not match what was generated ({lines} lines, {invalid} invalid)")
-        ok = rss_ok and counts_ok
-        print("PASS" if ok else "FAIL")
-        return 0 if ok else 1
+        print(
+            f"throughput    {size / MB / wall:,.1f} MB/s  {totals['rows_read'] / wall:,.0f} rows/s"
+            + (f"  {manifest['packing']['tokens'] / wall:,.0f} tokens/s" if "packing" in manifest else "")
+        )
+        print(f"peak RSS      {peak:,.0f} MB")
+        print(f"RSS timeline  {_timeline_text(timeline)}  (elapsed:MB)", flush=True)
+        # rows over the packed length are rejected too, so with packing only the read count must match exactly
+        rejected_ok = (
+            totals["rows_rejected"] >= invalid if "packing" in manifest else totals["rows_rejected"] == invalid
+        )
+        if totals["rows_read"] != lines or not rejected_ok:
+            print(f"FAIL: row counts do not match what was generated ({lines} lines, {invalid} invalid)")
+            return None
+        return {"bytes": size, "peak": peak, "wall": wall}
     finally:
         if args.keep:
-            print(f"kept {workdir}")
-        elif own_dir:
-            shutil.rmtree(workdir, ignore_errors=True)
+            print(f"kept {src} and {out}")
         else:
-            for p in (src, log):
-                p.unlink(missing_ok=True)
+            for path in (src, log):
+                path.unlink(missing_ok=True)
             shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sizes", nargs="*", type=parse_size, help="input sizes, e.g. 100MB 400MB (default: 1GB 4GB)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a new dir under /tmp)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated input and output")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the generated data")
+    parser.add_argument("--invalid-fraction", type=float, default=0.001, help="fraction of invalid JSON lines")
+    parser.add_argument("--tokenizer", default="mistral:tekken", help="dsprep convert --tokenizer (default tekken)")
+    parser.add_argument("--template", default="chatml", help="dsprep convert --template (default chatml)")
+    parser.add_argument("--pack", type=int, default=4096, help="dsprep convert --pack L (default 4096)")
+    parser.add_argument("--workers", type=int, default=None, help="dsprep convert --workers N (default: dsprep's)")
+    parser.add_argument("--no-tokenize", action="store_true", help="read, normalize and write only (no tokenizer)")
+    parser.add_argument("--max-rss-mb", type=float, default=1536.0, help="peak RSS target in MB (default 1536)")
+    parser.add_argument("--max-growth", type=float, default=0.2, help="largest allowed peak RSS growth (default 0.2)")
+    args = parser.parse_args()
+    sizes = args.sizes or [parse_size("1GB"), parse_size("4GB")]
+
+    own_dir = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="dsprep-bench-", dir="/tmp")) if own_dir else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    pipeline = (
+        "read + normalize + write"
+        if args.no_tokenize
+        else (f"read + normalize + tokenize ({args.tokenizer}, {args.template}) + pack {args.pack} + write")
+    )
+    print(f"pipeline: {pipeline}", flush=True)
+    runs: list[dict[str, float]] = []
+    try:
+        for size in sizes:
+            run = measure(size, workdir, args)
+            if run is None:
+                return 1
+            runs.append(run)
+            print(flush=True)
+    finally:
+        if own_dir and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("summary")
+    for run in runs:
+        print(f"  {run['bytes'] / MB:>9,.1f} MB input: peak RSS {run['peak']:,.0f} MB, {run['wall']:.1f} s")
+    peaks = [run["peak"] for run in runs]
+    top = max(peaks)
+    ok = top < args.max_rss_mb
+    print(f"max peak RSS  {top:,.0f} MB  (target < {args.max_rss_mb:,.0f} MB) {'PASS' if ok else 'FAIL'}")
+    if len(runs) > 1:
+        growth = (peaks[-1] - peaks[0]) / peaks[0]
+        grew_ok = abs(growth) < args.max_growth
+        ok = ok and grew_ok
+        print(
+            f"peak RSS difference  {growth:+.1%} from the smallest to the largest input "
+            f"(target < {args.max_growth:.0%}) {'PASS' if grew_ok else 'FAIL'}"
+        )
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
