@@ -28,10 +28,12 @@ neither needs dsprep. Reading the corpus and loading the library are not timed. 
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import json
 import os
 import sys
 import tempfile
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -236,6 +238,11 @@ def measure_axolotl(args: argparse.Namespace) -> Result:
 
 
 def measure_llamafactory(args: argparse.Namespace) -> Result:
+    try:
+        import torchaudio  # noqa: F401
+    except ImportError:  # imported at load for audio inputs; no build works with torch 2.13; text never calls it
+        stub = sys.modules["torchaudio"] = types.ModuleType("torchaudio")
+        stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
     from llamafactory.hparams import get_train_args
     from llamafactory.model import load_tokenizer
