@@ -24,8 +24,9 @@ largest single process of its tree):
 Throughput is compared per token of input: tok/s = the ceiling's token count of the rows a path processed divided by
 its seconds, so paths that ran on the subsample compare with the full-corpus ones. The table also gives each path's
 own token count and whether it matches the ceiling's where the tokenizer and template are the same. It prints
-``dsprep/ceiling`` (steady state, target >= 0.8) and ``dsprep/best TRL`` (end to end, target >= 3) with PASS/FAIL;
-the exit code is 0 even on FAIL: this is a report.
+``dsprep/ceiling`` (target >= 0.8) and ``dsprep/best TRL`` (target >= 3) with PASS/FAIL, both on dsprep's steady
+state (the ceiling's and the peers' seconds exclude their start-up as well), plus the end-to-end ratio to TRL; the
+exit code is 0 even on FAIL: this is a report.
 """
 
 from __future__ import annotations
@@ -370,10 +371,12 @@ def main() -> int:
     trl = [m for m in results if m.name.startswith("TRL")]
     if trl:
         best_trl = max(trl, key=lambda m: m.base_tokens / m.seconds)
-        r_trl = (best.base_tokens / best.seconds) / (best_trl.base_tokens / best_trl.seconds)
+        trl_rate = best_trl.base_tokens / best_trl.seconds
+        r_trl = best.extra["steady"] / trl_rate
         print(
-            f"ratio dsprep/best TRL = {r_trl:.2f}  ({best.name} end to end vs {best_trl.name}; target >= "
-            f"{TARGET_TRL}) {verdict(r_trl >= TARGET_TRL)}"
+            f"ratio dsprep/best TRL = {r_trl:.2f}  ({best.name}, steady state, vs {best_trl.name}, whose seconds "
+            f"exclude its start-up too; target >= {TARGET_TRL}) {verdict(r_trl >= TARGET_TRL)}; end to end "
+            f"{(best.base_tokens / best.seconds) / trl_rate:.2f}"
         )
     else:
         print("ratio dsprep/best TRL = n/a (TRL not measured)")

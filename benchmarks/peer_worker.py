@@ -16,8 +16,8 @@ MEASUREMENT is one of:
 - ``axolotl``: Axolotl's ``chat_template`` prompt strategy with the tokenizer's template through
   ``TokenizedPromptDataset`` (the tokenize step of ``axolotl preprocess``), rows over L dropped as Axolotl does, then
   its ``MultipackBatchSampler`` bins of L tokens;
-- ``llamafactory``: LLaMA-Factory's ``get_dataset`` for SFT with its ``chatml`` template, ``packing`` on,
-  ``cutoff_len=L``.
+- ``llamafactory``: LLaMA-Factory's ``get_dataset`` for SFT with its ``chatml`` template, ``packing`` and
+  ``neat_packing`` on (so padding is told apart from tokens), ``cutoff_len=L``.
 
 The corpus is an OpenAI-chat JSONL file and DIR a tokenizer folder whose ``chat_template`` is the ChatML template;
 neither needs dsprep. Reading the corpus and loading the library are not timed. The last stdout line is
@@ -280,6 +280,7 @@ def measure_llamafactory(args: argparse.Namespace) -> Result:
                 "template": "chatml",
                 "cutoff_len": args.max_len,
                 "packing": True,
+                "neat_packing": True,  # the same packs; attention_mask then numbers the examples, 0 on padding
                 "preprocessing_num_workers": args.num_proc,
                 "overwrite_cache": True,
                 "output_dir": os.path.join(tmp, "out"),
@@ -292,7 +293,7 @@ def measure_llamafactory(args: argparse.Namespace) -> Result:
         with Timer() as timer:
             out = get_dataset(template, model_args, data_args, training_args, stage="sft", **module)
     train = out["train_dataset"]
-    tokens = sum(sum(1 for m in row if m) for row in train.data.column("attention_mask").to_pylist())
+    tokens = sum(sum(1 for m in row if m) for row in train.data.column("attention_mask").to_pylist())  # not padding
     return {"seconds": timer.wall, "cpu": timer.cpu, "rows_in": len(convs), "tokens": tokens, "rows_out": len(train)}
 
 
