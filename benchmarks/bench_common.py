@@ -10,11 +10,13 @@ import math
 import os
 import random
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from itertools import accumulate
 
-__all__ = ["Corpus", "Timer", "offline_hf", "openai_record", "verdict", "version"]
+__all__ = ["Corpus", "Timer", "convert_flags", "dsprep_cmd", "offline_hf", "openai_record", "verdict", "version"]
 
 # --- corpus ----------------------------------------------------------------------------------------------------------
 ONSETS = ("b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "y", "z", "bl",
@@ -147,6 +149,19 @@ def offline_hf(prefix: str) -> tempfile.TemporaryDirectory[str]:
     os.environ["HF_HOME"] = folder.name
     os.environ["HF_DATASETS_CACHE"] = os.path.join(folder.name, "datasets")
     return folder
+
+
+# --- the dsprep command line ----------------------------------------------------------------------------------------
+def dsprep_cmd() -> list[str]:
+    """The `dsprep` command of the running Python's environment."""
+    script = os.path.join(os.path.dirname(sys.executable), "dsprep")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "dsprep"]
+
+
+def convert_flags(dsprep: list[str]) -> set[str]:
+    """Which of the newer `dsprep convert` options (--workers, --no-cache) the installed dsprep has."""
+    out = subprocess.run([*dsprep, "convert", "--help"], capture_output=True, text=True, check=False).stdout
+    return {flag for flag in ("--workers", "--no-cache") if flag in out}
 
 
 # --- measurement helpers ---------------------------------------------------------------------------------------------

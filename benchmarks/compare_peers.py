@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_common import Corpus, openai_record, verdict, version
+from bench_common import Corpus, convert_flags, dsprep_cmd, openai_record, verdict, version
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().with_name("peer_worker.py")
@@ -116,18 +116,8 @@ def save_tokenizer(name: str, template: str, target: Path) -> str:
     return type(tok).__name__
 
 
-def dsprep_has_workers(dsprep: list[str]) -> bool:
-    out = subprocess.run([*dsprep, "convert", "--help"], capture_output=True, text=True, check=False).stdout
-    return "--workers" in out
-
-
-def dsprep_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("dsprep")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "dsprep"]
-
-
 def run_dsprep(
-    dsprep: list[str], src: Path, out: Path, opts: argparse.Namespace, workers: int | None, log: Path
+    dsprep: list[str], src: Path, out: Path, opts: argparse.Namespace, workers: int | None, log: Path, no_cache: bool
 ) -> tuple[float, float, dict[str, Any]]:
     cmd = [
         *dsprep,
@@ -145,6 +135,8 @@ def run_dsprep(
     ]
     if workers is not None:
         cmd += ["--workers", str(workers)]
+    if no_cache:  # a cached output would make the run instant
+        cmd += ["--no-cache"]
     code, wall, rss, _ = run_child(cmd, log)
     if code != 0:
         raise SystemExit(f"dsprep convert exited with {code}; see {log}")
@@ -230,18 +222,19 @@ def main() -> int:
 
     # dsprep
     dsprep = dsprep_cmd()
-    has_workers = dsprep_has_workers(dsprep)
+    flags = convert_flags(dsprep)
+    has_workers, no_cache = "--workers" in flags, "--no-cache" in flags
     n_cores = len(os.sched_getaffinity(0))
     one = workdir / "one.jsonl"
     with open(corpus, encoding="utf-8") as src, open(one, "w", encoding="utf-8") as dst:
         dst.write(src.readline())
-    startup, _, _ = run_dsprep(dsprep, one, workdir / "out-one", opts, 1 if has_workers else None, log)
+    startup, _, _ = run_dsprep(dsprep, one, workdir / "out-one", opts, 1 if has_workers else None, log, no_cache)
     settings: list[int | None] = sorted({1, opts.workers or n_cores}) if has_workers else [None]
     dsprep_rows: list[Measured] = []
     shard_digests: set[tuple[str, ...]] = set()
     for workers in settings:
         out_dir = workdir / f"out-w{workers or 1}"
-        wall, rss, manifest = run_dsprep(dsprep, corpus, out_dir, opts, workers, log)
+        wall, rss, manifest = run_dsprep(dsprep, corpus, out_dir, opts, workers, log, no_cache)
         packing = manifest["packing"]
         label = f"dsprep convert --workers {workers}" if workers is not None else "dsprep convert (no --workers)"
         m = Measured(

@@ -44,6 +44,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench_common import convert_flags, dsprep_cmd
+
 MB = 1 << 20
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 POOL_SIZE = 4000  # distinct messages generated once, then combined into rows
@@ -163,9 +165,7 @@ def run_convert(
     src: Path, out: Path, log: Path, options: list[str]
 ) -> tuple[int, float, float, list[tuple[float, float]]]:
     """Run dsprep convert; returns (exit code, wall seconds, peak RSS MB from wait4, RSS timeline)."""
-    script = Path(sys.executable).with_name("dsprep")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "dsprep"]
-    cmd += ["convert", str(src), "--out", str(out), "--quiet", *options]
+    cmd = [*dsprep_cmd(), "convert", str(src), "--out", str(out), "--quiet", *options]
     print("running:", " ".join(cmd), flush=True)
     timeline: list[tuple[float, float]] = []
     with open(log, "wb") as err:
@@ -199,13 +199,13 @@ def _timeline_text(timeline: list[tuple[float, float]], points: int = 10) -> str
     return "  ".join(f"{t:.1f}s:{rss:.0f}" for t, rss in picked)
 
 
-def convert_options(args: argparse.Namespace) -> list[str]:
-    """The `dsprep convert` options of the measured pipeline (--workers only where the installed dsprep has it)."""
-    if args.no_tokenize:
-        return []
-    options = ["--tokenizer", args.tokenizer, "--template", args.template, "--pack", str(args.pack)]
+def convert_options(args: argparse.Namespace, dsprep: list[str]) -> list[str]:
+    """The `dsprep convert` options of the measured pipeline, with --no-cache where the installed dsprep has it."""
+    options = ["--no-cache"] if "--no-cache" in convert_flags(dsprep) else []
     if args.workers is not None:
         options += ["--workers", str(args.workers)]
+    if not args.no_tokenize:
+        options += ["--tokenizer", args.tokenizer, "--template", args.template, "--pack", str(args.pack)]
     return options
 
 
@@ -223,7 +223,7 @@ def measure(size: int, workdir: Path, args: argparse.Namespace) -> dict[str, flo
         )
         if out.exists():
             shutil.rmtree(out)
-        code, wall, peak, timeline = run_convert(src, out, log, convert_options(args))
+        code, wall, peak, timeline = run_convert(src, out, log, convert_options(args, dsprep_cmd()))
         if code != 0:
             print(log.read_text(errors="replace")[-4000:], file=sys.stderr)
             print(f"FAIL: dsprep convert exited with {code} after {wall:.1f}s (peak RSS {peak:.0f} MB)")
