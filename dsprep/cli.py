@@ -148,6 +148,24 @@ def _progress(quiet: bool, total: int) -> tuple[Callable[[int], None] | None, Ca
 @click.option("--allow-template-warnings", is_flag=True, help="Go on when the template fails a conformance check.")
 @click.option("--pack", type=click.IntRange(min=1), metavar="L", help="Pack examples into rows of at most L tokens.")
 @click.option("--shuffle-seed", type=int, help="Shuffle the packed rows with this seed.")
+@click.option(
+    "--workers",
+    "-j",
+    type=click.IntRange(min=1),
+    help="Processes that normalize and tokenize (default: every usable core); the output is the same for any number.",
+)
+@click.option(
+    "--cache/--no-cache",
+    default=True,
+    show_default=True,
+    help="Reuse the output of an identical earlier run (same inputs, specs, template, tokenizer, options).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    help="Where cached outputs live (default: $DSPREP_CACHE/outputs, else ~/.cache/dsprep/outputs).",
+)
+@click.option("--explain-cache", is_flag=True, help="Print the cache key's components and, on a miss, what changed.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def convert(
     inputs: tuple[str, ...],
@@ -165,6 +183,10 @@ def convert(
     allow_template_warnings: bool,
     pack: int | None,
     shuffle_seed: int | None,
+    workers: int | None,
+    cache: bool,
+    cache_dir: Path | None,
+    explain_cache: bool,
     quiet: bool,
 ) -> None:
     """Normalize INPUTS (files, folders, globs) into Parquet shards, rejects.jsonl and manifest.json in --out."""
@@ -193,6 +215,9 @@ def convert(
         allow_template_warnings=allow_template_warnings,
         pack=pack,
         shuffle_seed=shuffle_seed,
+        workers=workers,
+        cache=cache,
+        cache_dir=cache_dir,
     )
     say = (lambda _msg: None) if quiet else click.echo
 
@@ -209,7 +234,9 @@ def convert(
 
     advance, stop = _progress(quiet, sum(f.size for f in discover(inputs)))
     try:
-        result = run_convert(config, on_bytes=advance, on_input=on_input)
+        note = None if quiet else (lambda msg: click.echo(msg, err=True))
+        explain = (lambda msg: click.echo(msg, err=True)) if explain_cache else None
+        result = run_convert(config, on_bytes=advance, on_input=on_input, on_note=note, explain=explain)
     finally:
         stop()
     shards = result.manifest["shards"]

@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["ConvertConfig"]
+__all__ = ["RUN_ONLY", "ConvertConfig"]
+
+RUN_ONLY = ("workers", "cache", "cache_dir")  # how a run is carried out, never what it writes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +28,10 @@ class ConvertConfig:
     allow_template_warnings: go on when the template fails its conformance checks.
     pack: pack tokenized examples into rows of at most this many tokens (`dsprep.pack`); needs `tokenizer`.
     shuffle_seed: shuffle the packed rows with this seed (None keeps the plan's order).
+    workers: processes that normalize and encode slices of records (None: every usable core); the output is the same
+        for any number.
+    cache: reuse a finished output with the same cache key (`dsprep.cache`), and store this run's.
+    cache_dir: where cached outputs live (None: ``$DSPREP_CACHE/outputs``, default ``~/.cache/dsprep/outputs``).
     """
 
     inputs: tuple[str, ...]
@@ -44,6 +50,9 @@ class ConvertConfig:
     allow_template_warnings: bool = False
     pack: int | None = None
     shuffle_seed: int | None = None
+    workers: int | None = None
+    cache: bool = False
+    cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.pack is not None:
@@ -55,8 +64,8 @@ class ConvertConfig:
                 object.__setattr__(self, "max_len", self.pack)
 
     def options(self) -> dict[str, Any]:
-        """The options that shape the output, as recorded in the manifest."""
+        """The options that shape the output, as recorded in the manifest (not `RUN_ONLY`)."""
         d = asdict(self)
-        for key in ("inputs", "out", "overwrite"):
+        for key in ("inputs", "out", "overwrite", *RUN_ONLY):
             d.pop(key)
         return d

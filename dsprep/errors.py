@@ -92,3 +92,6 @@ class RowError(Exception):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
+
+    def __reduce__(self) -> tuple[type[RowError], tuple[str, str, str]]:  # picklable, for worker processes
+        return RowError, (self.field, self.reason, self.message)

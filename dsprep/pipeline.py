@@ -7,30 +7,45 @@ input, ``rows_read == rows_kept + rows_rejected``. With a tokenizer, rows are re
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from dsprep.assemble import write_packed, write_unpacked
+from dsprep.cache import OutputCache, cache_key, changes, components, default_cache_dir, describe, link_or_copy
 from dsprep.config import ConvertConfig
 from dsprep.detect import Detection, detect_format
-from dsprep.errors import RejectedRowsError, RowError, RowFailure, TemplateError
-from dsprep.normalize import normalize_record, row_id
-from dsprep.schema import NORMALIZED, SCHEMA_VERSION, TOKENIZED
+from dsprep.errors import RejectedRowsError, RowFailure, TemplateError
+from dsprep.pieces import load_piece, store_piece
+from dsprep.schema import PACKED, SCHEMA_VERSION
 from dsprep.shards import MANIFEST, REJECTS, RejectsWriter, ShardWriter, Staging, file_sha256, write_json
-from dsprep.sources import InputFile, Record, discover, read_records
+from dsprep.sources import InputFile, discover, read_records
 from dsprep.specs import FormatSpec, load_spec
 from dsprep.version import __version__
+from dsprep.workers import (
+    TASK_ROWS,
+    BatchResult,
+    EncodeSpec,
+    SourceInput,
+    Stage,
+    Task,
+    default_workers,
+    encoder_for,
+    ordered_results,
+)
 
 if TYPE_CHECKING:
     from dsprep.encode import Encoder
 
 __all__ = ["ConvertResult", "InputReport", "convert"]
 
-Row = dict[str, Any]
-UNPACKABLE = ("preference", "kto")
-PACK_CHUNK_ROWS = 4096
+Planned = tuple[InputFile, FormatSpec | None, Detection | None]
 
 
 @dataclass
@@ -59,6 +74,8 @@ class ConvertResult:
 
     inputs: list[InputReport]
     manifest: dict[str, Any]
+    cached: bool = False
+    resumed_pieces: int = 0
 
     @property
     def rows_read(self) -> int:
@@ -71,10 +88,6 @@ class ConvertResult:
     @property
     def rows_rejected(self) -> int:
         return sum(r.rows_rejected for r in self.inputs)
-
-
-def _location(f: InputFile, row: int) -> str:
-    return f"{f.display}:{row + 1}" if f.line_oriented else f"{f.display}[{row}]"
 
 
 def _sample(f: InputFile, n: int) -> list[dict[str, Any]]:
@@ -101,91 +114,72 @@ def _choose_spec(f: InputFile, config: ConvertConfig) -> tuple[FormatSpec | None
     return detection.spec, detection
 
 
-class _Run:
-    """One convert: routes each record to the shard writer or the rejects writer, counting both."""
+class _Accounts:
+    """Adds each result, in task order, to its input's report, writes its reject lines, and reports finished inputs."""
 
     def __init__(
-        self, config: ConvertConfig, shards: ShardWriter, rejects: RejectsWriter, encoder: Encoder | None
-    ) -> None:
+        self, config: ConvertConfig, reports: list[InputReport], rejects: RejectsWriter,
+        on_input: Callable[[InputReport], None] | None,
+    ) -> None:  # fmt: skip
         self.config = config
-        self.shards = shards
+        self.reports = reports
         self.rejects = rejects
-        self.encoder = encoder
+        self.on_input = on_input
+        self.methods: Counter[str] = Counter()
+        self.done: list[BatchResult] = []
+        self._kinds: Counter[str] = Counter()
+        self._finished = 0
 
-    def reject(self, f: InputFile, rec: Record, error: RowError, report: InputReport) -> None:
-        location = _location(f, rec.row)
-        self.rejects.write(
-            {"source_file": f.display, "source_row": rec.row, "location": location, "field": error.field,
-             "reason": error.reason, "message": error.message, "raw": rec.raw.decode("utf-8", "backslashreplace")}
-        )  # fmt: skip
-        report.rows_rejected += 1
-        report.rejected_by_reason[error.reason] = report.rejected_by_reason.get(error.reason, 0) + 1
-        if self.config.on_error == "fail":
-            raise RowFailure(f"{location}: {error}")
+    def add(self, result: BatchResult) -> None:
+        self.finish(upto=result.input_index)
+        report = self.reports[result.input_index]
+        if self.config.on_error == "fail" and result.failure is not None:
+            self.rejects.write_line(result.rejects[0])
+            report.rows_rejected += 1
+            raise RowFailure(result.failure)
+        for line in result.rejects:
+            self.rejects.write_line(line)
+        report.rows_read += result.rows_read
+        report.rows_kept += result.rows_kept
+        report.rows_rejected += len(result.rejects)
+        for reason, n in result.reasons.items():
+            report.rejected_by_reason[reason] = report.rejected_by_reason.get(reason, 0) + n
+        self._kinds.update(result.kinds)
+        self.methods.update(result.methods)
+        self.done.append(BatchResult(result.seq, result.input_index, rows_kept=result.rows_kept))
 
-    def run_input(
-        self, f: InputFile, spec: FormatSpec | None, report: InputReport, on_bytes: Callable[[int], None] | None
-    ) -> None:
-        kinds: Counter[str] = Counter()
-        name = f.path.name
+    def finish(self, upto: int) -> None:
+        """Close the reports of every input before `upto` (all of them for ``len(reports)``)."""
+        while self._finished < upto:
+            report = self.reports[self._finished]
+            report.kinds = dict(sorted(self._kinds.items()))
+            self._kinds = Counter()
+            if self.on_input:
+                self.on_input(report)
+            self._finished += 1
+
+
+def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None) -> Iterator[Task]:
+    seq = itertools.count()
+    for index, (f, _, _) in enumerate(plan):
         for batch in read_records(f, on_bytes):
-            kept: list[tuple[Record, Row]] = []
-            for rec in batch:
-                report.rows_read += 1
-                if rec.error is not None or rec.value is None or spec is None:
-                    self.reject(f, rec, rec.error or RowError("", "wrong_type", "empty record"), report)
-                    continue
-                try:
-                    row = normalize_record(rec.value, spec)
-                except RowError as error:
-                    self.reject(f, rec, error, report)
-                    continue
-                row["id"] = row_id(name, rec.row, rec.raw)
-                row["source_file"] = f.display
-                row["source_row"] = rec.row
-                kept.append((rec, row))
-            for rec, out_rows in self._encoded(kept):
-                if isinstance(out_rows, RowError):
-                    self.reject(f, rec, out_rows, report)
-                    continue
-                for out in out_rows:
-                    self.shards.write(out, len(rec.raw))
-                report.rows_kept += 1
-                kinds[out_rows[0]["kind"]] += 1
-        report.kinds = dict(sorted(kinds.items()))
-
-    def _encoded(self, kept: list[tuple[Record, Row]]) -> Iterator[tuple[Record, list[Row] | RowError]]:
-        if self.encoder is None:
-            for rec, row in kept:
-                yield rec, [row]
-            return
-        if self.config.pack is not None:
-            for rec, row in kept:
-                if row["kind"] in UNPACKABLE:
-                    message = f"{row['kind']} rows hold separate prompt/continuation ids and are not packed"
-                    yield rec, RowError("kind", "not_packable", message)
-            kept = [(rec, row) for rec, row in kept if row["kind"] not in UNPACKABLE]
-        results = self.encoder.encode([row for _, row in kept])
-        yield from zip((rec for rec, _ in kept), results, strict=True)
+            for first in range(0, len(batch), TASK_ROWS):
+                yield Task(next(seq), index, batch[first : first + TASK_ROWS])
 
 
 def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
     """The encoder for a tokenizing run, after its conformance checks; and what the manifest records of it."""
-    if config.tokenizer is None:
+    spec = _encode_spec(config)
+    if spec is None:
         return None, {}
     from dsprep.conformance import check_conformance
-    from dsprep.encode import EncodeOptions, Encoder
-    from dsprep.templates import load_template
-    from dsprep.tokenizers import load_tokenizer
 
-    loaded = load_tokenizer(config.tokenizer)
-    template = load_template(config.template, loaded.chat_template)
-    options = EncodeOptions(train_on=config.train_on, max_len=config.max_len, overflow=config.overflow)
-    encoder = Encoder(loaded, template, options)
+    encoder = encoder_for(spec)
     conformance = check_conformance(encoder)
     encoder.method_counts = dict.fromkeys(encoder.method_counts, 0)  # count the data's rows only, not the probes
     if conformance.problems and not config.allow_template_warnings:
         raise TemplateError("; ".join(conformance.problems) + " (pass --allow-template-warnings to go on)")
+    loaded, template = encoder.tok, encoder.template
     tok = loaded.tokenizer
     record = {
         "tokenizer": {
@@ -200,45 +194,89 @@ def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
     return encoder, record
 
 
+def _encode_spec(config: ConvertConfig) -> EncodeSpec | None:
+    if config.tokenizer is None:
+        return None
+    return EncodeSpec(config.tokenizer, config.template, config.train_on, config.max_len, config.overflow)
+
+
+def _report(f: InputFile, sha256: str, spec: FormatSpec | None, detection: Detection | None) -> InputReport:
+    return InputReport(
+        path=f.display,
+        container=f.container,
+        compression=f.compression,
+        bytes=f.size,
+        sha256=sha256,
+        format=spec.name if spec else "none",
+        format_origin=spec.origin if spec else "no parseable rows to detect a format from",
+        format_sha256=spec.sha256 if spec else "",
+        detection=detection.describe() if detection else None,
+    )
+
+
 def convert(
     config: ConvertConfig,
     *,
     on_bytes: Callable[[int], None] | None = None,
     on_input: Callable[[InputReport], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    explain: Callable[[str], None] | None = None,
 ) -> ConvertResult:
-    """Normalize (and with a tokenizer, tokenize) `config.inputs` into shards, rejects and manifest in `config.out`."""
+    """Normalize (and with a tokenizer, tokenize) `config.inputs` into shards, rejects and manifest in `config.out`.
+
+    on_note receives one-line notes on cache hits and resumed runs; explain, the cache key's components and, on a
+    miss, what changed since the newest cache entry.
+    """
     files = discover(config.inputs)
+    digests = [file_sha256(f.path) for f in files]
+    parts = components(config, files, digests)
+    key = cache_key(parts)
+    cache = OutputCache(config.cache_dir or default_cache_dir()) if config.cache else None
+    if explain:
+        _explain(explain, key, parts, cache)
+    cached = cache.lookup(key) if cache else None
+    if cached is not None:
+        result = _from_cache(config, cached, on_input)
+        if on_note:
+            on_note(f"cache hit: reused the output of an identical earlier run (key {key[:16]})")
+        return result
     plan = [(f, *_choose_spec(f, config)) for f in files]
     encoder, encoding = _encoder(config)
-    staging = Staging(config.out, overwrite=config.overwrite)
-    reports: list[InputReport] = []
+    staging = Staging(config.out, overwrite=config.overwrite, key=key)
+    reports = [_report(f, d, spec, detection) for (f, spec, detection), d in zip(plan, digests, strict=True)]
+    stage = Stage(
+        tuple(SourceInput(f.path.name, f.display, f.line_oriented, spec) for f, spec, _ in plan),
+        _encode_spec(config),
+        config.pack is not None,
+    )
+    resumed = 0
+
+    def done(seq: int) -> BatchResult | None:
+        nonlocal resumed
+        previous = load_piece(staging.pieces, seq) if staging.resumed else None
+        resumed += previous is not None
+        return previous
+
     try:
-        schema = NORMALIZED if encoder is None else TOKENIZED
-        unpacked = staging.dir / "unpacked" if config.pack else staging.dir
-        unpacked.mkdir(exist_ok=True)
-        shards = ShardWriter(unpacked, schema, shard_bytes=config.shard_bytes)
         with RejectsWriter(staging.dir / REJECTS) as rejects:
-            run = _Run(config, shards, rejects, encoder)
-            for f, spec, detection in plan:
-                report = InputReport(
-                    path=f.display,
-                    container=f.container,
-                    compression=f.compression,
-                    bytes=f.size,
-                    sha256=file_sha256(f.path),
-                    format=spec.name if spec else "none",
-                    format_origin=spec.origin if spec else "no parseable rows to detect a format from",
-                    format_sha256=spec.sha256 if spec else "",
-                    detection=detection.describe() if detection else None,
-                )
-                reports.append(report)
-                run.run_input(f, spec, report, on_bytes)
-                if on_input:
-                    on_input(report)
-        shard_list = shards.close()
-        packing = _pack(config, unpacked, staging) if config.pack else None
-        if packing is not None:
+            accounts = _Accounts(config, reports, rejects, on_input)
+            sink = functools.partial(store_piece, staging.pieces)
+            workers = config.workers or default_workers()
+            for result in ordered_results(stage, _tasks(plan, on_bytes), workers, sink=sink, done=done):
+                accounts.add(result)
+            accounts.finish(upto=len(plan))
+        if resumed and on_note:
+            on_note(f"resumed: reused {resumed} of {len(accounts.done)} completed pieces of an interrupted run")
+        if config.pack is not None:
+            writer = ShardWriter(staging.dir, PACKED, shard_bytes=config.shard_bytes)
+            packing = write_packed(
+                staging.pieces, accounts.done, writer, max_len=config.pack, shuffle_seed=config.shuffle_seed
+            )
             shard_list = packing.pop("shards")
+        else:
+            packing = None
+            writer = ShardWriter(staging.dir, stage.schema, shard_bytes=config.shard_bytes)
+            shard_list = write_unpacked(staging.pieces, accounts.done, writer)
         read = sum(r.rows_read for r in reports)
         rejected = sum(r.rows_rejected for r in reports)
         if config.max_rejected is not None and read and rejected / read > config.max_rejected:
@@ -248,40 +286,58 @@ def convert(
             )
         manifest = _manifest(config, reports, shard_list, rejects.rows, staging)
         if encoder is not None:
-            manifest.update(stage="tokenized", **encoding, mask_methods=dict(encoder.method_counts))
+            methods = {k: accounts.methods.get(k, 0) for k in encoder.method_counts}
+            manifest.update(stage="tokenized", **encoding, mask_methods=methods)
         if packing is not None:
             manifest.update(stage="packed", packing=packing)
         write_json(staging.dir / MANIFEST, manifest)
-        staging.publish([*(s["file"] for s in shard_list), REJECTS, MANIFEST])
+        names = [*(s["file"] for s in shard_list), REJECTS, MANIFEST]
+        staging.publish(names)
+    except KeyboardInterrupt:
+        staging.keep_pieces()
+        raise
     except BaseException:
         staging.discard(keep=(REJECTS,))
         raise
-    return ConvertResult(reports, manifest)
+    if cache is not None:
+        cache.store(key, parts, config.out, names)
+    return ConvertResult(reports, manifest, resumed_pieces=resumed)
 
 
-def _pack(config: ConvertConfig, unpacked: Path, staging: Staging) -> dict[str, Any]:
-    """Plan packing over every tokenized example at once, then write packed shards chunk by chunk."""
-    import shutil
+def _explain(say: Callable[[str], None], key: str, parts: dict[str, Any], cache: OutputCache | None) -> None:
+    say(f"cache key {key[:16]}:")
+    for line in describe(parts):
+        say(f"  {line}")
+    if cache is None:
+        say("cache: off (--no-cache)")
+        return
+    if cache.lookup(key) is not None:
+        say(f"cache: hit in {cache.folder}")
+        return
+    previous = cache.newest([i["path"] for i in parts["inputs"]])
+    if previous is None:
+        say(f"cache: miss, no earlier entry in {cache.folder}")
+    else:
+        say(f"cache: miss, changed since the newest entry: {'; '.join(changes(previous, parts)) or 'nothing'}")
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from dsprep.pack import PackReport, materialize, plan_packing
-    from dsprep.schema import PACKED
-
-    assert config.pack is not None
-    parts = sorted(unpacked.glob("part-*.parquet"))
-    columns = ["id", "input_ids", "labels", "num_tokens"]
-    table = pa.concat_tables([pq.read_table(p, columns=columns) for p in parts]).combine_chunks()
-    plan = plan_packing(table.column("num_tokens").to_numpy().astype("int64"), config.pack)
-    if config.shuffle_seed is not None:
-        plan = plan.shuffled(config.shuffle_seed)
-    writer = ShardWriter(staging.dir, PACKED, shard_bytes=config.shard_bytes)
-    for first in range(0, plan.rows, PACK_CHUNK_ROWS):
-        writer.write_table(materialize(table, plan, first_row=first, rows=min(PACK_CHUNK_ROWS, plan.rows - first)))
-    shutil.rmtree(unpacked)
-    report = asdict(PackReport.of(plan))
-    return {"max_len": config.pack, "shuffle_seed": config.shuffle_seed, **report, "shards": writer.close()}
+def _from_cache(
+    config: ConvertConfig, files: list[Path], on_input: Callable[[InputReport], None] | None
+) -> ConvertResult:
+    staging = Staging(config.out, overwrite=config.overwrite)
+    try:
+        for path in files:
+            link_or_copy(path, staging.dir / path.name)
+        staging.publish([p.name for p in files])
+    except BaseException:
+        staging.discard()
+        raise
+    manifest = orjson.loads((config.out / MANIFEST).read_bytes())
+    reports = [InputReport(**r) for r in manifest["inputs"]]
+    for r in reports:
+        if on_input:
+            on_input(r)
+    return ConvertResult(reports, manifest, cached=True)
 
 
 def _manifest(

@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,6 +26,8 @@ __all__ = ["MANIFEST", "REJECTS", "RejectsWriter", "ShardWriter", "Staging", "fi
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 STAGING = ".dsprep-staging"
+PIECES = "pieces"  # completed pieces of a run (`dsprep.pieces`), kept for a rerun to resume from
+KEY = "key"  # the run's cache key, which the pieces belong to
 FLUSH_ROWS = 4096
 FLUSH_BYTES = 16 << 20
 
@@ -46,6 +50,13 @@ def write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def _read_key(folder: Path) -> str | None:
+    try:
+        return (folder / KEY).read_text()
+    except OSError:
+        return None
+
+
 def _written_by_dsprep(path: Path) -> bool:
     name = path.name
     return name in (MANIFEST, REJECTS) or (path.is_file() and name.startswith("part-") and name.endswith(".parquet"))
@@ -54,8 +65,9 @@ def _written_by_dsprep(path: Path) -> bool:
 class Staging:
     """The output folder and a staging folder inside it; `publish` moves finished files into place."""
 
-    def __init__(self, out: Path, *, overwrite: bool) -> None:
+    def __init__(self, out: Path, *, overwrite: bool, key: str | None = None) -> None:
         self.out = out
+        self.resumed = False
         if out.exists() and not out.is_dir():
             raise OutputError(f"{out}: exists and is not a folder")
         leftovers = sorted(p for p in out.iterdir() if p.name != STAGING) if out.exists() else []
@@ -68,10 +80,25 @@ class Staging:
             for p in leftovers:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
             self.dir = out / STAGING
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir.mkdir(parents=True)
+            self.resumed = key is not None and _read_key(self.dir) == key
+            for p in self.dir.iterdir() if self.resumed else ():
+                if p.name != PIECES:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if not self.resumed:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                self.dir.mkdir(parents=True)
+                if key is not None:
+                    (self.dir / KEY).write_text(key)
+            self.pieces = self.dir / PIECES
+            self.pieces.mkdir(exist_ok=True)
         except OSError as exc:
             raise OutputError(f"{out}: cannot write the output folder: {exc.strerror}") from None
+
+    def keep_pieces(self) -> None:
+        """Leave the completed pieces (and the key they belong to) for a rerun to resume from; drop the rest."""
+        for p in self.dir.iterdir():
+            if p.name not in (PIECES, KEY):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def publish(self, names: list[str]) -> None:
         """Move the named staged files into the output folder (the manifest last) and remove the staging folder."""
@@ -96,24 +123,37 @@ class ShardWriter:
         self.shard_bytes = shard_bytes
         self.prefix = prefix
         self.shards: list[dict[str, Any]] = []
-        self._rows: list[dict[str, Any]] = []
+        self._tables: list[pa.Table] = []
+        self._rows = 0
         self._pending_bytes = 0
         self._writer: pq.ParquetWriter | None = None
         self._path: Path | None = None
         self._shard_rows = 0
 
-    def write(self, row: dict[str, Any], approx_bytes: int) -> None:
-        """Buffer one row (`approx_bytes`: its rough size, to bound the buffer)."""
-        self._rows.append(row)
-        self._pending_bytes += approx_bytes
-        if len(self._rows) >= FLUSH_ROWS or self._pending_bytes >= FLUSH_BYTES:
-            self._flush()
+    def append(self, table: pa.Table, approx_bytes: Sequence[int]) -> None:
+        """Buffer rows (`approx_bytes`: each row's rough size, to bound the buffer).
+
+        The buffer is written every `FLUSH_ROWS` rows or `FLUSH_BYTES` bytes, counted row by row, so the shards are
+        the same however the rows arrive in tables.
+        """
+        sizes = np.asarray(approx_bytes, dtype=np.int64)
+        start = 0
+        while start < table.num_rows:
+            room = min(FLUSH_ROWS - self._rows, table.num_rows - start)
+            cumulative = np.cumsum(sizes[start : start + room])
+            take = min(room, int(np.searchsorted(cumulative, FLUSH_BYTES - self._pending_bytes)) + 1)
+            self._tables.append(table.slice(start, take))
+            self._rows += take
+            self._pending_bytes += int(cumulative[take - 1])
+            start += take
+            if self._rows >= FLUSH_ROWS or self._pending_bytes >= FLUSH_BYTES:
+                self._flush()
 
     def _flush(self) -> None:
         if not self._rows:
             return
-        rows, self._rows, self._pending_bytes = self._rows, [], 0
-        self.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+        tables, self._tables, self._rows, self._pending_bytes = self._tables, [], 0, 0
+        self.write_table(pa.concat_tables(tables).combine_chunks())
 
     def write_table(self, table: pa.Table) -> None:
         """Append a whole table (already in this writer's schema)."""
@@ -158,8 +198,9 @@ class RejectsWriter:
         self.rows = 0
         self._fh = open(path, "wb")  # noqa: SIM115 - closed in __exit__
 
-    def write(self, entry: dict[str, Any]) -> None:
-        self._fh.write(orjson.dumps(entry) + b"\n")
+    def write_line(self, line: str) -> None:
+        """Write one entry, already a JSON line without its newline."""
+        self._fh.write(line.encode() + b"\n")
         self.rows += 1
 
     def __enter__(self) -> RejectsWriter:

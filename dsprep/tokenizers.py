@@ -20,7 +20,7 @@ from typing import Any
 
 from dsprep.errors import TokenizerError
 
-__all__ = ["BUILTIN", "LoadedTokenizer", "load_tokenizer"]
+__all__ = ["BUILTIN", "LoadedTokenizer", "load_tokenizer", "tokenizer_folder"]
 
 BUILTIN = {
     "mistral:tekken": "131k-vocab Tekken (tekken_240911.json) with mistral-common's own chat template",
@@ -102,19 +102,28 @@ def _build(name: str, target: Path) -> None:
 
 
 def _builtin_path(name: str) -> Path:
-    import transformers
+    from importlib.metadata import version
 
     try:
-        from importlib.metadata import version
-
         mc = version("mistral-common")
     except Exception:
         mc = "unknown"
-    folder = cache_dir() / "tokenizers" / f"{name.replace(':', '-')}-mc{mc}-tf{transformers.__version__}"
+    folder = cache_dir() / "tokenizers" / f"{name.replace(':', '-')}-mc{mc}-tf{version('transformers')}"
     if not folder.is_dir():
         folder.parent.mkdir(parents=True, exist_ok=True)
         _build(name, folder)
     return folder
+
+
+def tokenizer_folder(name_or_path: str) -> Path:
+    """The folder a tokenizer loads from (a built-in is built first if needed), without loading it."""
+    if name_or_path in BUILTIN:
+        return _builtin_path(name_or_path)
+    path = Path(name_or_path)
+    if not path.is_dir():
+        known = ", ".join(BUILTIN)
+        raise TokenizerError(f"{name_or_path}: not a tokenizer folder; pass a local folder or one of {known}")
+    return path
 
 
 def fingerprint(tok: Any) -> str:
@@ -135,13 +144,7 @@ def fingerprint(tok: Any) -> str:
 def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER) -> LoadedTokenizer:
     """Load a built-in (``mistral:tekken``, ``mistral:v3``) or a local tokenizer folder, offline."""
     transformers = _quiet_transformers()
-    if name_or_path in BUILTIN:
-        path = _builtin_path(name_or_path)
-    else:
-        path = Path(name_or_path)
-        if not path.is_dir():
-            known = ", ".join(BUILTIN)
-            raise TokenizerError(f"{name_or_path}: not a tokenizer folder; pass a local folder or one of {known}")
+    path = tokenizer_folder(name_or_path)
     try:
         tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:

@@ -16,6 +16,19 @@ from paths import FIXTURES, REPO, SHARED_DATA
 __all__ = ["FIXTURES", "REPO", "SHARED_DATA"]
 
 
+@pytest.fixture(autouse=True)
+def output_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets an empty output cache ($DSPREP_CACHE); the built tokenizers are shared, never rebuilt."""
+    from dsprep.tokenizers import cache_dir
+
+    built = cache_dir() / "tokenizers"
+    built.mkdir(parents=True, exist_ok=True)
+    root = tmp_path_factory.mktemp("dsprep-cache")
+    (root / "tokenizers").symlink_to(built, target_is_directory=True)
+    monkeypatch.setenv("DSPREP_CACHE", str(root))
+    return root / "outputs"
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The folder of real public sample files; tests using it skip when it is absent."""

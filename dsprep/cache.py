@@ -1,0 +1,194 @@
+"""Content-addressed cache of finished outputs: the same inputs, specs, template, tokenizer and options reuse a result.
+
+The key is the sha256 of its components: each input's path and content sha256, the format spec text (every shipped
+spec for ``--format auto``), the tokenizer's files, the template text, every option that shapes the output
+(`ConvertConfig.options`), the schema version and dsprep's version. An entry is the output's files (hard links where
+the file system allows, else copies) and ``cache.json`` with the components and each file's size and mtime; an entry
+whose files changed since is dropped, never served. The same key names a run's staging folder, so a rerun resumes
+only its own pieces (`dsprep.pieces`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from dsprep.config import ConvertConfig
+from dsprep.schema import SCHEMA_VERSION
+from dsprep.shards import file_sha256
+from dsprep.sources import InputFile
+from dsprep.version import __version__
+
+__all__ = ["OutputCache", "cache_key", "changes", "components", "default_cache_dir", "describe", "link_or_copy"]
+
+ENTRY = "cache.json"
+WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx")
+
+
+def default_cache_dir() -> Path:
+    """``$DSPREP_CACHE/outputs`` (default ``~/.cache/dsprep/outputs``)."""
+    from dsprep.tokenizers import cache_dir
+
+    return cache_dir() / "outputs"
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _format(config: ConvertConfig) -> str:
+    from dsprep.specs import load_spec, shipped_spec_names
+
+    if config.format != "auto":
+        return load_spec(config.format).sha256
+    return _sha(",".join(load_spec(name).sha256 for name in shipped_spec_names()))
+
+
+def _tokenizer(config: ConvertConfig) -> str | None:
+    if config.tokenizer is None:
+        return None
+    from dsprep.tokenizers import tokenizer_folder
+
+    folder = tokenizer_folder(config.tokenizer)
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not p.name.endswith(WEIGHTS):
+            h.update(f"{p.relative_to(folder)}\0{file_sha256(p)}\0".encode())
+    return h.hexdigest()
+
+
+def _template(config: ConvertConfig) -> str | None:
+    if config.tokenizer is None:
+        return None
+    from dsprep.templates import load_template
+
+    if config.template != "tokenizer":
+        return load_template(config.template).sha256
+    if config.tokenizer == "mistral:v3":  # its template is the shipped one, set at load time
+        return load_template("mistral_v3").sha256
+    return "the tokenizer's own (in its files)"
+
+
+def components(config: ConvertConfig, files: Sequence[InputFile], digests: Sequence[str]) -> dict[str, Any]:
+    """What the key covers, by component."""
+    return {
+        "inputs": [{"path": f.display, "sha256": d} for f, d in zip(files, digests, strict=True)],
+        "format": _format(config),
+        "tokenizer": _tokenizer(config),
+        "template": _template(config),
+        "options": config.options(),
+        "schema_version": SCHEMA_VERSION,
+        "dsprep_version": __version__,
+    }
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """The sha256 of the components."""
+    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def describe(parts: dict[str, Any]) -> list[str]:
+    """One line per component, for ``--explain-cache``."""
+    lines = [f"input {i['path']}: sha256 {i['sha256'][:16]}" for i in parts["inputs"]]
+    for name in ("format", "tokenizer", "template"):
+        value = parts[name]
+        lines.append(f"{name}: {value[:16] if value and len(value) == 64 else value}")
+    lines.append("options: " + ", ".join(f"{k}={v}" for k, v in sorted(parts["options"].items())))
+    lines.append(f"schema version {parts['schema_version']}, dsprep {parts['dsprep_version']}")
+    return lines
+
+
+def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Which components differ between two keys' components, named (an input by path, an option by name)."""
+    out: list[str] = []
+    old_inputs = {i["path"]: i["sha256"] for i in old["inputs"]}
+    new_inputs = {i["path"]: i["sha256"] for i in new["inputs"]}
+    if list(old_inputs) != list(new_inputs):
+        out.append(f"inputs ({', '.join(old_inputs)} -> {', '.join(new_inputs)})")
+    else:
+        out.extend(f"input {p}" for p, sha in new_inputs.items() if old_inputs[p] != sha)
+    out.extend(name for name in ("format", "tokenizer", "template") if old.get(name) != new.get(name))
+    options = sorted(set(old["options"]) | set(new["options"]))
+    for k in options:
+        if old["options"].get(k) != new["options"].get(k):
+            out.append(f"option {k} ({old['options'].get(k)} -> {new['options'].get(k)})")
+    out.extend(name for name in ("schema_version", "dsprep_version") if old.get(name) != new.get(name))
+    return out
+
+
+def _stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link of `src` at `dst`, or a copy where the file system has none."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+class OutputCache:
+    """Finished outputs by key in `folder`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def lookup(self, key: str) -> list[Path] | None:
+        """The entry's files (manifest last) if it holds `key` unchanged, else None (a changed entry is dropped)."""
+        entry = self.folder / key
+        try:
+            meta = orjson.loads((entry / ENTRY).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        files = [entry / name for name in meta["files"]]
+        try:
+            intact = all(_stat(p) == meta["files"][p.name] for p in files)
+        except OSError:
+            intact = False
+        if not intact:
+            shutil.rmtree(entry, ignore_errors=True)
+            return None
+        return files
+
+    def newest(self, paths: list[str]) -> dict[str, Any] | None:
+        """The components of the newest entry made from inputs at the same paths (any entry if none is)."""
+        best_rank: tuple[bool, float] | None = None
+        best: dict[str, Any] | None = None
+        for meta_path in self.folder.glob(f"*/{ENTRY}"):
+            try:
+                meta = orjson.loads(meta_path.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                continue
+            rank = ([i["path"] for i in meta["components"]["inputs"]] == paths, meta["created"])
+            if best_rank is None or rank > best_rank:
+                best_rank, best = rank, meta["components"]
+        return best
+
+    def store(self, key: str, parts: dict[str, Any], out: Path, names: Sequence[str]) -> None:
+        """Add the files `names` of the finished output folder `out` under `key` (atomically; a no-op if present)."""
+        entry = self.folder / key
+        if (entry / ENTRY).is_file():
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{key}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            for name in names:
+                link_or_copy(out / name, tmp / name)
+            files = {name: _stat(tmp / name) for name in names}
+            meta = {"key": key, "created": time.time(), "components": parts, "files": files}
+            (tmp / ENTRY).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+            shutil.rmtree(entry, ignore_errors=True)
+            os.replace(tmp, entry)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,322 @@
+"""Stages 2–3 over slices of records: normalize, render, tokenize and mask — a pure function of (stage, task).
+
+A `Task` is a slice of at most `TASK_ROWS` records of one input, numbered (``seq``) in input order. `process(stage,
+task)` turns it into a `BatchResult` (the kept rows as an Arrow table, the reject lines, the counts) and depends on
+nothing but its arguments, both picklable: any engine can call it. `ordered_results` runs it inline (one worker) or on a
+local process pool, hands small tasks to whichever worker is free (so long examples never leave the other cores idle
+for long at the tail), keeps at most ``workers * AHEAD`` tasks in flight and yields results strictly in task order:
+what is written — every byte of the output — is the same for any number of workers.
+
+Workers start from a ``forkserver`` (``spawn`` where there is none), never by forking a process whose tokenizer
+threads may already run; each loads the tokenizer and template itself from the `EncodeSpec` (built-in tokenizers are
+cached on disk) with the tokenizer's own thread pool off: one process per core is the parallelism. A worker that
+fails, dies or is interrupted ends the whole pool; nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import multiprocessing
+import os
+import signal
+import sys
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pyarrow as pa
+
+from dsprep.errors import RowError
+from dsprep.normalize import normalize_record, row_id
+from dsprep.schema import NORMALIZED, TOKENIZED
+from dsprep.sources import Record
+from dsprep.specs import FormatSpec
+
+if TYPE_CHECKING:
+    from dsprep.encode import Encoder
+
+__all__ = [
+    "TASK_ROWS",
+    "BatchResult",
+    "EncodeSpec",
+    "SourceInput",
+    "Stage",
+    "Task",
+    "default_workers",
+    "encoder_for",
+    "ordered_results",
+    "process",
+]
+
+TASK_ROWS = 256
+AHEAD = 4
+UNPACKABLE = ("preference", "kto")
+Row = dict[str, Any]
+
+
+def default_workers() -> int:
+    """The number of cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class EncodeSpec:
+    """What builds an encoder: tokenizer name or folder, template, and the mask and length policy."""
+
+    tokenizer: str
+    template: str
+    train_on: str
+    max_len: int | None
+    overflow: str
+
+
+@functools.lru_cache(maxsize=4)
+def encoder_for(spec: EncodeSpec) -> Encoder:
+    """The encoder for `spec`, built once per process."""
+    from dsprep.encode import EncodeOptions, Encoder
+    from dsprep.templates import load_template
+    from dsprep.tokenizers import load_tokenizer
+
+    loaded = load_tokenizer(spec.tokenizer)
+    template = load_template(spec.template, loaded.chat_template)
+    options = EncodeOptions(train_on=spec.train_on, max_len=spec.max_len, overflow=spec.overflow)  # type: ignore[arg-type]
+    return Encoder(loaded, template, options)
+
+
+@dataclass(frozen=True)
+class SourceInput:
+    """One input as the stages see it: its file name (for row ids), display name, addressing and format spec."""
+
+    name: str
+    display: str
+    line_oriented: bool
+    spec: FormatSpec | None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What every task shares: the inputs, how to encode (None: normalize only), and whether rows are packed."""
+
+    inputs: tuple[SourceInput, ...]
+    encoding: EncodeSpec | None
+    packing: bool
+
+    @property
+    def schema(self) -> pa.Schema:
+        return NORMALIZED if self.encoding is None else TOKENIZED
+
+
+@dataclass(frozen=True)
+class Task:
+    """A slice of one input's records; `seq` numbers tasks in input order."""
+
+    seq: int
+    input_index: int
+    records: list[Record]
+
+
+@dataclass
+class BatchResult:
+    """A task's outcome: its kept rows (`table`, with each row's raw size in `approx`), reject lines and counts.
+
+    `failure` is the first reject's one-line message (what `--on-error fail` stops with). `table` is None once the
+    rows are stored elsewhere (`dsprep.pieces`).
+    """
+
+    seq: int
+    input_index: int
+    rows_read: int = 0
+    rows_kept: int = 0
+    rejects: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+    failure: str | None = None
+    kinds: dict[str, int] = field(default_factory=dict)
+    methods: dict[str, int] = field(default_factory=dict)
+    approx: list[int] = field(default_factory=list)
+    table: pa.Table | None = None
+
+
+class _Collector:
+    def __init__(self, src: SourceInput) -> None:
+        self.src = src
+        self.rejects: list[str] = []
+        self.reasons: Counter[str] = Counter()
+        self.failure: str | None = None
+        self.rows: list[Row] = []
+        self.approx: list[int] = []
+        self.kinds: Counter[str] = Counter()
+        self.kept = 0
+
+    def reject(self, rec: Record, error: RowError) -> None:
+        location = f"{self.src.display}:{rec.row + 1}" if self.src.line_oriented else f"{self.src.display}[{rec.row}]"
+        raw = rec.raw.decode("utf-8", "backslashreplace")
+        entry = {"source_file": self.src.display, "source_row": rec.row, "location": location, "field": error.field,
+                 "reason": error.reason, "message": error.message, "raw": raw}  # fmt: skip
+        self.rejects.append(orjson.dumps(entry).decode())
+        self.reasons[error.reason] += 1
+        if self.failure is None:
+            self.failure = f"{location}: {error}"
+
+    def keep(self, rec: Record, rows: list[Row]) -> None:
+        self.rows.extend(rows)
+        self.approx.extend([len(rec.raw)] * len(rows))
+        self.kinds[rows[0]["kind"]] += 1
+        self.kept += 1
+
+
+def process(stage: Stage, task: Task) -> BatchResult:
+    """Normalize (and encode) one task's records; a pure function of the stage and the task."""
+    src = stage.inputs[task.input_index]
+    out = _Collector(src)
+    kept: list[tuple[Record, Row]] = []
+    for rec in task.records:
+        if rec.error is not None or rec.value is None or src.spec is None:
+            out.reject(rec, rec.error or RowError("", "wrong_type", "empty record"))
+            continue
+        try:
+            row = normalize_record(rec.value, src.spec)
+        except RowError as error:
+            out.reject(rec, error)
+            continue
+        row["id"] = row_id(src.name, rec.row, rec.raw)
+        row["source_file"] = src.display
+        row["source_row"] = rec.row
+        kept.append((rec, row))
+    methods: dict[str, int] = {}
+    if stage.encoding is None:
+        for rec, row in kept:
+            out.keep(rec, [row])
+    else:
+        if stage.packing:
+            for rec, row in kept:
+                if row["kind"] in UNPACKABLE:
+                    message = f"{row['kind']} rows hold separate prompt/continuation ids and are not packed"
+                    out.reject(rec, RowError("kind", "not_packable", message))
+            kept = [(rec, row) for rec, row in kept if row["kind"] not in UNPACKABLE]
+        encoder = encoder_for(stage.encoding)
+        before = dict(encoder.method_counts)
+        results = encoder.encode([row for _, row in kept])
+        methods = {k: v - before.get(k, 0) for k, v in encoder.method_counts.items()}
+        for (rec, _), result in zip(kept, results, strict=True):
+            if isinstance(result, RowError):
+                out.reject(rec, result)
+            else:
+                out.keep(rec, result)
+    table = pa.Table.from_pylist(out.rows, schema=stage.schema)
+    return BatchResult(
+        seq=task.seq, input_index=task.input_index, rows_read=len(task.records), rows_kept=out.kept,
+        rejects=out.rejects, reasons=dict(out.reasons), failure=out.failure, kinds=dict(out.kinds), methods=methods,
+        approx=out.approx, table=table,
+    )  # fmt: skip
+
+
+Sink = Callable[[BatchResult], BatchResult]  # what happens to a result where it was computed (e.g. store it)
+
+_STAGE: Stage | None = None
+_SINK: Sink | None = None
+
+
+def _init(stage: Stage, sink: Sink | None) -> None:
+    global _STAGE, _SINK
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _STAGE, _SINK = stage, sink
+    if stage.encoding is not None:
+        encoder_for(stage.encoding)
+
+
+def _work(task: Task) -> BatchResult:
+    assert _STAGE is not None
+    result = process(_STAGE, task)
+    return _SINK(result) if _SINK else result
+
+
+PRELOAD = ["dsprep.workers", "transformers.models.auto.tokenization_auto"]  # imported once, before workers fork
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        return context
+    return multiprocessing.get_context("spawn")  # pragma: no cover - not on Linux
+
+
+@functools.lru_cache(maxsize=1)
+def _serial_tokenizer() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker means one core
+
+
+def ordered_results(
+    stage: Stage,
+    tasks: Iterator[Task],
+    workers: int,
+    *,
+    sink: Sink | None = None,
+    done: Callable[[int], BatchResult | None] | None = None,
+) -> Iterator[BatchResult]:
+    """Process `tasks` on `workers` processes (inline for 1); yield each result, after `sink`, in task order.
+
+    done(seq) may return a result already computed (a resumed run); such tasks are not processed again.
+    """
+    tasks = iter(tasks)
+    head = list(itertools.islice(tasks, 2))
+    tasks = itertools.chain(head, tasks)
+    if workers <= 1 or len(head) < 2:
+        _serial_tokenizer()
+        for task in tasks:
+            previous = done(task.seq) if done else None
+            if previous is None:
+                result = process(stage, task)
+                previous = sink(result) if sink else result
+            yield previous
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init, initargs=(stage, sink))
+    try:
+        with _detached_main():
+            pending: deque[Future[BatchResult] | BatchResult] = deque()
+            for task in tasks:
+                previous = done(task.seq) if done else None
+                pending.append(previous if previous is not None else pool.submit(_work, task))
+                while len(pending) >= workers * AHEAD or (pending and isinstance(pending[0], BatchResult)):
+                    yield _get(pending.popleft())
+            while pending:
+                yield _get(pending.popleft())
+    finally:
+        _stop(pool)
+
+
+@contextlib.contextmanager
+def _detached_main() -> Iterator[None]:
+    """Keep new workers from re-running the caller's main script: they run dsprep's functions only."""
+    main = sys.modules.get("__main__")
+    saved = {name: getattr(main, name) for name in ("__spec__", "__file__") if hasattr(main, name)}
+    try:
+        for name in saved:
+            setattr(main, name, None) if name == "__spec__" else delattr(main, name)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
+
+
+def _get(item: Future[BatchResult] | BatchResult) -> BatchResult:
+    return item if isinstance(item, BatchResult) else item.result()
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(timeout=5)
