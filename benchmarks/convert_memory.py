@@ -22,9 +22,10 @@ measures:
 The summary prints every size's peak RSS, the largest (target < --max-rss-mb, 1.5 GB) and the growth from the
 smallest to the largest input (target < --max-growth, 20%), each with PASS/FAIL; the exit code is 1 on FAIL.
 
-Time: this text tokenizes to about 0.15 Tekken tokens per byte, so 1 GB is about 160 M tokens and 4 GB about 640 M:
-at 0.5-1 M tokens/s (2 cores) the 4 GB run takes 11-22 minutes on top of the 1 GB one. --no-tokenize measures the
-read/normalize/write path alone in a few minutes; memory flatness of tokenizing and packing is then shown by
+Time: 100 MB of this text holds about 20 M Tekken tokens (15.4 M kept: a quarter of the rows are over 4096 tokens
+and rejected as too_long after tokenizing), so 1 GB is about 200 M tokens and 4 GB about 800 M: at 0.5-1 M
+tokens/s (2 cores) the 4 GB run alone takes 14-27 minutes. --no-tokenize measures the read/normalize/write path
+alone in a few minutes; memory flatness of tokenizing and packing is then shown by
 smaller sizes (e.g. 250MB 1GB). Sizes and MB are binary units (1 MB = 2**20 bytes), as in ``dsprep --shard-size``.
 Generated files are removed after each size unless --keep.
 """

@@ -167,6 +167,15 @@ def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None) -> Itera
                 yield Task(next(seq), index, batch[first : first + TASK_ROWS])
 
 
+def _engine(config: ConvertConfig) -> Callable[..., Iterator[BatchResult]]:
+    """The function that runs the stage over the tasks: local processes, or Ray Data (imported only then)."""
+    if config.engine == "ray":
+        from dsprep.ray_engine import ray_results
+
+        return functools.partial(ray_results, address=config.ray_address)
+    return ordered_results
+
+
 def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
     """The encoder for a tokenizing run, after its conformance checks; and what the manifest records of it."""
     spec = _encode_spec(config)
@@ -262,7 +271,7 @@ def convert(
             accounts = _Accounts(config, reports, rejects, on_input)
             sink = functools.partial(store_piece, staging.pieces)
             workers = config.workers or default_workers()
-            for result in ordered_results(stage, _tasks(plan, on_bytes), workers, sink=sink, done=done):
+            for result in _engine(config)(stage, _tasks(plan, on_bytes), workers, sink=sink, done=done):
                 accounts.add(result)
             accounts.finish(upto=len(plan))
         if resumed and on_note:
