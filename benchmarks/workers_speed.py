@@ -2,23 +2,29 @@
 
     .venv/bin/python benchmarks/workers_speed.py --rows 20000
 
-Generates a seeded chat corpus (JSONL, openai format, lognormal turn lengths), converts it with
-``--tokenizer mistral:tekken --template chatml`` once per worker count, prints seconds and the speedup, and checks that
-every output file is byte-identical. A report: the exit code is 1 only when the outputs differ.
+Generates a seeded chat corpus (JSONL, openai format, 1-3 exchanges with lognormal turn lengths), converts it with
+``--tokenizer mistral:tekken --template chatml --no-cache`` once per worker count, and prints for each the wall
+seconds and the CPU seconds of the whole process tree (the convert process, its fork server and workers, read from
+/proc while it runs), then the wall speed-up and the CPU speed-up bound ``cpu(1) / (cpu(2) / 2)`` — what the
+speed-up is on two otherwise idle cores; on a shared machine the wall figure is lower. The load average at the start
+of each run is printed too. A report: the exit code is 1 only when the outputs differ.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 WORDS = [f"w{i}x" for i in range(3000)]
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def corpus(path: Path, rows: int, seed: int = 0) -> None:
@@ -33,12 +39,51 @@ def corpus(path: Path, rows: int, seed: int = 0) -> None:
             fh.write(json.dumps({"messages": messages}) + "\n")
 
 
-def run(src: Path, out: Path, workers: int) -> float:
+def _tree_cpu(root: int, seen: dict[int, float]) -> None:
+    """Record the CPU seconds (user + system) of each descendant of `root` into `seen`."""
+    parents: dict[int, int] = {}
+    stats: dict[int, list[str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parents[pid], stats[pid] = int(fields[1]), fields
+    for pid, fields in stats.items():
+        p = pid
+        while p not in (0, 1, root) and p in parents:
+            p = parents[p]
+        if p == root:
+            cpu = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (reaped children are sampled themselves)
+            seen[pid] = max(seen.get(pid, 0.0), cpu)
+
+
+def run(src: Path, out: Path, workers: int) -> tuple[float, float]:
+    """Convert; returns (wall seconds, CPU seconds of the process tree)."""
     cmd = [sys.executable, "-m", "dsprep", "convert", str(src), "--out", str(out), "-q", "--no-cache", "--format",
            "openai", "--tokenizer", "mistral:tekken", "--template", "chatml", "--workers", str(workers)]  # fmt: skip
+    print(f"workers {workers}: load average {os.getloadavg()[0]:.2f} at start", flush=True)
+    seen: dict[int, float] = {}
     start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - start
+    proc = subprocess.Popen(cmd)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            _tree_cpu(proc.pid, seen)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"dsprep convert --workers {workers} exited with {proc.returncode}")
+    seen.pop(proc.pid, None)  # the convert process itself: exact figures from wait4
+    return wall, usage.ru_utime + usage.ru_stime + sum(seen.values())
 
 
 def main() -> int:
@@ -49,10 +94,12 @@ def main() -> int:
         root = Path(tmp)
         src = root / "chats.jsonl"
         corpus(src, args.rows)
-        one = run(src, root / "one", 1)
-        two = run(src, root / "two", 2)
+        one, cpu_one = run(src, root / "one", 1)
+        two, cpu_two = run(src, root / "two", 2)
         same = all((root / "one" / p.name).read_bytes() == p.read_bytes() for p in (root / "two").iterdir())
-        print(f"rows {args.rows}: workers 1 {one:.1f} s, workers 2 {two:.1f} s, speedup {one / two:.2f}x")
+        print(f"rows {args.rows}: workers 1 {one:.1f} s wall, {cpu_one:.1f} CPU s; "
+              f"workers 2 {two:.1f} s wall, {cpu_two:.1f} CPU s")  # fmt: skip
+        print(f"speed-up: wall {one / two:.2f}x, on two idle cores (CPU bound) {cpu_one / (cpu_two / 2):.2f}x")
         print(f"outputs byte-identical: {same}")
         return 0 if same else 1
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 from dsprep.pack import PackPlan, PackReport, materialize, plan_packing
 from dsprep.pieces import load_piece, piece_table
 from dsprep.schema import TOKENIZED
-from dsprep.shards import ShardWriter
+from dsprep.shards import ShardWriter, writing
 from dsprep.workers import BatchResult
 
 __all__ = ["CHUNK_TOKENS", "write_packed", "write_unpacked"]
@@ -54,8 +54,9 @@ class _Router:
     def __init__(self, folder: Path, buckets: int, schema: pa.Schema) -> None:
         self.folder = folder
         self.schema = schema
-        folder.mkdir(parents=True, exist_ok=True)
-        self.writers = [pa.ipc.new_stream(str(folder / f"{b:05d}.arrow"), schema) for b in range(buckets)]
+        with writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            self.writers = [pa.ipc.new_stream(str(folder / f"{b:05d}.arrow"), schema) for b in range(buckets)]
         self.buffer: list[list[pa.Table]] = [[] for _ in range(buckets)]
         self.buffered = 0
 
@@ -66,16 +67,18 @@ class _Router:
             self.flush()
 
     def flush(self) -> None:
-        for writer, tables in zip(self.writers, self.buffer, strict=True):
-            if tables:
-                writer.write_table(pa.concat_tables(tables).combine_chunks())
-                tables.clear()
+        with writing(self.folder):
+            for writer, tables in zip(self.writers, self.buffer, strict=True):
+                if tables:
+                    writer.write_table(pa.concat_tables(tables).combine_chunks())
+                    tables.clear()
         self.buffered = 0
 
     def close(self) -> None:
         self.flush()
-        for writer in self.writers:
-            writer.close()
+        with writing(self.folder):
+            for writer in self.writers:
+                writer.close()
 
     def read(self, bucket: int) -> pa.Table:
         with pa.memory_map(str(self.folder / f"{bucket:05d}.arrow")) as source:

@@ -8,6 +8,7 @@ spec matching at least half the sample, is a `FormatDetectionError` listing the 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,11 +87,11 @@ def spec_snippet(sample: Sequence[dict[str, Any]]) -> str:
     lists = [k for k, v in first.items() if _type(v) == "list of objects"]
     lines = ['description = "my format"']
     if lists:
-        msg_keys = list(first[lists[0]][0])
-        lines += ['kind = "conversation"', "", "[fields]", f'messages = "{lists[0]}"', "", "[message]"]
+        msg_keys = list(first[lists[0]][0]) or ["role", "content"]
+        lines += ['kind = "conversation"', "", "[fields]", f"messages = {_toml(lists[0])}", "", "[message]"]
         lines += [
-            f'role = "{msg_keys[0]}"',
-            f'content = "{msg_keys[-1]}"',
+            f"role = {_toml(msg_keys[0])}",
+            f"content = {_toml(msg_keys[-1])}",
             "",
             "[roles]",
             '# input_role = "user" | "assistant" | "system" | "tool"',
@@ -100,8 +101,13 @@ def spec_snippet(sample: Sequence[dict[str, Any]]) -> str:
             len(strings), ("preference", ["prompt", "chosen", "rejected"])
         )
         lines += [f'kind = "{kind}"  # conversation | text | prompt_completion | preference | kto', "", "[fields]"]
-        lines += [f'{name} = "{key}"' for name, key in zip(names, strings, strict=False)]
+        lines += [f"{name} = {_toml(key)}" for name, key in zip(names, strings, strict=False)]
     return "\n".join(lines)
+
+
+def _toml(key: str) -> str:
+    """A TOML basic string holding `key`."""
+    return json.dumps(key, ensure_ascii=False)
 
 
 def _candidates() -> list[FormatSpec]:

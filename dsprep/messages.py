@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from dsprep import jsontext
 from dsprep.errors import RowError
 from dsprep.schema import ROLES
 from dsprep.specs import FormatSpec, RoleTarget
@@ -20,9 +21,12 @@ CONTENT_REQUIRED = ("user", "tool")
 CANONICAL_ROLES = {role: RoleTarget(role=role) for role in ROLES}  # used when a spec declares no [roles]
 
 
-def json_text(value: Any) -> str:
-    """Compact JSON text, keys in their given order, non-ASCII kept as is."""
-    return orjson.dumps(value, default=str).decode()
+def json_text(value: Any, path: str = "") -> str:
+    """Compact JSON text, keys in their given order, non-ASCII kept as is; a row error at `path` when too deep."""
+    try:
+        return jsontext.dumps(value).decode()
+    except jsontext.TooDeepError as exc:
+        raise RowError(path, "wrong_type", str(exc)) from None
 
 
 def maybe_json(value: Any, path: str) -> Any:
@@ -188,7 +192,7 @@ def parse_message(obj: Any, spec: FormatSpec, path: str) -> Message:
         msg["weight"] = _weight(obj[k], f"{path}.{k}")
     rest = {k: v for k, v in obj.items() if k not in used and v is not None}
     if rest:
-        msg["extra"] = json_text(rest)
+        msg["extra"] = json_text(rest, path)
     _check_content(msg, f"{path}.{content_key or spec.key_for('content')[0]}")
     return msg
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 
+from dsprep.shards import writing
 from dsprep.workers import BatchResult
 
 __all__ = ["load_piece", "piece_table", "store_piece"]
@@ -27,14 +28,15 @@ def store_piece(folder: Path, result: BatchResult) -> BatchResult:
     """Write a result's rows and then its marker; returns the result without its table."""
     base = folder / _name(result.seq)
     table = result.table if result.table is not None else pa.table({})
-    tmp = base.with_suffix(".arrow.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    os.replace(tmp, base.with_suffix(".arrow"))
-    meta = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "table"}
-    marker = base.with_suffix(".json.tmp")
-    marker.write_bytes(orjson.dumps(meta))
-    os.replace(marker, base.with_suffix(".json"))
+    with writing(base.with_suffix(".arrow")):
+        tmp = base.with_suffix(".arrow.tmp")
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, base.with_suffix(".arrow"))
+        meta = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "table"}
+        marker = base.with_suffix(".json.tmp")
+        marker.write_bytes(orjson.dumps(meta))
+        os.replace(marker, base.with_suffix(".json"))
     result.table = None
     return result
 

@@ -3,6 +3,11 @@
 Every row read is either written to a shard or to ``rejects.jsonl`` with a reason, and the manifest records, per
 input, ``rows_read == rows_kept + rows_rejected``. With a tokenizer, rows are rendered and tokenized
 (`dsprep.encode`) after the template passes its conformance checks (`dsprep.conformance`).
+
+Records are cut into slices processed by `dsprep.workers` (inline or on a process pool); each slice's result is
+stored as a piece (`dsprep.pieces`) and counted in input order, then `dsprep.assemble` writes the shards (packed or
+not) from the pieces. The run's cache key (`dsprep.cache`) finds an identical earlier output, and names the staging
+folder's pieces so that a killed run resumes from them.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import functools
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +27,10 @@ from dsprep.assemble import write_packed, write_unpacked
 from dsprep.cache import OutputCache, cache_key, changes, components, default_cache_dir, describe, link_or_copy
 from dsprep.config import ConvertConfig
 from dsprep.detect import Detection, detect_format
-from dsprep.errors import RejectedRowsError, RowFailure, TemplateError
+from dsprep.errors import InputError, RejectedRowsError, RowFailure, TemplateError
 from dsprep.pieces import load_piece, store_piece
 from dsprep.schema import PACKED, SCHEMA_VERSION
-from dsprep.shards import MANIFEST, REJECTS, RejectsWriter, ShardWriter, Staging, file_sha256, write_json
+from dsprep.shards import MANIFEST, REJECTS, RejectsWriter, ShardWriter, Staging, file_sha256, write_json, writing
 from dsprep.sources import InputFile, discover, read_records
 from dsprep.specs import FormatSpec, load_spec
 from dsprep.version import __version__
@@ -38,6 +44,7 @@ from dsprep.workers import (
     default_workers,
     encoder_for,
     ordered_results,
+    start_server,
 )
 
 if TYPE_CHECKING:
@@ -45,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ConvertResult", "InputReport", "convert"]
 
+SERVER_MIN_BYTES = 1 << 20  # smaller inputs rarely make more than one task: no worker process is started early
 Planned = tuple[InputFile, FormatSpec | None, Detection | None]
 
 
@@ -90,16 +98,32 @@ class ConvertResult:
         return sum(r.rows_rejected for r in self.inputs)
 
 
+@contextmanager
+def _reading(f: InputFile) -> Iterator[None]:
+    """Turn a failed read (gone since it was listed, permission denied, I/O error) into a one-line `InputError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(f"{f.display}: cannot read: {exc.strerror or exc}") from None
+
+
+def _identity(f: InputFile) -> tuple[int, str]:
+    """An input's size and sha256, read now (it may have changed or gone since it was listed)."""
+    with _reading(f):
+        return f.size, file_sha256(f.path)
+
+
 def _sample(f: InputFile, n: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    batches = read_records(f)
-    try:
-        for batch in batches:
-            out.extend(r.value for r in batch if r.value is not None)
-            if len(out) >= n:
-                break
-    finally:
-        batches.close()  # type: ignore[attr-defined]
+    with _reading(f):
+        batches = read_records(f)
+        try:
+            for batch in batches:
+                out.extend(r.value for r in batch if r.value is not None)
+                if len(out) >= n:
+                    break
+        finally:
+            batches.close()  # type: ignore[attr-defined]
     return out[:n]
 
 
@@ -162,7 +186,12 @@ class _Accounts:
 def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None) -> Iterator[Task]:
     seq = itertools.count()
     for index, (f, _, _) in enumerate(plan):
-        for batch in read_records(f, on_bytes):
+        batches = read_records(f, on_bytes)
+        while True:
+            with _reading(f):  # only the read happens here: a failed write never looks like a failed input
+                batch = next(batches, None)
+            if batch is None:
+                break
             for first in range(0, len(batch), TASK_ROWS):
                 yield Task(next(seq), index, batch[first : first + TASK_ROWS])
 
@@ -209,12 +238,12 @@ def _encode_spec(config: ConvertConfig) -> EncodeSpec | None:
     return EncodeSpec(config.tokenizer, config.template, config.train_on, config.max_len, config.overflow)
 
 
-def _report(f: InputFile, sha256: str, spec: FormatSpec | None, detection: Detection | None) -> InputReport:
+def _report(f: InputFile, size: int, sha256: str, spec: FormatSpec | None, detection: Detection | None) -> InputReport:
     return InputReport(
         path=f.display,
         container=f.container,
         compression=f.compression,
-        bytes=f.size,
+        bytes=size,
         sha256=sha256,
         format=spec.name if spec else "none",
         format_origin=spec.origin if spec else "no parseable rows to detect a format from",
@@ -237,7 +266,8 @@ def convert(
     miss, what changed since the newest cache entry.
     """
     files = discover(config.inputs)
-    digests = [file_sha256(f.path) for f in files]
+    identities = [_identity(f) for f in files]
+    digests = [sha256 for _, sha256 in identities]
     parts = components(config, files, digests)
     key = cache_key(parts)
     cache = OutputCache(config.cache_dir or default_cache_dir()) if config.cache else None
@@ -249,10 +279,13 @@ def convert(
         if on_note:
             on_note(f"cache hit: reused the output of an identical earlier run (key {key[:16]})")
         return result
+    workers = config.workers or default_workers()
+    if config.engine == "local" and workers > 1 and sum(f.size for f in files) > SERVER_MIN_BYTES:
+        start_server(_encode_spec(config))
     plan = [(f, *_choose_spec(f, config)) for f in files]
     encoder, encoding = _encoder(config)
     staging = Staging(config.out, overwrite=config.overwrite, key=key)
-    reports = [_report(f, d, spec, detection) for (f, spec, detection), d in zip(plan, digests, strict=True)]
+    reports = [_report(f, *ident, spec, det) for (f, spec, det), ident in zip(plan, identities, strict=True)]
     stage = Stage(
         tuple(SourceInput(f.path.name, f.display, f.line_oriented, spec) for f, spec, _ in plan),
         _encode_spec(config),
@@ -270,7 +303,6 @@ def convert(
         with RejectsWriter(staging.dir / REJECTS) as rejects:
             accounts = _Accounts(config, reports, rejects, on_input)
             sink = functools.partial(store_piece, staging.pieces)
-            workers = config.workers or default_workers()
             for result in _engine(config)(stage, _tasks(plan, on_bytes), workers, sink=sink, done=done):
                 accounts.add(result)
             accounts.finish(upto=len(plan))
@@ -335,8 +367,9 @@ def _from_cache(
 ) -> ConvertResult:
     staging = Staging(config.out, overwrite=config.overwrite)
     try:
-        for path in files:
-            link_or_copy(path, staging.dir / path.name)
+        with writing(config.out):
+            for path in files:
+                link_or_copy(path, staging.dir / path.name)
         staging.publish([p.name for p in files])
     except BaseException:
         staging.discard()

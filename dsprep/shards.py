@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 
 from dsprep.errors import OutputError
 
-__all__ = ["MANIFEST", "REJECTS", "RejectsWriter", "ShardWriter", "Staging", "file_sha256", "write_json"]
+__all__ = ["MANIFEST", "REJECTS", "RejectsWriter", "ShardWriter", "Staging", "file_sha256", "write_json", "writing"]
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
@@ -43,11 +44,21 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a failed write (disk full, permission denied, file too large) into a one-line `OutputError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
 def write_json(path: Path, value: Any) -> None:
     """Write JSON (indented, keys sorted) atomically: a temporary name, then a rename."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
-    os.replace(tmp, path)
+    with writing(path):
+        tmp.write_bytes(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+        os.replace(tmp, path)
 
 
 def _read_key(folder: Path) -> str | None:
@@ -102,8 +113,9 @@ class Staging:
 
     def publish(self, names: list[str]) -> None:
         """Move the named staged files into the output folder (the manifest last) and remove the staging folder."""
-        for name in names:
-            os.replace(self.dir / name, self.out / name)
+        with writing(self.out):
+            for name in names:
+                os.replace(self.dir / name, self.out / name)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def discard(self, keep: tuple[str, ...] = ()) -> None:
@@ -159,17 +171,21 @@ class ShardWriter:
         """Append a whole table (already in this writer's schema)."""
         if self._writer is None:
             self._path = self.folder / f"{self.prefix}-{len(self.shards):05d}.parquet"
-            self._writer = pq.ParquetWriter(self._path, self.schema, compression="zstd")
-        self._writer.write_table(table)
-        self._shard_rows += table.num_rows
+            with writing(self._path):
+                self._writer = pq.ParquetWriter(self._path, self.schema, compression="zstd")
         assert self._path is not None
-        if self._path.stat().st_size >= self.shard_bytes:
+        with writing(self._path):
+            self._writer.write_table(table)
+            size = self._path.stat().st_size
+        self._shard_rows += table.num_rows
+        if size >= self.shard_bytes:
             self._close_shard()
 
     def _close_shard(self) -> None:
         if self._writer is None or self._path is None:
             return
-        self._writer.close()
+        with writing(self._path):
+            self._writer.close()
         self.shards.append(
             {
                 "file": self._path.name,
@@ -185,7 +201,8 @@ class ShardWriter:
         self._flush()
         if not self.shards and self._writer is None:
             self._path = self.folder / f"{self.prefix}-00000.parquet"
-            self._writer = pq.ParquetWriter(self._path, self.schema, compression="zstd")
+            with writing(self._path):
+                self._writer = pq.ParquetWriter(self._path, self.schema, compression="zstd")
         self._close_shard()
         return self.shards
 
@@ -196,15 +213,18 @@ class RejectsWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows = 0
-        self._fh = open(path, "wb")  # noqa: SIM115 - closed in __exit__
+        with writing(path):
+            self._fh = open(path, "wb")  # noqa: SIM115 - closed in __exit__
 
     def write_line(self, line: str) -> None:
         """Write one entry, already a JSON line without its newline."""
-        self._fh.write(line.encode() + b"\n")
+        with writing(self.path):
+            self._fh.write(line.encode() + b"\n")
         self.rows += 1
 
     def __enter__(self) -> RejectsWriter:
         return self
 
     def __exit__(self, *exc: object | TracebackType) -> None:
-        self._fh.close()
+        with writing(self.path):
+            self._fh.close()

@@ -27,11 +27,13 @@ from typing import IO, Any
 
 import orjson
 
+from dsprep import jsontext
 from dsprep.errors import InputError, RowError
 
 __all__ = ["InputFile", "Record", "discover", "read_records"]
 
 BATCH_ROWS = 1024
+CSV_FIELD_LIMIT = (1 << 31) - 1  # characters in one CSV cell (Python's default, 131072, is too small for documents)
 SMALL_JSON_BYTES = 32 << 20  # .json arrays above this stream through ijson instead of one orjson.loads
 CONTAINERS = {
     ".jsonl": "jsonl",
@@ -99,9 +101,24 @@ def _is_hf_dataset(path: Path) -> bool:
     return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
 
 
+def _hf_listing(source: Path, key: str, field: str | None) -> list[str]:
+    """The names a `datasets` metadata file lists (splits, data files); each must be a plain name inside its folder."""
+    try:
+        value = orjson.loads(source.read_bytes()).get(key, [])
+    except (orjson.JSONDecodeError, AttributeError):
+        raise InputError(f"{source}: not a JSON object as `datasets` writes it") from None
+    if not isinstance(value, list):
+        raise InputError(f"{source}: {key!r} must be a list")
+    names = [item.get(field) if field and isinstance(item, dict) else item for item in value]
+    for name in names:
+        if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+            raise InputError(f"{source}: {name!r} is not a plain file or folder name inside {source.parent}")
+    return names
+
+
 def _hf_inputs(path: Path, display: str) -> list[InputFile]:
     if (path / "dataset_dict.json").is_file():
-        splits = orjson.loads((path / "dataset_dict.json").read_bytes()).get("splits", [])
+        splits = _hf_listing(path / "dataset_dict.json", "splits", None)
         return [InputFile(path / s, f"{display}/{s}", "hf") for s in splits]
     return [InputFile(path, display, "hf")]
 
@@ -330,18 +347,25 @@ class _Prefixed(io.RawIOBase):
 
 
 def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value, default=str)
+    try:
+        return jsontext.dumps(value)
+    except jsontext.TooDeepError as exc:
+        return orjson.dumps(f"<{exc}>")  # stands in for the raw text in the rejects file
 
 
 def _json(f: InputFile, progress: Progress | None) -> Iterator[Record]:
     for i, value in enumerate(_json_values(f, progress)):
-        yield _object_record(i, value, _dumps(value))
+        try:
+            yield _object_record(i, value, jsontext.dumps(value))
+        except jsontext.TooDeepError as exc:
+            yield _object_record(i, None, _dumps(value), RowError("", "invalid_json", str(exc)))
 
 
 def _csv(f: InputFile, progress: Progress | None) -> Iterator[Record]:
     delimiter = "\t" if f.container == "tsv" else ","
     with _open_binary(f, progress) as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
         reader = csv.reader(text, delimiter=delimiter)
         header = next(reader, None)
         if header is None:
@@ -368,9 +392,7 @@ def _arrow_batches(f: InputFile, progress: Progress | None) -> Iterator[Any]:
 
     if f.container == "hf":
         state = f.path / "state.json"
-        names = (
-            [d["filename"] for d in orjson.loads(state.read_bytes()).get("_data_files", [])] if state.is_file() else []
-        )
+        names = _hf_listing(state, "_data_files", "filename") if state.is_file() else []
         for name in names or sorted(p.name for p in f.path.glob("*.arrow")):
             part = f.path / name
             if progress:

@@ -1,8 +1,9 @@
 """Chat templates: load by name, file or tokenizer, and render in the same sandbox Hugging Face uses.
 
-Rendering matches `transformers`' `apply_chat_template` string for string: an `ImmutableSandboxedEnvironment` with
-``trim_blocks``/``lstrip_blocks`` and loop controls, the ``tojson`` filter without HTML escaping, and the globals
-``raise_exception``, ``strftime_now``, ``dict`` and ``namespace``. The ``{% generation %}`` tag is supported and
+Rendering matches `transformers`' `apply_chat_template` string for string: jinja's `ImmutableSandboxedEnvironment`
+with ``trim_blocks``/``lstrip_blocks`` and loop controls, the ``tojson`` filter without HTML escaping, and the globals
+``raise_exception``, ``strftime_now``, ``dict`` and ``namespace`` — bounded in time, output size, value size and
+recursion (`dsprep.sandbox`), since a template is untrusted code. The ``{% generation %}`` tag is supported and
 records the character spans it wraps (used only to cross-check masks). Shipped templates live in
 ``chat_templates/`` (installed as ``dsprep.chat_templates``).
 """
@@ -25,9 +26,9 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes
 import jinja2.utils
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from dsprep.errors import TemplateError
+from dsprep.sandbox import BoundedSandboxedEnvironment
 
 __all__ = [
     "ChatTemplate",
@@ -117,8 +118,8 @@ class _Dict:
 
 
 @functools.cache
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+def _environment() -> BoundedSandboxedEnvironment:
+    env = BoundedSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = _tojson

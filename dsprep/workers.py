@@ -25,7 +25,7 @@ import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,9 +48,11 @@ __all__ = [
     "Stage",
     "Task",
     "default_workers",
+    "die_with_parent",
     "encoder_for",
     "ordered_results",
     "process",
+    "start_server",
 ]
 
 TASK_ROWS = 256
@@ -224,8 +226,22 @@ _STAGE: Stage | None = None
 _SINK: Sink | None = None
 
 
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies (Linux), so a killed convert leaves no workers behind."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not on Linux
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _init(stage: Stage, sink: Sink | None) -> None:
     global _STAGE, _SINK
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _STAGE, _SINK = stage, sink
@@ -239,7 +255,18 @@ def _work(task: Task) -> BatchResult:
     return _SINK(result) if _SINK else result
 
 
-PRELOAD = ["dsprep.workers", "transformers.models.auto.tokenization_auto"]  # imported once, before workers fork
+PRELOAD = ["dsprep.forkserver"]  # imported once by the fork server, before it forks workers
+
+
+def start_server(spec: EncodeSpec | None) -> None:
+    """Start the fork server now, so it loads the encoder while this process does its own start-up work."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not on Linux
+        return
+    from multiprocessing import forkserver
+
+    _context()
+    with _preload_encoder(spec):
+        forkserver.ensure_running()
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -281,7 +308,7 @@ def ordered_results(
         return
     pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init, initargs=(stage, sink))
     try:
-        with _detached_main():
+        with _detached_main(), _preload_encoder(stage.encoding):
             pending: deque[Future[BatchResult] | BatchResult] = deque()
             for task in tasks:
                 previous = done(task.seq) if done else None
@@ -292,6 +319,24 @@ def ordered_results(
                 yield _get(pending.popleft())
     finally:
         _stop(pool)
+
+
+PRELOAD_ENV = "DSPREP_FORKSERVER_ENCODER"
+
+
+@contextlib.contextmanager
+def _preload_encoder(spec: EncodeSpec | None) -> Iterator[None]:
+    """Name the encoder for a fork server started meanwhile to load before it forks (`dsprep.forkserver`)."""
+    before = os.environ.get(PRELOAD_ENV)
+    if spec is not None:
+        os.environ[PRELOAD_ENV] = orjson.dumps(asdict(spec)).decode()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PRELOAD_ENV, None)
+        else:
+            os.environ[PRELOAD_ENV] = before
 
 
 @contextlib.contextmanager

@@ -58,12 +58,9 @@ JSON = st.recursive(
 )
 
 
-# Nesting depths injected into records. ~250..1023 is left out here: orjson parses it but cannot write it back
-# (see test_deeply_nested_values, a known bug); benchmarks/fuzz_readers.py --known-bugs puts it back.
-DEEP_DEPTHS = [50, 200, 1100, 5000]
-KNOWN_BUG_DEPTHS = [252, 254, 255, 256, 300, 1023]
-CSV_FIELD_LIMIT = 131072  # Python's csv default; a longer cell is a known bug (test_csv_cell_over_field_limit)
-CSV_CELL_MAX = [CSV_FIELD_LIMIT]  # benchmarks/fuzz_readers.py --known-bugs lifts it
+# Nesting depths injected into records: around orjson's write limit (255) and its read limit (1024), and beyond.
+DEEP_DEPTHS = [50, 200, 254, 255, 256, 300, 1023, 1100, 5000]
+CSV_FIELD_LIMIT = 131072  # Python's own default cell limit; dsprep reads longer cells
 
 
 def _deep_bytes(draw: st.DrawFn) -> bytes:
@@ -247,7 +244,6 @@ def _delimited(draw: st.DrawFn, container: str, lines: list[bytes]) -> bytes:
     writer.writerow(header)
     for r in rows:
         cells = [v if isinstance(v, str) else ("" if v is None else json.dumps(v)) for v in (r.get(k) for k in header)]
-        cells = [c[: CSV_CELL_MAX[0]] for c in cells]
         if draw(st.integers(0, 6)) == 0:
             cells = cells[: draw(st.integers(0, len(cells)))] if draw(st.booleans()) else [*cells, "extra"]
         writer.writerow(cells)
@@ -313,32 +309,14 @@ def _accounting(out: Path, case: Case) -> list[str]:
     return problems
 
 
-# Known bugs, each with an xfail(strict) regression test below: (containers or None for any, format or None, text
-# every problem of the case contains). CI tolerates them so it is not flaky; the long run counts them separately.
-KNOWN_BUGS = [
-    (None, "auto", "internal error: IndexError: list index out of range"),  # test_detect_snippet_with_empty_object
-]
-
-
-def known_bug(case: Case, problems: list[str]) -> bool:
-    """Whether every problem of a failed case is one known bug's."""
-    container = case.name.split(".")[1]
-    return bool(problems) and any(
-        (containers is None or container in containers)
-        and (fmt is None or case.fmt == fmt)
-        and all(text in p for p in problems)
-        for containers, fmt, text in KNOWN_BUGS
-    )
-
-
-def run_case(case: Case, *, allow_known: bool = True) -> list[str]:
-    """The broken invariants of one case (a known bug's crash is allowed unless `allow_known` is False)."""
+def run_case(case: Case) -> list[str]:
+    """The broken invariants of one case."""
     workdir = Path(tempfile.mkdtemp(prefix="dsprep-fuzz-"))
     try:
         problems = check_case(case, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return [] if allow_known and known_bug(case, problems) else problems
+    return problems
 
 
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -375,7 +353,6 @@ def _with(obj: dict[str, Any], depth: int) -> bytes:
 
 
 CHAT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-DEEP_BUG = "orjson.dumps refuses nesting deeper than 255 (TypeError: Recursion limit reached) -> exit 1"
 
 
 @pytest.mark.parametrize(
@@ -384,15 +361,15 @@ DEEP_BUG = "orjson.dumps refuses nesting deeper than 255 (TypeError: Recursion l
         pytest.param("deep.jsonl", _with({"messages": CHAT}, 200), "openai", id="extra-200"),
         pytest.param(
             "deep.jsonl", orjson.dumps({"messages": CHAT}) + b"\n" + _with({"messages": CHAT}, 300),
-            "openai", id="extra-300", marks=pytest.mark.xfail(strict=True, reason=DEEP_BUG + " (normalize.py extra)"),
+            "openai", id="extra-300",
         ),
         pytest.param(
             "deep.jsonl", b'{"messages": [' + _with(CHAT[0], 300) + b", " + orjson.dumps(CHAT[1]) + b"]}", "openai",
-            id="message-extra-300", marks=pytest.mark.xfail(strict=True, reason=DEEP_BUG + " (messages.py extra)"),
+            id="message-extra-300",
         ),
         pytest.param(
             "deep.json", b'[{"text": "a"}, ' + _with({"text": "b"}, 300) + b"]", "text",
-            id="json-array-300", marks=pytest.mark.xfail(strict=True, reason=DEEP_BUG + " (sources._dumps)"),
+            id="json-array-300",
         ),
         pytest.param("deep.jsonl", _with({"text": "a"}, 1100), "text", id="jsonl-1100"),
     ],
@@ -403,32 +380,26 @@ def test_deeply_nested_values(name: str, data: bytes, fmt: str) -> None:
     assert run_case(Case(name, data, fmt, [], lines if lines else 2)) == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="csv.Error 'field larger than field limit (131072)' escapes sources._csv -> exit 1"
-)
 @pytest.mark.parametrize("container", ["csv", "tsv"])
 def test_csv_cell_over_field_limit(container: str) -> None:
     data = b"text\n" + b"x" * (CSV_FIELD_LIMIT + 1) + b"\nshort\n"
     assert run_case(Case(f"big.{container}", data, "text", [], None)) == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="detect.spec_snippet: IndexError on a list whose first object is empty -> exit 1"
-)
 @pytest.mark.parametrize(
     "line", [b'{"x": [{}]}', b'{"messages": [], "tools": [{}]}', b'{"prompt": [{}], "completion": "a"}']
 )
 def test_detect_snippet_with_empty_object(line: bytes) -> None:
-    assert run_case(Case("snippet.jsonl", line + b"\n", "auto", [], 1), allow_known=False) == []
+    assert run_case(Case("snippet.jsonl", line + b"\n", "auto", [], 1)) == []
 
 
 @pytest.mark.parametrize("container", ["csv", "tsv"])
 def test_csv_header_with_invalid_utf8(container: str) -> None:
     """Found by the long fuzz run (was: orjson TypeError on surrogates, exit 1); now a one-line input error."""
-    assert run_case(Case(f"h.{container}", b"\xd4P\nA\n", "auto", [], None), allow_known=False) == []
+    assert run_case(Case(f"h.{container}", b"\xd4P\nA\n", "auto", [], None)) == []
 
 
 def test_on_error_fail_message_with_newline_in_a_key() -> None:
     """Found by the long fuzz run (was: the message echoed a key's newline, so the error took two lines)."""
     data = b'{"te\\nxt": "a"}\n'
-    assert run_case(Case("k.jsonl", data, "text", ["--on-error", "fail"], 1), allow_known=False) == []
+    assert run_case(Case("k.jsonl", data, "text", ["--on-error", "fail"], 1)) == []

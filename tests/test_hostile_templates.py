@@ -1,9 +1,7 @@
 """Hostile chat templates are refused or bounded with a `TemplateError` naming the template; benign ones render.
 
 Every payload runs through `dsprep.sandbox` directly, and through `dsprep.templates.render` (the path a convert
-takes, for shipped, file and tokenizer templates alike). The latter is marked xfail(strict) for the payloads that
-the plain jinja sandbox in `dsprep/templates.py` does not stop yet; bombs that would hang or exhaust memory today
-first assert that templates.py has adopted the bounded environment, so they fail fast instead.
+takes, for shipped, file and tokenizer templates alike).
 """
 
 from __future__ import annotations
@@ -82,13 +80,6 @@ PAYLOADS: list[tuple[str, str, bool]] = [
     ("deep_nesting_parser", "{{ " + "(" * 20000 + "1" + ")" * 20000 + " }}", False),
 ]
 
-# payloads the plain jinja sandbox of templates.py already refuses with a TemplateError
-REFUSED_TODAY = {
-    "str_class_mro_subclasses", "tuple_base_subclasses", "cycler_globals_os_environ", "joiner_globals_builtins_open",
-    "namespace_init_globals", "lipsum_globals_os_popen", "raise_exception_globals", "self_init_globals",
-    "config_items", "request_application_globals", "list_append_mutation", "str_format_dunder", "strftime_code",
-}  # fmt: skip
-
 HARMLESS = [  # not attacks that can be refused: they render nothing, and never anything secret
     ("config", "{{ config }}"),
     ("request", "{{ request }}"),
@@ -119,10 +110,6 @@ def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DSPREP_SECRET", SECRET)
 
 
-def _adopted() -> bool:
-    return isinstance(templates._environment(), BoundedSandboxedEnvironment)
-
-
 def _assert_refused(call: Any, name: str) -> None:
     start = time.monotonic()
     with pytest.raises(TemplateError) as info:
@@ -139,32 +126,23 @@ def test_sandbox_refuses_payload(name: str, text: str, bomb: bool) -> None:
     _assert_refused(lambda: render_bounded(text, name, environment=ENV, messages=MESSAGES), name)
 
 
-def _via_templates_param(name: str, text: str, bomb: bool) -> Any:
-    marks = []
-    if name not in REFUSED_TODAY:
-        marks.append(pytest.mark.xfail(strict=True, reason="until templates.py uses dsprep.sandbox"))
-    return pytest.param(name, text, bomb, id=name, marks=marks)
-
-
-@pytest.mark.parametrize(("name", "text", "bomb"), [_via_templates_param(*p) for p in PAYLOADS])
+@pytest.mark.parametrize(("name", "text", "bomb"), PAYLOADS, ids=[p[0] for p in PAYLOADS])
 def test_templates_render_refuses_payload(monkeypatch: pytest.MonkeyPatch, name: str, text: str, bomb: bool) -> None:
-    if bomb:
-        assert _adopted(), "templates.py still renders with the unbounded jinja sandbox; this payload would not stop"
-    if _adopted():
-        monkeypatch.setattr(templates._environment(), "render_seconds", 2.0)
+    monkeypatch.setattr(templates._environment(), "render_seconds", 2.0)
     template = templates.ChatTemplate(name, text, "test")
     _assert_refused(lambda: templates.render(template, MESSAGES), name)
 
 
-@pytest.mark.parametrize(("name", "text", "bomb"), [_via_templates_param(*p) for p in PAYLOADS])
+@pytest.mark.parametrize(("name", "text", "bomb"), PAYLOADS, ids=[p[0] for p in PAYLOADS])
 def test_tokenizer_template_refuses_payload(monkeypatch: pytest.MonkeyPatch, name: str, text: str, bomb: bool) -> None:
     """A tokenizer's own chat_template takes the same path (`load_template('tokenizer', text)`)."""
-    if bomb:
-        assert _adopted(), "templates.py still renders with the unbounded jinja sandbox; this payload would not stop"
-    if _adopted():
-        monkeypatch.setattr(templates._environment(), "render_seconds", 2.0)
+    monkeypatch.setattr(templates._environment(), "render_seconds", 2.0)
     template = templates.load_template("tokenizer", text)
     _assert_refused(lambda: templates.render(template, MESSAGES), "tokenizer")
+
+
+def test_convert_renders_with_the_bounded_sandbox() -> None:
+    assert isinstance(templates._environment(), BoundedSandboxedEnvironment)
 
 
 @pytest.mark.parametrize(("name", "text"), HARMLESS, ids=[h[0] for h in HARMLESS])
@@ -258,11 +236,7 @@ def test_non_jinja_exceptions_become_template_errors() -> None:
     "payload",
     [
         pytest.param("{{ cycler.__init__.__globals__.os.environ['DSPREP_SECRET'] }}", id="globals"),
-        pytest.param(
-            "{% for i in range(10**12) %}{% endfor %}",
-            id="range",
-            marks=pytest.mark.xfail(strict=True, reason="until templates.py uses dsprep.sandbox (exit 1 today)"),
-        ),
+        pytest.param("{% for i in range(10**12) %}{% endfor %}", id="range"),
     ],
 )
 def test_hostile_tokenizer_template_stops_a_convert_with_exit_7(tmp_path: Path, payload: str) -> None:

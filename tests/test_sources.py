@@ -153,3 +153,31 @@ def test_discover_folders_and_globs_in_sorted_order(tmp_path: Path) -> None:
         "1.json.gz",
         "2.jsonl",
     ]
+
+
+@pytest.mark.parametrize(
+    ("meta", "listing"),
+    [
+        ("dataset_dict.json", {"splits": ["../outside"]}),
+        ("dataset_dict.json", {"splits": ["/tmp"]}),
+        ("dataset_dict.json", {"splits": [".."]}),
+        ("dataset_dict.json", {"splits": "train"}),
+        ("state.json", {"_data_files": [{"filename": "../outside/data.arrow"}]}),
+        ("state.json", {"_data_files": [{"filename": "/etc/passwd"}]}),
+        ("state.json", {"_data_files": [{"filename": 7}]}),
+    ],
+)
+def test_hf_metadata_cannot_point_outside_its_folder(run_convert, tmp_path: Path, meta: str, listing: Any) -> None:
+    """Split and data-file names in a dataset folder's metadata are plain names inside it, or an input error."""
+    from dsprep.errors import InputError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _write("parquet", outside / "data.arrow", _records())
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / meta).write_text(json.dumps(listing))
+    with pytest.raises(
+        InputError, match=r"ds/(dataset_dict|state)\.json: .*(plain file or folder name|must be a list)"
+    ):
+        run_convert(folder)

@@ -1,0 +1,24 @@
+"""Imported by the fork server that starts convert's worker processes (`dsprep.workers`), and by nothing else.
+
+The server dies with the convert process that started it, and before it forks any worker it imports the heavy
+modules and loads the encoder the convert names (in ``DSPREP_FORKSERVER_ENCODER``), with the tokenizer's thread pool
+off and without encoding anything, so no tokenizer thread exists to be forked: each worker starts with the encoder
+loaded, its memory shared with the server's until written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import orjson
+
+from dsprep.workers import PRELOAD_ENV, EncodeSpec, die_with_parent, encoder_for
+
+die_with_parent()
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+with contextlib.suppress(ImportError):  # transformers is imported when a worker loads its tokenizer
+    import transformers.models.auto.tokenization_auto  # noqa: F401
+if os.environ.get(PRELOAD_ENV):
+    with contextlib.suppress(Exception):  # a worker that cannot load it reports why
+        encoder_for(EncodeSpec(**orjson.loads(os.environ[PRELOAD_ENV])))

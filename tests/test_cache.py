@@ -1,0 +1,128 @@
+"""The output cache: an identical rerun is a hit (no row processed, same bytes); any changed component is a miss
+that names it; a result made with another tokenizer is never reused."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dsprep.workers
+from dsprep.config import ConvertConfig
+from dsprep.pipeline import ConvertResult, convert
+from dsprep.templates import load_template
+from dsprep.tokenizers import tokenizer_folder
+from paths import FIXTURES
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "inputs"
+    shutil.copytree(FIXTURES / "formats", folder)
+    return [folder / "openai.jsonl", folder / "alpaca.jsonl", folder / "text.jsonl"]
+
+
+class Runner:
+    def __init__(self, root: Path, inputs: list[Path]) -> None:
+        self.root = root
+        self.inputs = inputs
+        self.runs = 0
+        self.explained: list[str] = []
+
+    def __call__(self, **options: Any) -> tuple[ConvertResult, Path]:
+        out = self.root / f"out{self.runs}"
+        self.runs += 1
+        self.explained = []
+        options = {"tokenizer": "mistral:tekken", "template": "chatml", "workers": 1, "cache": True, **options}
+        config = ConvertConfig(inputs=tuple(str(i) for i in self.inputs), out=out, **options)
+        return convert(config, explain=self.explained.append), out
+
+    @property
+    def verdict(self) -> str:
+        return next(line for line in self.explained if line.startswith("cache:"))
+
+
+@pytest.fixture
+def run(tmp_path: Path, inputs: list[Path]) -> Runner:
+    return Runner(tmp_path, inputs)
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_an_identical_rerun_is_a_hit_with_the_same_bytes(run: Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, out1 = run()
+    assert not first.cached and run.verdict.startswith("cache: miss, no earlier entry")
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("a cache hit processed a row")
+
+    monkeypatch.setattr(dsprep.workers, "process", refuse)
+    second, out2 = run()
+    assert second.cached and run.verdict.startswith("cache: hit")
+    assert _files(out1) == _files(out2)
+    assert second.manifest == first.manifest and second.rows_read == first.rows_read > 0
+
+
+def test_a_changed_input_is_a_miss_naming_it(run: Runner, inputs: list[Path]) -> None:
+    run()
+    with open(inputs[1], "a") as fh:
+        fh.write('{"instruction": "Say hi.", "output": "Hi."}\n')
+    result, _ = run()
+    assert not result.cached
+    assert run.verdict == f"cache: miss, changed since the newest entry: input {inputs[1]}"
+
+
+def test_a_changed_option_is_a_miss_naming_it(run: Runner) -> None:
+    run()
+    result, _ = run(max_len=3000)
+    assert not result.cached
+    assert run.verdict == "cache: miss, changed since the newest entry: option max_len (None -> 3000)"
+
+
+def test_a_changed_template_file_is_a_miss_naming_it(run: Runner, tmp_path: Path) -> None:
+    template = tmp_path / "mine.jinja"
+    template.write_text(load_template("chatml").text)
+    run(template=str(template))
+    template.write_text(load_template("chatml").text + "{#- edited -#}")
+    result, _ = run(template=str(template))
+    assert not result.cached
+    assert run.verdict == "cache: miss, changed since the newest entry: template"
+
+
+def test_a_changed_tokenizer_file_is_a_miss_naming_it(run: Runner, tmp_path: Path) -> None:
+    folder = tmp_path / "tok"
+    shutil.copytree(tokenizer_folder("mistral:tekken"), folder)
+    run(tokenizer=str(folder))
+    config = folder / "tokenizer_config.json"
+    config.write_text(config.read_text() + "\n")
+    result, _ = run(tokenizer=str(folder))
+    assert not result.cached
+    assert run.verdict == "cache: miss, changed since the newest entry: tokenizer"
+
+
+def test_another_tokenizer_never_reuses_a_result(run: Runner) -> None:
+    first, _ = run()
+    second, _ = run(tokenizer="mistral:v3", template="tokenizer")
+    assert not second.cached
+    assert "tokenizer" in run.verdict.split(": ")[-1].split("; ")
+    assert second.manifest["tokenizer"]["fingerprint"] != first.manifest["tokenizer"]["fingerprint"]
+
+
+def test_an_entry_whose_files_changed_is_dropped_not_served(run: Runner) -> None:
+    _, out1 = run()
+    (out1 / "rejects.jsonl").write_bytes(b"edited\n")  # a hard link into the cache entry
+    result, out2 = run()
+    assert not result.cached
+    assert (out2 / "rejects.jsonl").read_bytes() == b""
+
+
+def test_no_cache_stores_nothing(run: Runner, output_cache: Path) -> None:
+    run(cache=False)
+    assert run.verdict == "cache: off (--no-cache)"
+    assert not output_cache.exists()
+    result, _ = run()
+    assert not result.cached and output_cache.is_dir()

@@ -1,0 +1,89 @@
+"""Resume: a convert killed with SIGKILL mid-run reuses its completed pieces, and the rerun's output is
+byte-identical to an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from paths import REPO
+
+ROWS = 6000
+OPTIONS = ["--format", "openai", "--tokenizer", "mistral:tekken", "--template", "chatml", "--pack", "1024",
+           "--workers", "2", "--no-cache"]  # fmt: skip
+
+
+def _corpus(path: Path) -> None:
+    rng = random.Random(7)
+    words = [f"{rng.getrandbits(24):x}" for _ in range(2000)]
+    with open(path, "w") as fh:
+        for i in range(ROWS):
+            if i % 499 == 3:
+                fh.write('{"messages": [not json\n')
+                continue
+            messages = []
+            for _ in range(rng.randint(1, 3)):
+                for role in ("user", "assistant"):
+                    messages.append({"role": role, "content": " ".join(rng.choices(words, k=rng.randint(3, 120)))})
+            fh.write(json.dumps({"messages": messages}) + "\n")
+
+
+def _convert(src: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "dsprep", "convert", str(src), "--out", str(out), *OPTIONS]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=True)
+
+
+def _start_and_kill(src: Path, out: Path, *, pieces: int) -> int:
+    """Start a convert, SIGKILL it once `pieces` pieces are complete; returns how many were."""
+    cmd = [sys.executable, "-m", "dsprep", "convert", str(src), "--out", str(out), *OPTIONS]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = out / ".dsprep-staging" / "pieces"
+    deadline = time.monotonic() + 300
+    while len(list(folder.glob("*.json"))) < pieces and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.fail("the convert finished before it could be killed; make the input larger")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(list(folder.glob("*.json")))
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_a_killed_convert_resumes_to_the_same_bytes(tmp_path: Path) -> None:
+    src = tmp_path / "chats.jsonl"
+    _corpus(src)
+    killed = tmp_path / "killed"
+    done = _start_and_kill(src, killed, pieces=3)
+    assert done >= 3 and not (killed / "manifest.json").exists()
+
+    rerun = _convert(src, killed)
+    reused = [line for line in rerun.stderr.splitlines() if line.startswith("resumed: reused ")]
+    assert reused, rerun.stderr
+    n_reused, n_total = int(reused[0].split()[2]), int(reused[0].split()[4])
+    assert done <= n_reused < n_total
+    assert not (killed / ".dsprep-staging").exists()
+
+    _convert(src, tmp_path / "whole")
+    assert _files(killed) == _files(tmp_path / "whole")
+    assert b"not json" in _files(killed)["rejects.jsonl"]
+
+
+def test_a_rerun_with_other_options_starts_over(tmp_path: Path) -> None:
+    src = tmp_path / "chats.jsonl"
+    _corpus(src)
+    out = tmp_path / "out"
+    assert _start_and_kill(src, out, pieces=1) >= 1
+    cmd = [sys.executable, "-m", "dsprep", "convert", str(src), "--out", str(out), *OPTIONS, "--shuffle-seed", "1"]
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=True)
+    assert "resumed" not in rerun.stderr
+    assert (out / "manifest.json").is_file()
