@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dsprep.encode import PROBE_ANSWER, PROBE_USER, Encoder
+from dsprep.encode import PROBE_ANSWER, PROBE_USER, EncodeOptions, Encoder
 from dsprep.errors import RowError, TemplateError
 
 __all__ = ["Conformance", "check_conformance"]
@@ -55,7 +55,13 @@ def _row(messages: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def check_conformance(encoder: Encoder) -> Conformance:
-    """Run the checks on probe conversations through the same encoder the convert uses."""
+    """Run the checks on probe conversations through the convert's tokenizer and template.
+
+    The probes are encoded with every assistant turn trained and no length limit, whatever the run's options: the
+    checks are about the template (a run's `--max-len` may be shorter than a probe, and `--train-on last` leaves
+    earlier turns untrained on purpose).
+    """
+    encoder = Encoder(encoder.tok, encoder.template, EncodeOptions())
     tok = encoder.tok.tokenizer
     name = encoder.template.name
     with_system = [

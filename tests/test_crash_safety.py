@@ -71,7 +71,9 @@ def reference(big_input: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     """The uninterrupted run's output bytes and how long it took."""
     out = tmp_path_factory.mktemp("ref") / "out"
     start = time.monotonic()
-    result = _dsprep("convert", str(big_input), "--out", str(out), "--format", "openai", "--shard-size", "4MB", "-q")
+    result = _dsprep(
+        "convert", str(big_input), "--out", str(out), "--format", "openai", "--shard-size", "4MB", "--no-cache", "-q"
+    )
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stderr
     files = _output_bytes(out)
@@ -106,7 +108,18 @@ def test_sigkill_at_any_point_never_leaves_a_complete_looking_output(
     total = sum(len(b) for b in expected.values())
     before = _sha(big_input)
     out = tmp_path / "out"
-    args = ["convert", str(big_input), "--out", str(out), "--format", "openai", "--shard-size", "4MB", "-q"]
+    args = [
+        "convert",
+        str(big_input),
+        "--out",
+        str(out),
+        "--format",
+        "openai",
+        "--shard-size",
+        "4MB",
+        "--no-cache",
+        "-q",
+    ]
     outcomes = []
     for fraction in KILL_FRACTIONS:
         proc = _popen(*args, "--overwrite")

@@ -151,6 +151,28 @@ def test_conformance_stops_a_template_without_end_of_turn(tmp_path: Path) -> Non
     assert done.manifest["conformance"]["eot_trained"] is False
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"train_on": "last"}, id="train-on-last"),
+        pytest.param({"max_len": 12}, id="max-len-shorter-than-the-probes"),
+        pytest.param({"max_len": 12, "overflow": "truncate-right"}, id="max-len-truncate"),
+    ],
+)
+def test_conformance_checks_the_template_not_the_run_options(tmp_path: Path, options: dict[str, Any]) -> None:
+    """The probes ignore --train-on and --max-len: ChatML passes its checks, and the run applies the options."""
+    inputs = (str(FIXTURES / "formats" / "openai.jsonl"),)
+    config = ConvertConfig(inputs=inputs, out=tmp_path / "o", tokenizer="mistral:tekken", template="chatml", **options)
+    done = convert(config)
+    assert done.manifest["conformance"]["eot_trained"] is True
+    assert done.rows_read == done.rows_kept + done.rows_rejected
+    if "max_len" in options:
+        import pyarrow.parquet as pq
+
+        lengths = [len(ids) for ids in pq.read_table(tmp_path / "o" / "part-00000.parquet")["input_ids"].to_pylist()]
+        assert all(n <= 12 for n in lengths)
+
+
 def test_doubled_bos_is_caught(tmp_path: Path) -> None:
     double = ChatTemplate(
         "double",
