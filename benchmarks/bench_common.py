@@ -15,8 +15,19 @@ import sys
 import tempfile
 import time
 from itertools import accumulate
+from pathlib import Path
 
-__all__ = ["Corpus", "Timer", "convert_flags", "dsprep_cmd", "offline_hf", "openai_record", "verdict", "version"]
+__all__ = [
+    "Corpus",
+    "Timer",
+    "convert_flags",
+    "dsprep_cmd",
+    "offline_hf",
+    "openai_record",
+    "tree_pss_mb",
+    "verdict",
+    "version",
+]
 
 # --- corpus ----------------------------------------------------------------------------------------------------------
 ONSETS = ("b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "y", "z", "bl",
@@ -182,6 +193,34 @@ class Timer:
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self._wall
         self.cpu = _cpu_seconds() - self._cpu
+
+
+def _pss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def tree_pss_mb(pid: int) -> float | None:
+    """Summed PSS (shared pages divided among their users) of `pid` and all its descendants, in MB."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, stack = 0.0, [pid]
+    while stack:
+        p = stack.pop()
+        total += _pss_mb(p) or 0.0
+        stack.extend(children.get(p, []))
+    return total or None
 
 
 def version(dist: str) -> str:

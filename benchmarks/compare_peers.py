@@ -8,8 +8,8 @@ Run it from the repository root with the Python that has dsprep installed:
 It generates a deterministic (seeded) multi-turn chat corpus of --rows conversations (`bench_common.Corpus`: Zipf
 pseudo-English with lists and code blocks, 0-1 system prompt and 1-6 turns) as OpenAI-chat JSONL, saves the tokenizer
 (--tokenizer, mistral:tekken by default) with the ChatML template (--template) as its chat_template into a folder the
-peers load, and measures, each in its own child process (peak RSS = the child's ``ru_maxrss`` from ``wait4``, the
-largest single process of its tree):
+peers load, and measures, each in its own child process (peak memory = the larger of the child's ``ru_maxrss``
+from ``wait4`` and its process tree's summed PSS, sampled):
 
 - ceiling: the Rust tokenizer alone on the pre-rendered conversations (all rows, TOKENIZERS_PARALLELISM=true);
 - dsprep: ``dsprep convert corpus.jsonl --tokenizer T --template chatml --pack L --out DIR`` as the CLI, with
@@ -38,12 +38,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_common import Corpus, convert_flags, dsprep_cmd, openai_record, verdict, version
+from bench_common import Corpus, convert_flags, dsprep_cmd, openai_record, tree_pss_mb, verdict, version
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().with_name("peer_worker.py")
@@ -69,18 +70,33 @@ class Measured:
 
 
 def run_child(cmd: list[str], log: Path, cwd: Path | None = None) -> tuple[int, float, float, str]:
-    """Run cmd; returns (exit code, wall seconds, peak RSS MB from wait4, stdout). stderr goes to log."""
+    """Run cmd; returns (exit code, wall seconds, peak memory MB, stdout); stderr goes to log.
+
+    Peak memory is the larger of the child's ``ru_maxrss`` (from ``wait4``) and its process tree's summed PSS,
+    sampled: dsprep's workers are children of a fork server, which ``ru_maxrss`` does not cover.
+    """
     with open(log, "ab") as err:
         err.write(("\n$ " + " ".join(cmd) + "\n").encode())
         err.flush()
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=cwd)
         assert proc.stdout is not None
+        tree_peak = [0.0]
+        finished = threading.Event()
+
+        def sample() -> None:
+            while not finished.wait(0.25):
+                tree_peak[0] = max(tree_peak[0], tree_pss_mb(proc.pid) or 0.0)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         out = proc.stdout.read().decode(errors="replace")
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+        finished.set()
+        sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; tell Popen
-    return proc.returncode, wall, usage.ru_maxrss / 1024, out
+    return proc.returncode, wall, max(usage.ru_maxrss / 1024, tree_peak[0]), out
 
 
 def worker_result(stdout: str) -> dict[str, Any] | None:
@@ -325,7 +341,7 @@ def main() -> int:
     dists = ("dsprep", "tokenizers", "transformers")
     print("versions (dsprep side): " + ", ".join(f"{d} {version(d)}" for d in dists))
     header = (
-        f"{'measurement':<40} {'rows':>6} {'seconds':>8} {'rows/s':>8} {'tok/s':>10} {'peak RSS':>9} "
+        f"{'measurement':<40} {'rows':>6} {'seconds':>8} {'rows/s':>8} {'tok/s':>10} {'peak mem':>9} "
         f"{'packed':>7} {'eff':>6}  tokens"
     )
     print(header)
@@ -356,6 +372,9 @@ def main() -> int:
     if len(settings) > 1:
         speedup = dsprep_rows[0].seconds / dsprep_rows[-1].seconds
         print(f"workers {settings[-1]} vs 1: {speedup:.2f}x; shards byte-identical: {identical}")
+    if best.seconds < 2 * startup:  # the start-up (a separate, noisy measurement) would dominate the difference
+        print(f"steady state: n/a, the run took less than twice the start-up; use more --rows ({opts.rows})")
+        return 0
     r_ceiling = best.extra["steady"] / ceiling_rate
     print(
         f"ratio dsprep/ceiling = {r_ceiling:.2f}  ({best.name}, steady state; target >= {TARGET_CEILING}) "

@@ -46,7 +46,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench_common import convert_flags, dsprep_cmd
+from bench_common import convert_flags, dsprep_cmd, tree_pss_mb
 
 MB = 1 << 20
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -163,34 +163,6 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-def _pss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _tree_pss_mb(pid: int) -> float | None:
-    """Summed PSS (shared pages divided among their users) of `pid` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, stack = 0.0, [pid]
-    while stack:
-        p = stack.pop()
-        total += _pss_mb(p) or 0.0
-        stack.extend(children.get(p, []))
-    return total or None
-
-
 def run_convert(
     src: Path, out: Path, log: Path, options: list[str]
 ) -> tuple[int, float, float, list[tuple[float, float]], float]:
@@ -209,7 +181,7 @@ def run_convert(
                 rss = _rss_mb(proc.pid)
                 if rss is not None:
                     timeline.append((time.perf_counter() - start, rss))
-                tree_peak[0] = max(tree_peak[0], _tree_pss_mb(proc.pid) or 0.0)
+                tree_peak[0] = max(tree_peak[0], tree_pss_mb(proc.pid) or 0.0)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
