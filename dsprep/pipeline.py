@@ -214,6 +214,7 @@ def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
 
     encoder = encoder_for(spec)
     conformance = check_conformance(encoder)
+    encoder.method_counts = dict.fromkeys(encoder.method_counts, 0)  # count the data's rows only, not the probes
     if conformance.problems and not config.allow_template_warnings:
         raise TemplateError("; ".join(conformance.problems) + " (pass --allow-template-warnings to go on)")
     loaded, template = encoder.tok, encoder.template
