@@ -1,26 +1,34 @@
-"""Peak memory and throughput of `dsprep convert` on a large OpenAI-chat JSONL file.
+"""Peak memory and throughput of `dsprep convert` on large generated OpenAI-chat JSONL inputs, tokenized and packed.
 
 Run it from the repository root:
 
-    .venv/bin/python benchmarks/convert_memory.py --size 1GB     # the target run (a few minutes)
-    .venv/bin/python benchmarks/convert_memory.py --size 100MB   # a quick check
-    .venv/bin/python benchmarks/convert_memory.py --size 100MB --tokenizer mistral:tekken --pack 4096  # tokenize+pack
+    .venv/bin/python benchmarks/convert_memory.py                 # the target: a 1 GB and a 4 GB input (see below)
+    .venv/bin/python benchmarks/convert_memory.py 100MB 400MB     # a quick check of the same comparison
+    .venv/bin/python benchmarks/convert_memory.py --no-tokenize   # 1 GB and 4 GB, read + normalize + write only
 
-It writes a deterministic (seeded) JSONL file of the requested size, of rows such as
+For each size it writes a deterministic (seeded) JSONL file of rows such as
 ``{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`` with 1-6 messages of a few hundred
 to a few thousand characters each (some with non-ASCII text), plus a small fraction of invalid JSON lines so the
-rejects path runs too. It then runs ``dsprep convert FILE --out DIR --quiet`` as a child process and measures:
+rejects path runs too. It then runs the whole pipeline, ``dsprep convert FILE --out DIR --quiet --tokenizer
+mistral:tekken --template chatml --pack 4096`` (read, normalize, tokenize, pack, write), as a child process and
+measures:
 
-- peak RSS of the child (``ru_maxrss`` from ``os.wait4``), plus an RSS timeline sampled from /proc while it runs;
-- with worker processes (``--workers``, tokenizing runs), the peak of the whole process tree's summed PSS, sampled
-  (workers are children of a fork server, which ``ru_maxrss`` of the convert process does not cover; PSS counts the
-  pages they share with it once);
-- wall time, input bytes, throughput in MB/s and rows/s;
-- rows read / kept / rejected from the output's ``manifest.json``, checked against what was generated.
+- peak RSS of the convert process (``ru_maxrss`` from ``os.wait4``) with an RSS timeline sampled from /proc, and the
+  peak of the whole process tree's summed PSS, sampled (workers are children of a fork server, which ``ru_maxrss``
+  of the convert process does not cover; PSS counts the pages they share once); peak memory = the larger of the two;
+- wall time, input bytes, throughput in MB/s, rows/s and tokens/s;
+- rows read / kept / rejected from the output's ``manifest.json``, checked against what was generated (rows over
+  the packed length are rejected as ``too_long`` too).
 
-It prints PASS when the peak RSS stays under --max-rss-mb (600 MB, the target for a 1 GB input) and the row counts
-match, else FAIL and exits 1. Sizes and MB are binary units (1 MB = 2**20 bytes), as in ``dsprep --shard-size``.
-Generated files are removed at the end unless --keep.
+The summary prints every size's peak memory, the largest (target < --max-rss-mb, 1.5 GB) and the growth from the
+smallest to the largest input (target < --max-growth, 20%), each with PASS/FAIL; the exit code is 1 on FAIL.
+
+Time: 100 MB of this text holds about 20 M Tekken tokens (15.4 M kept: a quarter of the rows are over 4096 tokens
+and rejected as too_long after tokenizing), so 1 GB is about 200 M tokens and 4 GB about 800 M: at 0.5-1 M
+tokens/s (2 cores) the 4 GB run alone takes 14-27 minutes. --no-tokenize measures the read/normalize/write path
+alone in a few minutes; memory flatness of tokenizing and packing is then shown by
+smaller sizes (e.g. 250MB 1GB). Sizes and MB are binary units (1 MB = 2**20 bytes), as in ``dsprep --shard-size``.
+Generated files are removed after each size unless --keep.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from bench_common import convert_flags, dsprep_cmd, tree_pss_mb
 
 MB = 1 << 20
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -142,50 +152,22 @@ def generate(path: Path, size: int, seed: int, invalid_fraction: float) -> tuple
     return lines, invalid
 
 
-def _kb_field(path: str, name: str) -> float | None:
-    """A ``Name:   123 kB`` line of a /proc file, in MB."""
+def _rss_mb(pid: int) -> float | None:
     try:
-        with open(path) as fh:
+        with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith(name):
+                if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
 
 
-def _rss_mb(pid: int) -> float | None:
-    return _kb_field(f"/proc/{pid}/status", "VmRSS:")
-
-
-def _pss_mb(pid: int) -> float | None:
-    return _kb_field(f"/proc/{pid}/smaps_rollup", "Pss:")
-
-
-def _tree_pss_mb(pid: int) -> float | None:
-    """Summed PSS (shared pages divided among their users) of `pid` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, stack = 0.0, [pid]
-    while stack:
-        p = stack.pop()
-        total += _pss_mb(p) or 0.0
-        stack.extend(children.get(p, []))
-    return total or None
-
-
 def run_convert(
     src: Path, out: Path, log: Path, options: list[str]
 ) -> tuple[int, float, float, list[tuple[float, float]], float]:
     """Run dsprep convert; returns (exit code, wall s, peak RSS MB from wait4, RSS timeline, peak tree PSS MB)."""
-    script = Path(sys.executable).with_name("dsprep")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "dsprep"]
-    cmd += ["convert", str(src), "--out", str(out), "--quiet", *options]
+    cmd = [*dsprep_cmd(), "convert", str(src), "--out", str(out), "--quiet", *options]
     print("running:", " ".join(cmd), flush=True)
     timeline: list[tuple[float, float]] = []
     tree_peak = [0.0]
@@ -199,7 +181,7 @@ def run_convert(
                 rss = _rss_mb(proc.pid)
                 if rss is not None:
                     timeline.append((time.perf_counter() - start, rss))
-                tree_peak[0] = max(tree_peak[0], _tree_pss_mb(proc.pid) or 0.0)
+                tree_peak[0] = max(tree_peak[0], tree_pss_mb(proc.pid) or 0.0)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -221,34 +203,22 @@ def _timeline_text(timeline: list[tuple[float, float]], points: int = 10) -> str
     return "  ".join(f"{t:.1f}s:{rss:.0f}" for t, rss in picked)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=parse_size, default=parse_size("1GB"), help="input size, e.g. 100MB or 1GB")
-    parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a new dir under /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the generated input and output")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the generated data")
-    parser.add_argument("--invalid-fraction", type=float, default=0.001, help="fraction of invalid JSON lines")
-    parser.add_argument("--max-rss-mb", type=float, default=600.0, help="peak RSS target in MB (PASS below it)")
-    parser.add_argument("--tokenizer", help="tokenize with this tokenizer (e.g. mistral:tekken)")
-    parser.add_argument("--template", default="chatml", help="chat template when tokenizing (default chatml)")
-    parser.add_argument("--pack", type=int, help="pack into rows of at most this many tokens (needs --tokenizer)")
-    parser.add_argument("--workers", type=int, help="dsprep --workers (default: dsprep's, every usable core)")
-    args = parser.parse_args()
-    options = ["--no-cache", "--format", "openai"]
-    if args.tokenizer:
-        options += ["--tokenizer", args.tokenizer, "--template", args.template]
-    if args.pack:
-        options += ["--pack", str(args.pack)]
-    if args.workers:
+def convert_options(args: argparse.Namespace, dsprep: list[str]) -> list[str]:
+    """The `dsprep convert` options of the measured pipeline, with --no-cache where the installed dsprep has it."""
+    options = ["--format", "openai", *(["--no-cache"] if "--no-cache" in convert_flags(dsprep) else [])]
+    if args.workers is not None:
         options += ["--workers", str(args.workers)]
+    if not args.no_tokenize:
+        options += ["--tokenizer", args.tokenizer, "--template", args.template, "--pack", str(args.pack)]
+    return options
 
-    own_dir = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="dsprep-bench-", dir="/tmp")) if own_dir else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
+
+def measure(size: int, workdir: Path, args: argparse.Namespace) -> dict[str, float] | None:
+    """Generate `size` bytes, convert them and print the report; returns the measured figures, None on failure."""
     src, out, log = workdir / "chat.jsonl", workdir / "out", workdir / "convert.log"
     try:
         t0 = time.perf_counter()
-        lines, invalid = generate(src, args.size, args.seed, args.invalid_fraction)
+        lines, invalid = generate(src, size, args.seed, args.invalid_fraction)
         size = src.stat().st_size
         print(
             f"generated {src}: {size / MB:.1f} MB, {lines} lines ({invalid} invalid) "
@@ -257,48 +227,107 @@ def main() -> int:
         )
         if out.exists():
             shutil.rmtree(out)
-        code, wall, peak, timeline, tree_peak = run_convert(src, out, log, options)
+        code, wall, peak, timeline, tree_peak = run_convert(src, out, log, convert_options(args, dsprep_cmd()))
         if code != 0:
             print(log.read_text(errors="replace")[-4000:], file=sys.stderr)
             print(f"FAIL: dsprep convert exited with {code} after {wall:.1f}s (peak RSS {peak:.0f} MB)")
-            return 1
+            return None
         manifest = json.loads((out / "manifest.json").read_text())
         totals = manifest["totals"]
         out_bytes = sum(s["bytes"] for s in manifest["shards"])
-        reasons = manifest["inputs"][0]["rejected_by_reason"]
-        unparsed = sum(n for reason, n in reasons.items() if reason in ("invalid_json", "wrong_type"))
-        counts_ok = (totals["rows_read"], unparsed) == (lines, invalid)
-        rss_ok = max(peak, tree_peak) < args.max_rss_mb
         print()
         print(f"input         {size / MB:,.1f} MB  ({size:,} bytes)")
         print(
             f"rows          read {totals['rows_read']:,}  kept {totals['rows_kept']:,}  "
-            f"rejected {totals['rows_rejected']:,}  (generated {lines:,}, {invalid:,} invalid)  {reasons}"
+            f"rejected {totals['rows_rejected']:,}  (generated {lines:,}, {invalid:,} invalid)"
         )
         print(f"output        {len(manifest['shards'])} shard(s), {out_bytes / MB:,.1f} MB")
-        print(f"wall time     {wall:.1f} s")
-        print(f"throughput    {size / MB / wall:,.1f} MB/s  {totals['rows_read'] / wall:,.0f} rows/s")
-        print(f"peak RSS      {peak:,.0f} MB  (target < {args.max_rss_mb:.0f} MB)")
-        print(f"peak tree PSS {tree_peak:,.0f} MB  (convert process, fork server and workers, summed PSS, sampled)")
-        print(f"RSS timeline  {_timeline_text(timeline)}  (elapsed:MB)")
         if "packing" in manifest:
             p = manifest["packing"]
-            rows = f"{p['rows']:,} rows of {p['max_len']}"
-            print(f"packing       {p['tokens']:,} tokens, {rows}, {p['efficiency']:.2%} full")
-        if not counts_ok:
-            print(f"row counts do not match what was generated ({lines} lines, {invalid} invalid)")
-        ok = rss_ok and counts_ok
-        print("PASS" if ok else "FAIL")
-        return 0 if ok else 1
+            print(
+                f"packing       {p['tokens']:,} tokens into {p['rows']:,} rows of {p['max_len']}, "
+                f"efficiency {p['efficiency']:.4f}"
+            )
+        print(f"wall time     {wall:.1f} s")
+        print(
+            f"throughput    {size / MB / wall:,.1f} MB/s  {totals['rows_read'] / wall:,.0f} rows/s"
+            + (f"  {manifest['packing']['tokens'] / wall:,.0f} tokens/s" if "packing" in manifest else "")
+        )
+        print(f"peak RSS      {peak:,.0f} MB  (the convert process, ru_maxrss)")
+        print(f"peak tree PSS {tree_peak:,.0f} MB  (convert process, fork server and workers, summed PSS, sampled)")
+        print(f"RSS timeline  {_timeline_text(timeline)}  (elapsed:MB)", flush=True)
+        # rows over the packed length are rejected too, so with packing only the read count must match exactly
+        # rows over the packed length are rejected too (too_long); the unparsed ones must be exactly the invalid lines
+        reasons = manifest["inputs"][0]["rejected_by_reason"]
+        unparsed = sum(n for reason, n in reasons.items() if reason in ("invalid_json", "wrong_type"))
+        print(f"rejected by   {reasons}")
+        if (totals["rows_read"], unparsed) != (lines, invalid):
+            print(f"FAIL: row counts do not match what was generated ({lines} lines, {invalid} invalid)")
+            return None
+        return {"bytes": size, "peak": max(peak, tree_peak), "wall": wall}
     finally:
         if args.keep:
-            print(f"kept {workdir}")
-        elif own_dir:
-            shutil.rmtree(workdir, ignore_errors=True)
+            print(f"kept {src} and {out}")
         else:
-            for p in (src, log):
-                p.unlink(missing_ok=True)
+            for path in (src, log):
+                path.unlink(missing_ok=True)
             shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sizes", nargs="*", type=parse_size, help="input sizes, e.g. 100MB 400MB (default: 1GB 4GB)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a new dir under /tmp)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated input and output")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the generated data")
+    parser.add_argument("--invalid-fraction", type=float, default=0.001, help="fraction of invalid JSON lines")
+    parser.add_argument("--tokenizer", default="mistral:tekken", help="dsprep convert --tokenizer (default tekken)")
+    parser.add_argument("--template", default="chatml", help="dsprep convert --template (default chatml)")
+    parser.add_argument("--pack", type=int, default=4096, help="dsprep convert --pack L (default 4096)")
+    parser.add_argument("--workers", type=int, default=None, help="dsprep convert --workers N (default: dsprep's)")
+    parser.add_argument("--no-tokenize", action="store_true", help="read, normalize and write only (no tokenizer)")
+    parser.add_argument("--max-rss-mb", type=float, default=1536.0, help="peak RSS target in MB (default 1536)")
+    parser.add_argument("--max-growth", type=float, default=0.2, help="largest allowed peak RSS growth (default 0.2)")
+    args = parser.parse_args()
+    sizes = args.sizes or [parse_size("1GB"), parse_size("4GB")]
+
+    own_dir = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="dsprep-bench-", dir="/tmp")) if own_dir else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    pipeline = (
+        "read + normalize + write"
+        if args.no_tokenize
+        else (f"read + normalize + tokenize ({args.tokenizer}, {args.template}) + pack {args.pack} + write")
+    )
+    print(f"pipeline: {pipeline}", flush=True)
+    runs: list[dict[str, float]] = []
+    try:
+        for size in sizes:
+            run = measure(size, workdir, args)
+            if run is None:
+                return 1
+            runs.append(run)
+            print(flush=True)
+    finally:
+        if own_dir and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("summary")
+    for run in runs:
+        print(f"  {run['bytes'] / MB:>9,.1f} MB input: peak memory {run['peak']:,.0f} MB, {run['wall']:.1f} s")
+    peaks = [run["peak"] for run in runs]
+    top = max(peaks)
+    ok = top < args.max_rss_mb
+    print(f"max peak memory  {top:,.0f} MB  (target < {args.max_rss_mb:,.0f} MB) {'PASS' if ok else 'FAIL'}")
+    if len(runs) > 1:
+        growth = (peaks[-1] - peaks[0]) / peaks[0]
+        grew_ok = abs(growth) < args.max_growth
+        ok = ok and grew_ok
+        print(
+            f"peak memory difference  {growth:+.1%} from the smallest to the largest input "
+            f"(target < {args.max_growth:.0%}) {'PASS' if grew_ok else 'FAIL'}"
+        )
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

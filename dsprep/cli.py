@@ -161,6 +161,18 @@ def _progress(quiet: bool, total: int) -> tuple[Callable[[int], None] | None, Ca
     help="Processes that normalize and tokenize (default: every usable core); the output is the same for any number.",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Run normalize + tokenize in local processes, or through Ray Data (needs the ray extra); same output.",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDR",
+    help="With --engine ray: the cluster to join (HOST:PORT or 'auto'); default: start a local Ray.",
+)
+@click.option(
     "--cache/--no-cache",
     default=True,
     show_default=True,
@@ -191,6 +203,8 @@ def convert(
     pack: int | None,
     shuffle_seed: int | None,
     workers: int | None,
+    engine: str,
+    ray_address: str | None,
     cache: bool,
     cache_dir: Path | None,
     explain_cache: bool,
@@ -216,6 +230,8 @@ def convert(
         raise click.BadParameter("packing needs --tokenizer", param_hint="--pack")
     if pack is not None and max_len is not None and max_len > pack:
         raise click.BadParameter(f"--max-len {max_len} exceeds --pack {pack}", param_hint="--max-len")
+    if ray_address is not None and engine != "ray":
+        raise click.BadParameter("--ray-address needs --engine ray", param_hint="--ray-address")
     config = ConvertConfig(
         inputs=inputs,
         out=out,
@@ -233,6 +249,8 @@ def convert(
         pack=pack,
         shuffle_seed=shuffle_seed,
         workers=workers,
+        engine=engine,  # type: ignore[arg-type]
+        ray_address=ray_address,
         cache=cache,
         cache_dir=cache_dir,
     )

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 __all__ = ["RUN_ONLY", "ConvertConfig"]
 
-RUN_ONLY = ("workers", "cache", "cache_dir")  # how a run is carried out, never what it writes
+RUN_ONLY = ("workers", "engine", "ray_address", "cache", "cache_dir")  # how a run is carried out, never what it writes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +30,8 @@ class ConvertConfig:
     shuffle_seed: shuffle the packed rows with this seed (None keeps the plan's order).
     workers: processes that normalize and encode slices of records (None: every usable core); the output is the same
         for any number.
+    engine: "local" (`--workers` processes here) or "ray" (Ray Data, `dsprep.ray_engine`); the output is the same.
+    ray_address: the Ray cluster to join with the ray engine (None: start a local Ray with `workers` CPUs).
     cache: reuse a finished output with the same cache key (`dsprep.cache`), and store this run's.
     cache_dir: where cached outputs live (None: ``$DSPREP_CACHE/outputs``, default ``~/.cache/dsprep/outputs``).
     """
@@ -51,6 +53,8 @@ class ConvertConfig:
     pack: int | None = None
     shuffle_seed: int | None = None
     workers: int | None = None
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
     cache: bool = False
     cache_dir: Path | None = None
 

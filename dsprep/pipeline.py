@@ -198,6 +198,15 @@ def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None) -> Itera
                 yield Task(next(seq), index, batch[first : first + TASK_ROWS])
 
 
+def _engine(config: ConvertConfig) -> Callable[..., Iterator[BatchResult]]:
+    """The function that runs the stage over the tasks: local processes, or Ray Data (imported only then)."""
+    if config.engine == "ray":
+        from dsprep.ray_engine import ray_results
+
+        return functools.partial(ray_results, address=config.ray_address)
+    return ordered_results
+
+
 def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
     """The encoder for a tokenizing run, after its conformance checks; and what the manifest records of it."""
     spec = _encode_spec(config)
@@ -276,7 +285,7 @@ def convert(
             on_note(f"cache hit: reused the output of an identical earlier run (key {key[:16]})")
         return result
     workers = config.workers or default_workers()
-    if workers > 1 and sum(f.size for f in files) > SERVER_MIN_BYTES:
+    if config.engine == "local" and workers > 1 and sum(f.size for f in files) > SERVER_MIN_BYTES:
         start_server(_encode_spec(config))
     plan = [(f, *_choose_spec(f, config)) for f in files]
     if derive_spec is not None:
@@ -361,7 +370,7 @@ def _write(
             accounts = _Accounts(config, reports, rejects, on_input)
             sink = functools.partial(store_piece, staging.pieces)
             workers = config.workers or default_workers()
-            for result in ordered_results(stage, tasks, workers, sink=sink, done=done):
+            for result in _engine(config)(stage, tasks, workers, sink=sink, done=done):
                 accounts.add(result)
                 if on_result is not None:
                     on_result(result)

@@ -1,0 +1,399 @@
+"""dsprep convert end to end against the raw tokenizer ceiling and the peers' data preparation, in one run.
+
+Run it from the repository root with the Python that has dsprep installed:
+
+    .venv/bin/python benchmarks/compare_peers.py                       # 50k conversations, peers on the first 10k
+    .venv/bin/python benchmarks/compare_peers.py --rows 2000 --peer-rows 500 --skip axolotl   # a quick check
+
+It generates a deterministic (seeded) multi-turn chat corpus of --rows conversations (`bench_common.Corpus`: Zipf
+pseudo-English with lists and code blocks, 0-1 system prompt and 1-6 turns) as OpenAI-chat JSONL, saves the tokenizer
+(--tokenizer, mistral:tekken by default) with the ChatML template (--template) as its chat_template into a folder the
+peers load, and measures, each in its own child process (peak memory = the larger of the child's ``ru_maxrss``
+from ``wait4`` and its process tree's summed PSS, sampled):
+
+- ceiling: the Rust tokenizer alone on the pre-rendered conversations (all rows, TOKENIZERS_PARALLELISM=true);
+- dsprep: ``dsprep convert corpus.jsonl --tokenizer T --template chatml --pack L --out DIR`` as the CLI, with
+  ``--workers 1`` and ``--workers N`` (N = the cores this process may use) when the installed dsprep has --workers,
+  plus a one-row convert for the fixed start-up (imports, tokenizer and template load, output); steady state =
+  tokens / (end-to-end seconds - start-up seconds);
+- TRL (``SFTTrainer._prepare_dataset``, assistant-only loss, bfd packing, num_proc 1 and 2), torchtune
+  (``SFTDataset`` + ``PackedDataset``), Axolotl (chat_template tokenize step + multipack) and LLaMA-Factory
+  (``get_dataset`` with packing) in their own environments (`peer_worker.py` says exactly what each runs), on the
+  first --peer-rows conversations.
+
+Throughput is compared per token of input: tok/s = the ceiling's token count of the rows a path processed divided by
+its seconds, so paths that ran on the subsample compare with the full-corpus ones. The table also gives each path's
+own token count and whether it matches the ceiling's where the tokenizer and template are the same. It prints
+``dsprep/ceiling`` (target >= 0.8) and ``dsprep/best TRL`` (target >= 3) with PASS/FAIL, both on dsprep's steady
+state (the ceiling's and the peers' seconds exclude their start-up as well), plus the end-to-end ratio to TRL; the
+exit code is 0 even on FAIL: this is a report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_common import Corpus, convert_flags, dsprep_cmd, openai_record, tree_pss_mb, verdict, version
+
+REPO = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().with_name("peer_worker.py")
+PEERS = ("trl", "torchtune", "axolotl", "llamafactory")
+TARGET_CEILING = 0.8
+TARGET_TRL = 3.0
+
+
+@dataclass
+class Measured:
+    """One row of the report."""
+
+    name: str
+    rows_in: int
+    base_tokens: int  # the ceiling's token count of the rows processed
+    seconds: float
+    rss_mb: float
+    own_tokens: int | None = None
+    rows_out: int | None = None
+    packed_tokens: int | None = None
+    tokens_note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_child(cmd: list[str], log: Path, cwd: Path | None = None) -> tuple[int, float, float, str]:
+    """Run cmd; returns (exit code, wall seconds, peak memory MB, stdout); stderr goes to log.
+
+    Peak memory is the larger of the child's ``ru_maxrss`` (from ``wait4``) and its process tree's summed PSS,
+    sampled: dsprep's workers are children of a fork server, which ``ru_maxrss`` does not cover.
+    """
+    with open(log, "ab") as err:
+        err.write(("\n$ " + " ".join(cmd) + "\n").encode())
+        err.flush()
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=cwd)
+        assert proc.stdout is not None
+        tree_peak = [0.0]
+        finished = threading.Event()
+
+        def sample() -> None:
+            while not finished.wait(0.25):
+                tree_peak[0] = max(tree_peak[0], tree_pss_mb(proc.pid) or 0.0)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        out = proc.stdout.read().decode(errors="replace")
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        finished.set()
+        sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; tell Popen
+    return proc.returncode, wall, max(usage.ru_maxrss / 1024, tree_peak[0]), out
+
+
+def worker_result(stdout: str) -> dict[str, Any] | None:
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    return json.loads(lines[-1][len("RESULT ") :]) if lines else None
+
+
+def default_python(name: str) -> str | None:
+    path = REPO / f".venv-{name}" / "bin" / "python"
+    return str(path) if path.exists() else None
+
+
+def write_corpus(path: Path, rows: int, seed: int) -> dict[str, int]:
+    corpus = Corpus(seed)
+    messages = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        for _ in range(rows):
+            conv = corpus.conversation()
+            messages += len(conv)
+            fh.write(json.dumps(openai_record(conv), ensure_ascii=False) + "\n")
+    return {"rows": rows, "messages": messages, "bytes": path.stat().st_size}
+
+
+def save_tokenizer(name: str, template: str, target: Path) -> str:
+    """The dsprep tokenizer with the dsprep template as its chat_template, saved for the peers; returns its class."""
+    from dsprep.templates import load_template
+    from dsprep.tokenizers import load_tokenizer
+
+    loaded = load_tokenizer(name)
+    tok = loaded.tokenizer
+    tok.chat_template = load_template(template, loaded.chat_template).text
+    tok.save_pretrained(str(target))
+    return type(tok).__name__
+
+
+def run_dsprep(
+    dsprep: list[str], src: Path, out: Path, opts: argparse.Namespace, workers: int | None, log: Path, no_cache: bool
+) -> tuple[float, float, dict[str, Any]]:
+    cmd = [
+        *dsprep,
+        "convert",
+        str(src),
+        "--tokenizer",
+        opts.tokenizer,
+        "--template",
+        opts.template,
+        "--pack",
+        str(opts.max_len),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    if no_cache:  # a cached output would make the run instant
+        cmd += ["--no-cache"]
+    code, wall, rss, _ = run_child(cmd, log)
+    if code != 0:
+        raise SystemExit(f"dsprep convert exited with {code}; see {log}")
+    return wall, rss, json.loads((out / "manifest.json").read_text())
+
+
+def clip_sums(lengths: list[int], max_len: int) -> dict[str, int]:
+    """Token totals of `lengths` as the paths see them: all, rows <= L only (dropped), min(len, L) (truncated)."""
+    return {
+        "all": sum(lengths),
+        "kept": sum(n for n in lengths if n <= max_len),
+        "truncated": sum(min(n, max_len) for n in lengths),
+        "over": sum(n > max_len for n in lengths),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=50000, help="conversations to generate (default 50000)")
+    parser.add_argument("--peer-rows", type=int, default=10000, help="subsample for TRL/torchtune/Axolotl/LLaMA-F.")
+    parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    parser.add_argument("--max-len", type=int, default=4096, help="packed row length L (default 4096)")
+    parser.add_argument("--tokenizer", default="mistral:tekken", help="dsprep tokenizer name or folder")
+    parser.add_argument("--template", default="chatml", help="dsprep chat template name or .jinja file")
+    parser.add_argument("--workers", type=int, default=None, help="dsprep --workers N (default: cores available)")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=PEERS,
+        metavar="PEER",
+        help=f"skip a peer ({', '.join(PEERS)}); repeatable",
+    )
+    for peer in PEERS:
+        parser.add_argument(
+            f"--{peer}-python",
+            default=default_python(peer),
+            help=f"Python of an environment with {peer} (default: .venv-{peer} if it exists)",
+        )
+    parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a new temporary dir)")
+    opts = parser.parse_args()
+    opts.peer_rows = min(opts.peer_rows, opts.rows)
+    workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="compare-peers-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "children.log"
+    corpus, tok_dir = workdir / "corpus.jsonl", workdir / "tokenizer"
+
+    t0 = time.perf_counter()
+    stats = write_corpus(corpus, opts.rows, opts.seed)
+    tok_class = save_tokenizer(opts.tokenizer, opts.template, tok_dir)
+    print(
+        f"corpus: {stats['rows']} conversations, {stats['messages']} messages, {stats['bytes'] / 1e6:.1f} MB "
+        f"OpenAI-chat JSONL, seed {opts.seed} ({time.perf_counter() - t0:.1f} s); tokenizer {opts.tokenizer} "
+        f"({tok_class}), template {opts.template}, L={opts.max_len}; work folder {workdir}",
+        flush=True,
+    )
+    base = [str(WORKER), "--corpus", str(corpus), "--tokenizer", str(tok_dir), "--max-len", str(opts.max_len)]
+    results: list[Measured] = []
+
+    # ceiling
+    code, wall, rss, out = run_child([sys.executable, base[0], "ceiling", *base[1:]], log)
+    ceiling = worker_result(out)
+    if code != 0 or ceiling is None:
+        raise SystemExit(f"the ceiling measurement failed ({code}); see {log}")
+    lengths: list[int] = ceiling["lengths"]
+    full, sub = clip_sums(lengths, opts.max_len), clip_sums(lengths[: opts.peer_rows], opts.max_len)
+    results.append(
+        Measured(
+            "ceiling: tokenizer on pre-rendered text",
+            opts.rows,
+            full["all"],
+            ceiling["seconds"],
+            rss,
+            own_tokens=ceiling["tokens"],
+        )
+    )
+    print(
+        f"rendered lengths: mean {full['all'] / len(lengths):.0f}, max {max(lengths)} tokens; "
+        f"{full['over']} of {opts.rows} rows longer than {opts.max_len} ({sub['over']} in the first "
+        f"{opts.peer_rows})",
+        flush=True,
+    )
+
+    # dsprep
+    dsprep = dsprep_cmd()
+    flags = convert_flags(dsprep)
+    has_workers, no_cache = "--workers" in flags, "--no-cache" in flags
+    n_cores = len(os.sched_getaffinity(0))
+    one = workdir / "one.jsonl"
+    with open(corpus, encoding="utf-8") as src, open(one, "w", encoding="utf-8") as dst:
+        dst.write(src.readline())
+    startup, _, _ = run_dsprep(dsprep, one, workdir / "out-one", opts, 1 if has_workers else None, log, no_cache)
+    settings: list[int | None] = sorted({1, opts.workers or n_cores}) if has_workers else [None]
+    dsprep_rows: list[Measured] = []
+    shard_digests: set[tuple[str, ...]] = set()
+    for workers in settings:
+        out_dir = workdir / f"out-w{workers or 1}"
+        wall, rss, manifest = run_dsprep(dsprep, corpus, out_dir, opts, workers, log, no_cache)
+        packing = manifest["packing"]
+        label = f"dsprep convert --workers {workers}" if workers is not None else "dsprep convert (no --workers)"
+        m = Measured(
+            label,
+            opts.rows,
+            full["all"],
+            wall,
+            rss,
+            own_tokens=packing["tokens"],
+            rows_out=packing["rows"],
+            packed_tokens=packing["tokens"],
+            extra={"steady": full["all"] / max(wall - startup, 1e-9)},
+        )
+        m.tokens_note = "= ceiling (rows <= L)" if packing["tokens"] == full["kept"] else "!= ceiling (rows <= L)"
+        m.tokens_note += f"; {manifest['totals']['rows_rejected']} rejected"
+        dsprep_rows.append(m)
+        results.append(m)
+        shard_digests.add(tuple(s["sha256"] for s in manifest["shards"]))
+        shutil.rmtree(out_dir)
+    identical = len(shard_digests) == 1
+
+    # peers
+    notes: list[str] = []
+    plan = [("trl", 1), ("trl", 2), ("torchtune", 1), ("axolotl", 1), ("llamafactory", 1)]
+    for peer, num_proc in plan:
+        python = getattr(opts, f"{peer}_python")
+        if peer in opts.skip or python is None:
+            why = "--skip" if peer in opts.skip else f"no environment (--{peer}-python, or .venv-{peer} in {REPO})"
+            if num_proc == 1:
+                notes.append(f"{peer}: skipped ({why})")
+            continue
+        cmd = [python, base[0], peer, *base[1:], "--rows", str(opts.peer_rows), "--num-proc", str(num_proc)]
+        print(f"measuring {peer} (num_proc {num_proc}) on {opts.peer_rows} rows ...", flush=True)
+        code, wall, rss, out = run_child(cmd, log, cwd=WORKER.parent)
+        r = worker_result(out)
+        if code != 0 or r is None:
+            notes.append(f"{peer} num_proc={num_proc}: failed with exit code {code}; see {log}")
+            continue
+        name = {
+            "trl": f"TRL _prepare_dataset bfd, num_proc={num_proc}",
+            "torchtune": "torchtune SFTDataset+PackedDataset",
+            "axolotl": "Axolotl chat_template+multipack",
+            "llamafactory": "LLaMA-Factory get_dataset packing",
+        }[peer]
+        m = Measured(
+            name,
+            opts.peer_rows,
+            sub["all"],
+            r["seconds"],
+            rss,
+            own_tokens=r["tokens"],
+            rows_out=r.get("rows_out"),
+            extra=r,
+        )
+        if peer == "trl":
+            m.packed_tokens = r["tokens"]
+            m.tokens_note = (
+                "= ceiling (truncated to L)"
+                if r["tokens"] == sub["truncated"]
+                else (f"!= ceiling truncated to L ({r['tokens'] - sub['truncated']:+d})")
+            )
+        elif peer == "torchtune":
+            m.packed_tokens = r["tokens"]
+            m.tokens_note = (
+                f"{r['tokens'] - sub['truncated']:+d} vs ceiling truncated to L: per-message encoding "
+                "(torchtune's ModelTokenizer way), not comparable one to one"
+            )
+        elif peer == "axolotl":
+            m.packed_tokens = r["packed_tokens"]
+            m.tokens_note = (
+                "= ceiling" if r["tokens"] == sub["all"] else f"{r['tokens'] - sub['all']:+d} vs ceiling"
+            ) + f"; {r['dropped']} rows over L dropped"
+        else:
+            m.packed_tokens = r["tokens"]
+            m.tokens_note = "its own chatml template (markers as added special tokens): not comparable"
+        results.append(m)
+
+    # report
+    print()
+    try:
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        load = "?"
+    print(
+        f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {n_cores} cores available "
+        f"(nproc {os.cpu_count()}), load average {load}; python {sys.version.split()[0]}"
+    )
+    dists = ("dsprep", "tokenizers", "transformers")
+    print("versions (dsprep side): " + ", ".join(f"{d} {version(d)}" for d in dists))
+    header = (
+        f"{'measurement':<40} {'rows':>6} {'seconds':>8} {'rows/s':>8} {'tok/s':>10} {'peak mem':>9} "
+        f"{'packed':>7} {'eff':>6}  tokens"
+    )
+    print(header)
+    print("-" * len(header))
+    for m in results:
+        eff = f"{m.packed_tokens / (m.rows_out * opts.max_len):.4f}" if m.rows_out and m.packed_tokens else ""
+        own = f"{m.own_tokens} {m.tokens_note}" if m.own_tokens is not None else ""
+        print(
+            f"{m.name:<40} {m.rows_in:>6} {m.seconds:>8.2f} {m.rows_in / m.seconds:>8.0f} "
+            f"{m.base_tokens / m.seconds:>10,.0f} {m.rss_mb:>7.0f}MB {m.rows_out or '':>7} {eff:>6}  {own}"
+        )
+    print(
+        "(tok/s = the ceiling's token count of the rows processed / seconds; peers ran on the first "
+        f"{opts.peer_rows} rows and compare per token; eff = packed tokens / (packed rows x {opts.max_len}); "
+        "peer seconds exclude their imports and loading, dsprep's are the whole CLI process)"
+    )
+    for note in notes:
+        print(note)
+    print()
+    ceiling_rate = results[0].base_tokens / results[0].seconds
+    best = max(dsprep_rows, key=lambda m: m.base_tokens / m.seconds)
+    print(f"dsprep start-up (one-row convert): {startup:.2f} s")
+    for m in dsprep_rows:
+        print(
+            f"{m.name}: end to end {m.base_tokens / m.seconds:,.0f} tok/s, steady state "
+            f"{m.extra['steady']:,.0f} tok/s ({full['all']} ceiling tokens over {m.seconds - startup:.2f} s)"
+        )
+    if len(settings) > 1:
+        speedup = dsprep_rows[0].seconds / dsprep_rows[-1].seconds
+        print(f"workers {settings[-1]} vs 1: {speedup:.2f}x; shards byte-identical: {identical}")
+    if best.seconds < 2 * startup:  # the start-up (a separate, noisy measurement) would dominate the difference
+        print(f"steady state: n/a, the run took less than twice the start-up; use more --rows ({opts.rows})")
+        return 0
+    r_ceiling = best.extra["steady"] / ceiling_rate
+    print(
+        f"ratio dsprep/ceiling = {r_ceiling:.2f}  ({best.name}, steady state; target >= {TARGET_CEILING}) "
+        f"{verdict(r_ceiling >= TARGET_CEILING)}"
+    )
+    trl = [m for m in results if m.name.startswith("TRL")]
+    if trl:
+        best_trl = max(trl, key=lambda m: m.base_tokens / m.seconds)
+        trl_rate = best_trl.base_tokens / best_trl.seconds
+        r_trl = best.extra["steady"] / trl_rate
+        print(
+            f"ratio dsprep/best TRL = {r_trl:.2f}  ({best.name}, steady state, vs {best_trl.name}, whose seconds "
+            f"exclude its start-up too; target >= {TARGET_TRL}) {verdict(r_trl >= TARGET_TRL)}; end to end "
+            f"{(best.base_tokens / best.seconds) / trl_rate:.2f}"
+        )
+    else:
+        print("ratio dsprep/best TRL = n/a (TRL not measured)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
