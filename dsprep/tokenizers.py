@@ -54,6 +54,9 @@ def cache_dir() -> Path:
     return Path(root).expanduser()
 
 
+PLAIN_FAST = ("TokenizersBackend", "PreTrainedTokenizerFast")  # tokenizer classes that are tokenizer.json alone
+
+
 def _quiet_transformers() -> Any:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -140,13 +143,25 @@ def fingerprint(tok: Any) -> str:
     return h.hexdigest()
 
 
+def _tokenizer_class(transformers: Any, path: Path) -> Any:
+    """The class that loads the folder: a plain fast tokenizer directly (so torch, which the auto classes import, is
+    never loaded), anything else through `AutoTokenizer`."""
+    try:
+        declared = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        declared = None
+    if declared in PLAIN_FAST and (path / "tokenizer.json").is_file():
+        return transformers.TokenizersBackend
+    return transformers.AutoTokenizer
+
+
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER) -> LoadedTokenizer:
     """Load a built-in (``mistral:tekken``, ``mistral:v3``) or a local tokenizer folder, offline."""
     transformers = _quiet_transformers()
     path = tokenizer_folder(name_or_path)
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tok = _tokenizer_class(transformers, path).from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
         raise TokenizerError(f"{name_or_path}: cannot load tokenizer: {type(exc).__name__}: {exc}") from None
     if name_or_path == "mistral:v3":  # the shipped template may be newer than the cached build
