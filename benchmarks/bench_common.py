@@ -13,9 +13,12 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from itertools import accumulate
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "Corpus",
@@ -195,32 +198,62 @@ class Timer:
         self.cpu = _cpu_seconds() - self._cpu
 
 
-def _pss_mb(pid: int) -> float | None:
+def proc_field_mb(pid: int, file: str, key: str) -> float | None:
+    """A ``key: N kB`` line of ``/proc/PID/FILE`` (``status``'s VmRSS, ``smaps_rollup``'s Pss) in MB; None if gone."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
+        with open(f"/proc/{pid}/{file}") as fh:
             for line in fh:
-                if line.startswith("Pss:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
 
 
+def process_stats() -> dict[int, list[str]]:
+    """Every process's ``/proc/PID/stat`` fields after the command name (field 1 is the parent's pid)."""
+    stats: dict[int, list[str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stats[int(stat.parent.name)] = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+    return stats
+
+
 def tree_pss_mb(pid: int) -> float | None:
     """Summed PSS (shared pages divided among their users) of `pid` and all its descendants, in MB."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for child, fields in process_stats().items():
+        children.setdefault(int(fields[1]), []).append(child)
     total, stack = 0.0, [pid]
     while stack:
         p = stack.pop()
-        total += _pss_mb(p) or 0.0
+        total += proc_field_mb(p, "smaps_rollup", "Pss") or 0.0
         stack.extend(children.get(p, []))
     return total or None
+
+
+def wait_sampling(proc: subprocess.Popen[bytes], sample: Callable[[], None], every: float) -> tuple[float, Any]:
+    """Call `sample` every `every` seconds until `proc` exits; reap it with wait4 and set its returncode.
+
+    Returns (wall seconds since this call, the child's rusage).
+    """
+    start = time.perf_counter()
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(every):
+            sample()
+
+    sampler = threading.Thread(target=loop, daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; tell Popen
+    return wall, usage
 
 
 def version(dist: str) -> str:

@@ -35,18 +35,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from bench_common import convert_flags, dsprep_cmd, tree_pss_mb
+from bench_common import convert_flags, dsprep_cmd, proc_field_mb, tree_pss_mb, wait_sampling
 
 MB = 1 << 20
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -152,17 +150,6 @@ def generate(path: Path, size: int, seed: int, invalid_fraction: float) -> tuple
     return lines, invalid
 
 
-def _rss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 def run_convert(
     src: Path, out: Path, log: Path, options: list[str]
 ) -> tuple[int, float, float, list[tuple[float, float]], float]:
@@ -174,22 +161,14 @@ def run_convert(
     with open(log, "wb") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT)
-        done = threading.Event()
 
         def sample() -> None:
-            while not done.wait(SAMPLE_EVERY_S):
-                rss = _rss_mb(proc.pid)
-                if rss is not None:
-                    timeline.append((time.perf_counter() - start, rss))
-                tree_peak[0] = max(tree_peak[0], tree_pss_mb(proc.pid) or 0.0)
+            rss = proc_field_mb(proc.pid, "status", "VmRSS")
+            if rss is not None:
+                timeline.append((time.perf_counter() - start, rss))
+            tree_peak[0] = max(tree_peak[0], tree_pss_mb(proc.pid) or 0.0)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        done.set()
-        sampler.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; tell Popen
+        wall, usage = wait_sampling(proc, sample, SAMPLE_EVERY_S)
     return proc.returncode, wall, usage.ru_maxrss / 1024, timeline, tree_peak[0]  # ru_maxrss: KiB on Linux
 
 

@@ -19,9 +19,9 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
+
+from bench_common import process_stats, wait_sampling
 
 WORDS = [f"w{i}x" for i in range(3000)]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -41,15 +41,8 @@ def corpus(path: Path, rows: int, seed: int = 0) -> None:
 
 def _tree_cpu(root: int, seen: dict[int, float]) -> None:
     """Record the CPU seconds (user + system) of each descendant of `root` into `seen`."""
-    parents: dict[int, int] = {}
-    stats: dict[int, list[str]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(stat.parent.name)
-        parents[pid], stats[pid] = int(fields[1]), fields
+    stats = process_stats()
+    parents = {pid: int(fields[1]) for pid, fields in stats.items()}
     for pid, fields in stats.items():
         p = pid
         while p not in (0, 1, root) and p in parents:
@@ -65,21 +58,8 @@ def run(src: Path, out: Path, workers: int) -> tuple[float, float]:
            "openai", "--tokenizer", "mistral:tekken", "--template", "chatml", "--workers", str(workers)]  # fmt: skip
     print(f"workers {workers}: load average {os.getloadavg()[0]:.2f} at start", flush=True)
     seen: dict[int, float] = {}
-    start = time.perf_counter()
     proc = subprocess.Popen(cmd)
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.2):
-            _tree_cpu(proc.pid, seen)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall, usage = wait_sampling(proc, lambda: _tree_cpu(proc.pid, seen), 0.2)
     if proc.returncode:
         raise SystemExit(f"dsprep convert --workers {workers} exited with {proc.returncode}")
     seen.pop(proc.pid, None)  # the convert process itself: exact figures from wait4
