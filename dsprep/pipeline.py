@@ -216,7 +216,6 @@ def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
 
     encoder = encoder_for(spec)
     conformance = check_conformance(encoder)
-    encoder.method_counts = dict.fromkeys(encoder.method_counts, 0)  # count the data's rows only, not the probes
     if conformance.problems and not config.allow_template_warnings:
         raise TemplateError("; ".join(conformance.problems) + " (pass --allow-template-warnings to go on)")
     loaded, template = encoder.tok, encoder.template
@@ -285,7 +284,7 @@ def convert(
             on_note(f"cache hit: reused the output of an identical earlier run (key {key[:16]})")
         return result
     workers = config.workers or default_workers()
-    if config.engine == "local" and workers > 1 and sum(f.size for f in files) > SERVER_MIN_BYTES:
+    if config.engine == "local" and workers > 1 and sum(size for size, _ in identities) > SERVER_MIN_BYTES:
         start_server(_encode_spec(config))
     plan = [(f, *_choose_spec(f, config)) for f in files]
     if derive_spec is not None:
