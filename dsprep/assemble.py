@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from dsprep.pack import PackPlan, PackReport, materialize, plan_packing
-from dsprep.pieces import load_piece, piece_table
+from dsprep.pieces import load_piece, piece_column, piece_table
 from dsprep.schema import TOKENIZED
 from dsprep.shards import ShardWriter, writing
 from dsprep.workers import BatchResult
@@ -44,7 +44,7 @@ def write_unpacked(pieces: Path, results: Sequence[BatchResult], writer: ShardWr
 
 
 def _lengths(pieces: Path, results: Sequence[BatchResult]) -> np.ndarray:
-    parts = [piece_table(pieces, r.seq).column("num_tokens").to_numpy() for r in results if r.rows_kept]
+    parts = [piece_column(pieces, r.seq, "num_tokens") for r in results if r.rows_kept]
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
@@ -119,6 +119,7 @@ def write_packed(
             router.add(int(b), table.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b])))
         first += n
     router.close()
+    del bucket_of
     starts = np.concatenate([[0], np.cumsum(plan.row_counts)])
     for b in range(buckets):
         bucket = router.read(b)

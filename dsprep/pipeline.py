@@ -188,7 +188,7 @@ class _Accounts:
 def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None) -> Iterator[Task]:
     seq = itertools.count()
     for index, (f, _, _) in enumerate(plan):
-        batches = read_records(f, on_bytes)
+        batches = read_records(f, on_bytes, defer_parsing=True)
         while True:
             with _reading(f):  # only the read happens here: a failed write never looks like a failed input
                 batch = next(batches, None)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import itertools
+import math
 import os
 import re
 import string
@@ -77,19 +78,27 @@ class _Deadline(BaseException):
 
 
 class _Watchdog:
-    """One daemon thread that raises `_Deadline` into threads whose render has run past its deadline."""
+    """One daemon thread that raises `_Deadline` into threads whose render has run past its deadline.
+
+    It sleeps until the earliest deadline it knows of (renders usually end long before theirs, so it wakes rarely)
+    and is woken early only when a render starts with a deadline earlier than that.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._deadlines: dict[int, tuple[int, float]] = {}  # thread id -> (token, deadline)
         self._tokens = itertools.count()
         self._thread: threading.Thread | None = None
+        self._next_check = math.inf
 
     def reset_after_fork(self) -> None:
         """In a forked child: the parent's watchdog thread is gone and its lock may have been held; start afresh."""
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._deadlines = {}
         self._thread = None
+        self._next_check = math.inf
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -97,14 +106,15 @@ class _Watchdog:
             self._thread.start()
 
     def _loop(self) -> None:
-        while True:
-            time.sleep(0.02)
-            now = time.monotonic()
-            with self._lock:
+        with self._lock:
+            while True:
+                now = time.monotonic()
                 for tid, (_, deadline) in list(self._deadlines.items()):
                     if now >= deadline:
                         del self._deadlines[tid]
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(_Deadline))
+                self._next_check = min((d for _, d in self._deadlines.values()), default=math.inf)
+                self._wake.wait(None if self._next_check == math.inf else self._next_check - now)
 
     @contextmanager
     def limit(self, seconds: float) -> Iterator[None]:
@@ -118,6 +128,9 @@ class _Watchdog:
                 deadline = min(deadline, outer[1])
             self._deadlines[tid] = (token, deadline)
             self._ensure_thread()
+            if deadline < self._next_check:
+                self._next_check = deadline
+                self._wake.notify()
         try:
             yield
         finally:

@@ -77,12 +77,24 @@ class InputFile:
 
 @dataclass(frozen=True)
 class Record:
-    """A raw input record: its position, the parsed value (or the error that stopped parsing) and its raw bytes."""
+    """A raw input record: its position, the parsed value (or the error that stopped parsing) and its raw bytes.
+
+    pending: the raw bytes are a JSON line not parsed yet (`parsed` parses it), so the parsing can happen where the
+    record is processed rather than where it is read.
+    """
 
     row: int
     value: dict[str, Any] | None
     raw: bytes
     error: RowError | None = None
+    pending: bool = False
+
+    def parsed(self) -> Record:
+        """This record with its JSON line parsed (itself when there was nothing to parse)."""
+        if not self.pending:
+            return self
+        value, error = _parse_json_line(self.raw)
+        return _object_record(self.row, value, self.raw, error)
 
 
 def _classify(path: Path) -> tuple[str, str | None]:
@@ -283,6 +295,12 @@ def _jsonl(f: InputFile, progress: Progress | None) -> Iterator[Record]:
             yield _object_record(i, value, line, error)
 
 
+def _jsonl_lines(f: InputFile, progress: Progress | None) -> Iterator[Record]:
+    with _open_binary(f, progress) as stream:
+        for i, line in _lines(stream):
+            yield Record(i, None, line, pending=True)
+
+
 def _txt(f: InputFile, progress: Progress | None) -> Iterator[Record]:
     with _open_binary(f, progress) as stream:
         for i, line in _lines(stream):
@@ -440,6 +458,12 @@ READERS: dict[str, Callable[[InputFile, Progress | None], Iterator[Record]]] = {
 }
 
 
-def read_records(f: InputFile, progress: Progress | None = None) -> Iterator[list[Record]]:
-    """Yield the input's records in batches, in file order. A file that cannot be read raises InputError."""
-    return _batched(READERS[f.container](f, progress))
+def read_records(
+    f: InputFile, progress: Progress | None = None, *, defer_parsing: bool = False
+) -> Iterator[list[Record]]:
+    """Yield the input's records in batches, in file order. A file that cannot be read raises InputError.
+
+    defer_parsing: JSON lines come back unparsed (`Record.pending`), for the process that handles them to parse.
+    """
+    reader = _jsonl_lines if defer_parsing and f.container == "jsonl" else READERS[f.container]
+    return _batched(reader(f, progress))

@@ -195,7 +195,7 @@ class _Collector:
 def _normalized(src: SourceInput, task: Task, out: _Collector) -> list[tuple[Record, Row]]:
     """The task's records normalized through the input's spec, with their ids; the others go to `out`'s rejects."""
     kept: list[tuple[Record, Row]] = []
-    for rec in task.records:
+    for rec in map(Record.parsed, task.records):
         if rec.error is not None or rec.value is None or src.spec is None:
             out.reject(rec, rec.error or RowError("", "wrong_type", "empty record"))
             continue
