@@ -6,7 +6,9 @@ MEASUREMENT is one of:
 
 - ``ceiling``: the Rust tokenizer alone on the pre-rendered conversations (``apply_chat_template(...,
   tokenize=False)``, not timed), in batches of 1000 with ``add_special_tokens=False``; also reports every row's length,
-  so the parent can compare token counts with the paths that drop or truncate long rows;
+  so the parent can compare token counts with the paths that drop or truncate long rows. With ``--num-proc N`` (N >
+  1) the texts are split into N contiguous shares, each tokenized by its own forked process with one thread, and the
+  time runs from when all are ready to when the last one ends;
 - ``trl``: ``SFTTrainer._prepare_dataset`` (the method ``SFTTrainer.__init__`` calls, here without a model) with
   ``SFTConfig(assistant_only_loss=True, packing=True, packing_strategy="bfd", max_length=L, dataset_num_proc=N)``;
 - ``torchtune``: ``SFTDataset`` (OpenAI messages, ``train_on_input=False``) over a ChatML model tokenizer written the
@@ -33,6 +35,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import types
 import warnings
 from collections.abc import Callable
@@ -74,14 +77,55 @@ def _quiet_datasets() -> Any:
 
 
 def measure_ceiling(args: argparse.Namespace) -> Result:
+    if args.num_proc > 1:
+        return _ceiling_processes(args)
     tok = hf_tokenizer(args.tokenizer)
     texts = tok.apply_chat_template(read_corpus(args.corpus, args.rows), tokenize=False)
-    lengths: list[int] = []
     with Timer() as timer:
-        for i in range(0, len(texts), CEILING_BATCH):
-            out = tok(texts[i : i + CEILING_BATCH], add_special_tokens=False)
-            lengths.extend(len(ids) for ids in out["input_ids"])
+        lengths = _encode_lengths(tok, texts)
     return {"seconds": timer.wall, "cpu": timer.cpu, "rows_in": len(texts), "tokens": sum(lengths), "lengths": lengths}
+
+
+def _encode_lengths(tok: Any, texts: list[str]) -> list[int]:
+    lengths: list[int] = []
+    for i in range(0, len(texts), CEILING_BATCH):
+        out = tok(texts[i : i + CEILING_BATCH], add_special_tokens=False)
+        lengths.extend(len(ids) for ids in out["input_ids"])
+    return lengths
+
+
+def _ceiling_processes(args: argparse.Namespace) -> Result:
+    """The tokenizer in --num-proc forked processes, each on a contiguous share of the texts with one thread.
+
+    The clock starts when every process has its share and the tokenizer (so loading is not timed, as in the
+    one-process ceiling) and stops when the last one finishes.
+    """
+    import multiprocessing
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process, set before the tokenizer loads
+    tok = hf_tokenizer(args.tokenizer)
+    texts = tok.apply_chat_template(read_corpus(args.corpus, args.rows), tokenize=False)
+    context = multiprocessing.get_context("fork")  # no tokenizer thread has started: forking is safe
+    barrier, queue = context.Barrier(args.num_proc), context.Queue()
+    step = -(-len(texts) // args.num_proc)
+    shares = [texts[k * step : (k + 1) * step] for k in range(args.num_proc)]
+
+    def part(k: int) -> None:
+        barrier.wait()
+        start, cpu = time.perf_counter(), time.process_time()
+        lengths = _encode_lengths(tok, shares[k])
+        queue.put((k, start, time.perf_counter(), time.process_time() - cpu, lengths))
+
+    procs = [context.Process(target=part, args=(k,)) for k in range(args.num_proc)]
+    for p in procs:
+        p.start()
+    parts = sorted(queue.get() for _ in procs)
+    for p in procs:
+        p.join()
+    lengths = [n for *_, share in parts for n in share]
+    seconds = max(end for _, _, end, _, _ in parts) - min(start for _, start, _, _, _ in parts)
+    cpu = sum(c for *_, c, _ in parts)
+    return {"seconds": seconds, "cpu": cpu, "rows_in": len(texts), "tokens": sum(lengths), "lengths": lengths}
 
 
 def measure_trl(args: argparse.Namespace) -> Result:

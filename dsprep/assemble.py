@@ -4,17 +4,21 @@ Unpacked, the pieces' rows stream into the shard writer in task order. Packed, t
 the lengths (the ``num_tokens`` column, a few bytes per example). The packed rows are then written in chunks of
 ``chunk_rows`` rows: one streaming pass over the pieces routes each example to the bucket file of the chunk its row
 lands in (at most `MAX_BUCKETS` files open, a bounded buffer in front of them), and each chunk is materialized from
-its bucket alone. Memory holds the lengths, one chunk and the routing buffer, whatever the size of the input.
+its bucket alone (the next one while the one before is written). Memory holds the lengths, two chunks and the
+routing buffer, whatever the size of the input.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -27,10 +31,12 @@ from dsprep.workers import BatchResult
 
 __all__ = ["CHUNK_TOKENS", "write_packed", "write_unpacked"]
 
-CHUNK_TOKENS = 1 << 22  # tokens per materialized chunk of packed rows (at most)
+CHUNK_TOKENS = 1 << 21  # tokens per materialized chunk of packed rows (at most)
 MAX_BUCKETS = 256
 ROUTE_BUFFER_BYTES = 64 << 20
 ROUTED = ["id", "input_ids", "labels"]
+THREADS = 1  # threads that read pieces and build chunks ahead of the main thread
+T = TypeVar("T")
 
 
 def write_unpacked(pieces: Path, results: Sequence[BatchResult], writer: ShardWriter) -> list[dict[str, Any]]:
@@ -43,9 +49,9 @@ def write_unpacked(pieces: Path, results: Sequence[BatchResult], writer: ShardWr
     return writer.close()
 
 
-def _lengths(pieces: Path, results: Sequence[BatchResult]) -> np.ndarray:
-    parts = [piece_column(pieces, r.seq, "num_tokens") for r in results if r.rows_kept]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+def _lengths(pieces: Path, results: Sequence[BatchResult]) -> list[np.ndarray]:
+    """Each piece's example lengths (the ``num_tokens`` column; a kept record may have become several rows)."""
+    return [piece_column(pieces, r.seq, "num_tokens").astype(np.int64) for r in results if r.rows_kept]
 
 
 class _Router:
@@ -85,11 +91,101 @@ class _Router:
             return pa.ipc.open_stream(source).read_all()
 
 
+def _in_order(pool: ThreadPoolExecutor, jobs: Iterator[Callable[[], T]]) -> Iterator[T]:
+    """Run `jobs` on `pool`, at most THREADS of them ahead of the one whose result is yielded, in job order."""
+    pending: deque[Future[T]] = deque()
+    for job in jobs:
+        pending.append(pool.submit(job))
+        if len(pending) > THREADS:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+class _Behind:
+    """Writes tables to a `ShardWriter` on one background thread, in order, at most one table behind the caller.
+
+    Arrow and Parquet release the GIL while they encode and compress, so the next table is built meanwhile; the
+    writer is only touched by that thread until the block ends, and a failed write is raised in the caller.
+    """
+
+    def __init__(self, writer: ShardWriter) -> None:
+        self.writer = writer
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsprep-shard-writer")
+        self.pending: Future[None] | None = None
+
+    def write(self, table: pa.Table) -> None:
+        self._wait()
+        self.pending = self.pool.submit(self.writer.write_table, table)
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def __enter__(self) -> _Behind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._wait()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _route(
+    pool: ThreadPoolExecutor, pieces: Path, kept: Sequence[BatchResult], firsts: np.ndarray, bucket_of: np.ndarray,
+    router: _Router,
+) -> None:  # fmt: skip
+    """Append every example of the pieces to its bucket, reading and sorting pieces on `pool` (in piece order).
+
+    firsts: the index of each piece's first example.
+    """
+    buckets = len(router.writers)
+
+    def routed(k: int) -> tuple[pa.Table, np.ndarray]:
+        """Piece k's examples sorted by bucket (stable), with each bucket's bounds."""
+        table = piece_table(pieces, kept[k].seq).select(ROUTED)
+        first = int(firsts[k])
+        target = bucket_of[first : first + table.num_rows]
+        order = np.argsort(target, kind="stable")
+        table = table.take(pa.array(order)).append_column("example", pa.array(order + first))
+        return table, np.searchsorted(target[order], np.arange(buckets + 1))
+
+    for table, bounds in _in_order(pool, (functools.partial(routed, k) for k in range(len(kept)))):
+        for b in np.flatnonzero(np.diff(bounds)):
+            router.add(int(b), table.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b])))
+    router.close()
+
+
+def _chunk_jobs(router: _Router, plan: PackPlan, chunk_rows: int, per_bucket: int) -> Iterator[Callable[[], pa.Table]]:
+    """One job per chunk of packed rows, in order: build the chunk from its bucket."""
+    starts = np.concatenate([[0], np.cumsum(plan.row_counts)])
+    chunks = math.ceil(plan.rows / chunk_rows)
+    for b in range(len(router.writers)):
+        bucket = router.read(b)
+        examples = bucket.column("example").combine_chunks().to_numpy()
+        sorter = np.argsort(examples)
+        for c in range(b * per_bucket, min((b + 1) * per_bucket, chunks)):
+            lo_row, hi_row = c * chunk_rows, min((c + 1) * chunk_rows, plan.rows)
+            wanted = plan.order[starts[lo_row] : starts[hi_row]]
+            local = sorter[np.searchsorted(examples, wanted, sorter=sorter)]
+            sub = PackPlan(plan.max_len, local, plan.row_counts[lo_row:hi_row], plan.lengths)
+            yield functools.partial(materialize, bucket, sub)
+
+
 def write_packed(
     pieces: Path, results: Sequence[BatchResult], writer: ShardWriter, *, max_len: int, shuffle_seed: int | None
 ) -> dict[str, Any]:
-    """Plan packing from the pieces' lengths, then write the packed rows chunk by chunk; returns the packing report."""
-    lengths = _lengths(pieces, results)
+    """Plan packing from the pieces' lengths, then write the packed rows chunk by chunk; returns the packing report.
+
+    The worker processes have ended by now: the next piece is read and sorted, and the next chunk built, on a
+    helper thread (Arrow and NumPy release the GIL) while the main thread routes or the writer thread writes.
+    """
+    per_piece = _lengths(pieces, results)
+    lengths = np.concatenate(per_piece) if per_piece else np.zeros(0, np.int64)
+    firsts = np.cumsum([0, *(len(part) for part in per_piece)])
+    del per_piece
     plan = plan_packing(lengths, max_len)
     if shuffle_seed is not None:
         plan = plan.shuffled(shuffle_seed)
@@ -104,34 +200,12 @@ def write_packed(
     scratch = pieces.parent / "buckets"
     schema = pa.schema([*(TOKENIZED.field(name) for name in ROUTED), pa.field("example", pa.int64())])
     router = _Router(scratch, buckets, schema)
-    first = 0
-    for result in results:
-        if not result.rows_kept:
-            continue
-        table = piece_table(pieces, result.seq).select(ROUTED)
-        n = table.num_rows
-        index = np.arange(first, first + n, dtype=np.int64)
-        target = bucket_of[first : n + first]
-        order = np.argsort(target, kind="stable")
-        table = table.take(pa.array(order)).append_column("example", pa.array(index[order]))
-        bounds = np.searchsorted(target[order], np.arange(buckets + 1))
-        for b in np.flatnonzero(np.diff(bounds)):
-            router.add(int(b), table.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b])))
-        first += n
-    router.close()
-    del bucket_of
-    starts = np.concatenate([[0], np.cumsum(plan.row_counts)])
-    for b in range(buckets):
-        bucket = router.read(b)
-        examples = bucket.column("example").to_numpy()
-        sorter = np.argsort(examples)
-        for c in range(b * per_bucket, min((b + 1) * per_bucket, chunks)):
-            lo_row, hi_row = c * chunk_rows, min((c + 1) * chunk_rows, plan.rows)
-            wanted = plan.order[starts[lo_row] : starts[hi_row]]
-            local = sorter[np.searchsorted(examples, wanted, sorter=sorter)]
-            sub = PackPlan(max_len, local, plan.row_counts[lo_row:hi_row], plan.lengths)
-            writer.write_table(materialize(bucket, sub))
-        del bucket
+    with ThreadPoolExecutor(max(1, THREADS), thread_name_prefix="dsprep-assemble") as pool:
+        _route(pool, pieces, [r for r in results if r.rows_kept], firsts, bucket_of, router)
+        del bucket_of
+        with _Behind(writer) as behind:
+            for table in _in_order(pool, _chunk_jobs(router, plan, chunk_rows, per_bucket)):
+                behind.write(table)
     shutil.rmtree(scratch, ignore_errors=True)
     report = asdict(PackReport.of(plan))
     return {"max_len": max_len, "shuffle_seed": shuffle_seed, **report, "shards": writer.close()}

@@ -64,4 +64,4 @@ def piece_column(folder: Path, seq: int, name: str) -> np.ndarray:
         reader = pa.ipc.open_file(source)
         index = reader.schema.get_field_index(name)
         reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=[index]))
-        return np.array(reader.read_all().column(0).to_numpy(), copy=True)
+        return np.array(reader.read_all().column(0).combine_chunks().to_numpy(), copy=True)

@@ -35,7 +35,11 @@ class LoadedTokenizer:
 
     name: str
     tokenizer: Any  # a transformers PreTrainedTokenizerBase
-    fingerprint: str
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The tokenizer's fingerprint (`fingerprint`), computed when first asked for: worker processes never do."""
+        return fingerprint(self.tokenizer)
 
     @property
     def special_tokens(self) -> dict[str, str]:
@@ -170,4 +174,4 @@ def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER) -> LoadedTokenizer:
         tok.chat_template = load_template("mistral_v3").text
     if not getattr(tok, "is_fast", False):
         raise TokenizerError(f"{name_or_path}: dsprep needs a fast tokenizer (tokenizer.json) for character offsets")
-    return LoadedTokenizer(name_or_path, tok, fingerprint(tok))
+    return LoadedTokenizer(name_or_path, tok)
