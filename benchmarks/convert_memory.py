@@ -17,17 +17,18 @@ measures:
   peak of the whole process tree's summed PSS, sampled (workers are children of a fork server, which ``ru_maxrss``
   of the convert process does not cover; PSS counts the pages they share once); peak memory = the larger of the two;
 - wall time, input bytes, throughput in MB/s, rows/s and tokens/s;
-- rows read / kept / rejected from the output's ``manifest.json``, checked against what was generated (rows over
-  the packed length are rejected as ``too_long`` too).
+- rows read / kept / rejected from the output's ``manifest.json``, checked against what was generated (rows with
+  no assistant turn are rejected as ``no_trained_tokens`` too).
 
 The summary prints every size's peak memory, the largest (target < --max-rss-mb, 1.5 GB) and the growth from the
 smallest to the largest input (target < --max-growth, 20%), each with PASS/FAIL; the exit code is 1 on FAIL.
 
-Time: 100 MB of this text holds about 20 M Tekken tokens (15.4 M kept: a quarter of the rows are over 4096 tokens
-and rejected as too_long after tokenizing), so 1 GB is about 200 M tokens and 4 GB about 800 M: at 0.5-1 M
-tokens/s (2 cores) the 4 GB run alone takes 14-27 minutes. --no-tokenize measures the read/normalize/write path
-alone in a few minutes; memory flatness of tokenizing and packing is then shown by
-smaller sizes (e.g. 250MB 1GB). Sizes and MB are binary units (1 MB = 2**20 bytes), as in ``dsprep --shard-size``.
+Time: 100 MB of this text holds about 20 M Tekken tokens (15.4 M kept: about a quarter of the rows are a lone user
+message, or a system and a user message, and are rejected as no_trained_tokens after tokenizing), so 1 GB is about
+200 M tokens and 4 GB about 800 M: at 0.5-1 M tokens/s (2 cores) the 4 GB run alone takes 14-27 minutes.
+--no-tokenize measures the read/normalize/write path alone in a few minutes; memory flatness of tokenizing and
+packing is then shown by smaller sizes (e.g. 250MB 1GB). Sizes and MB are binary units (1 MB = 2**20 bytes), as
+in ``dsprep --shard-size``.
 Generated files are removed after each size unless --keep.
 """
 
@@ -235,8 +236,7 @@ def measure(size: int, workdir: Path, args: argparse.Namespace) -> dict[str, flo
         print(f"peak RSS      {peak:,.0f} MB  (the convert process, ru_maxrss)")
         print(f"peak tree PSS {tree_peak:,.0f} MB  (convert process, fork server and workers, summed PSS, sampled)")
         print(f"RSS timeline  {_timeline_text(timeline)}  (elapsed:MB)", flush=True)
-        # rows over the packed length are rejected too, so with packing only the read count must match exactly
-        # rows over the packed length are rejected too (too_long); the unparsed ones must be exactly the invalid lines
+        # rows without an assistant turn are rejected too; the unparsed ones must be exactly the invalid lines
         reasons = manifest["inputs"][0]["rejected_by_reason"]
         unparsed = sum(n for reason, n in reasons.items() if reason in ("invalid_json", "wrong_type"))
         print(f"rejected by   {reasons}")
