@@ -23,8 +23,10 @@ from ``wait4`` and its process tree's summed PSS, sampled):
   (``get_dataset`` with packing) in their own environments (`peer_worker.py` says exactly what each runs), on the
   first --peer-rows conversations.
 
-Throughput is compared per token of input: tok/s = the ceiling's token count of the rows a path processed divided by
-its seconds, so paths that ran on the subsample compare with the full-corpus ones. The table also gives each path's
+With --repeat N every measurement (ceilings, start-up, dsprep runs, peers) runs N times and keeps its fastest run,
+which steadies the numbers on a machine whose speed drifts. Throughput is compared per token of input: tok/s = the
+ceiling's token count of the rows a path processed divided by its seconds, so paths that ran on the subsample
+compare with the full-corpus ones. The table also gives each path's
 own token count and whether it matches the ceiling's where the tokenizer and template are the same. It prints
 ``dsprep/ceiling`` (target >= 0.8) and ``dsprep/best TRL`` (target >= 3) with PASS/FAIL, both on dsprep's steady
 state (the ceiling's and the peers' seconds exclude their start-up as well), plus the end-to-end ratio to TRL; the
@@ -42,9 +44,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench_common import Corpus, convert_flags, dsprep_cmd, openai_record, tree_pss_mb, verdict, version
 
@@ -53,6 +56,7 @@ WORKER = Path(__file__).resolve().with_name("peer_worker.py")
 PEERS = ("trl", "torchtune", "axolotl", "llamafactory")
 TARGET_CEILING = 0.8
 TARGET_TRL = 3.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -134,6 +138,28 @@ def save_tokenizer(name: str, template: str, target: Path) -> str:
     return type(tok).__name__
 
 
+def _peer_run(cmd: list[str], log: Path) -> tuple[float, tuple[int, float, dict[str, Any] | None]]:
+    code, _, rss, out = run_child(cmd, log, cwd=WORKER.parent)
+    r = worker_result(out)
+    return (r["seconds"] if code == 0 and r is not None else float("inf")), (code, rss, r)
+
+
+def _ceiling_run(cmd: list[str], log: Path) -> tuple[float, tuple[dict[str, Any], float]]:
+    code, _, rss, out = run_child(cmd, log)
+    ceiling = worker_result(out)
+    if code != 0 or ceiling is None:
+        raise SystemExit(f"the ceiling measurement failed ({code}); see {log}")
+    return ceiling["seconds"], (ceiling, rss)
+
+
+def _dsprep_run(
+    dsprep: list[str], src: Path, out: Path, opts: argparse.Namespace, workers: int | None, log: Path, no_cache: bool
+) -> tuple[float, tuple[float, float, dict[str, Any]]]:
+    shutil.rmtree(out, ignore_errors=True)
+    wall, rss, manifest = run_dsprep(dsprep, src, out, opts, workers, log, no_cache)
+    return wall, (wall, rss, manifest)
+
+
 def run_dsprep(
     dsprep: list[str], src: Path, out: Path, opts: argparse.Namespace, workers: int | None, log: Path, no_cache: bool
 ) -> tuple[float, float, dict[str, Any]]:
@@ -161,6 +187,11 @@ def run_dsprep(
     return wall, rss, json.loads((out / "manifest.json").read_text())
 
 
+def best_of(repeat: int, measure: Callable[[], tuple[float, T]]) -> T:
+    """Run `measure` `repeat` times and keep the run with the fewest seconds (its first value)."""
+    return min((measure() for _ in range(max(1, repeat))), key=lambda run: run[0])[1]
+
+
 def clip_sums(lengths: list[int], max_len: int) -> dict[str, int]:
     """Token totals of `lengths` as the paths see them: all, rows <= L only (dropped), min(len, L) (truncated)."""
     return {
@@ -180,6 +211,9 @@ def main() -> int:
     parser.add_argument("--tokenizer", default="mistral:tekken", help="dsprep tokenizer name or folder")
     parser.add_argument("--template", default="chatml", help="dsprep chat template name or .jinja file")
     parser.add_argument("--workers", type=int, default=None, help="dsprep --workers N (default: cores available)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run every measurement N times and keep each one's fastest (default 1)"
+    )
     parser.add_argument(
         "--skip",
         action="append",
@@ -220,10 +254,7 @@ def main() -> int:
     lengths: list[int] = []
     for num_proc in sorted({1, n_cores}):
         cmd = [sys.executable, base[0], "ceiling", *base[1:], "--num-proc", str(num_proc)]
-        code, wall, rss, out = run_child(cmd, log)
-        ceiling = worker_result(out)
-        if code != 0 or ceiling is None:
-            raise SystemExit(f"the ceiling measurement failed ({code}); see {log}")
+        ceiling, rss = best_of(opts.repeat, lambda cmd=cmd: _ceiling_run(cmd, log))
         if lengths and ceiling["lengths"] != lengths:
             raise SystemExit("the ceiling's token counts differ between its thread and process runs")
         lengths = ceiling["lengths"]
@@ -247,13 +278,16 @@ def main() -> int:
     one = workdir / "one.jsonl"
     with open(corpus, encoding="utf-8") as src, open(one, "w", encoding="utf-8") as dst:
         dst.write(src.readline())
-    startup, _, _ = run_dsprep(dsprep, one, workdir / "out-one", opts, 1 if has_workers else None, log, no_cache)
+    one_out, one_workers = workdir / "out-one", 1 if has_workers else None
+    startup, _, _ = best_of(opts.repeat, lambda: _dsprep_run(dsprep, one, one_out, opts, one_workers, log, no_cache))
     settings: list[int | None] = sorted({1, opts.workers or n_cores}) if has_workers else [None]
     dsprep_rows: list[Measured] = []
     shard_digests: set[tuple[str, ...]] = set()
     for workers in settings:
         out_dir = workdir / f"out-w{workers or 1}"
-        wall, rss, manifest = run_dsprep(dsprep, corpus, out_dir, opts, workers, log, no_cache)
+        wall, rss, manifest = best_of(
+            opts.repeat, lambda out=out_dir, n=workers: _dsprep_run(dsprep, corpus, out, opts, n, log, no_cache)
+        )
         packing = manifest["packing"]
         label = f"dsprep convert --workers {workers}" if workers is not None else "dsprep convert (no --workers)"
         m = Measured(
@@ -287,8 +321,7 @@ def main() -> int:
             continue
         cmd = [python, base[0], peer, *base[1:], "--rows", str(opts.peer_rows), "--num-proc", str(num_proc)]
         print(f"measuring {peer} (num_proc {num_proc}) on {opts.peer_rows} rows ...", flush=True)
-        code, wall, rss, out = run_child(cmd, log, cwd=WORKER.parent)
-        r = worker_result(out)
+        code, rss, r = best_of(opts.repeat, lambda cmd=cmd: _peer_run(cmd, log))
         if code != 0 or r is None:
             notes.append(f"{peer} num_proc={num_proc}: failed with exit code {code}; see {log}")
             continue
@@ -339,7 +372,8 @@ def main() -> int:
         load = "?"
     print(
         f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {n_cores} cores available "
-        f"(nproc {os.cpu_count()}), load average {load}; python {sys.version.split()[0]}"
+        f"(nproc {os.cpu_count()}), load average {load}; python {sys.version.split()[0]}; fastest of "
+        f"{max(1, opts.repeat)} run(s) each"
     )
     dists = ("dsprep", "tokenizers", "transformers")
     print("versions (dsprep side): " + ", ".join(f"{d} {version(d)}" for d in dists))
