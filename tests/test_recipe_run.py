@@ -283,6 +283,9 @@ def test_bad_rows_follow_on_error_and_max_rejected(tmp_path: Path, options: str,
     assert result.exit_code == code, result.output
     assert message in result.output
     assert (tmp_path / "o" / "manifest.json").exists() == (code == 0)
+    if options.startswith("on_error: fail"):  # the row that stopped the run is in the recipe's rejects
+        (entry,) = [orjson.loads(line) for line in (tmp_path / "o" / "rejects.jsonl").read_bytes().splitlines()]
+        assert entry["source"] == "invalid_rows" and entry["location"] in result.output
     if code == 0:
         manifest = load(tmp_path / "o")
         (first, second) = manifest["sources"]

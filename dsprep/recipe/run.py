@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from dsprep.config import ConvertConfig
-from dsprep.errors import RecipeError, RejectedRowsError
+from dsprep.errors import RecipeError, RejectedRowsError, RowFailure
 from dsprep.pipeline import ConvertResult, InputReport, convert, convert_rows
 from dsprep.recipe.model import Recipe, Source
 from dsprep.recipe.select import Selection, SourcePlan, content_key, leakage, select
@@ -179,17 +179,30 @@ class _RecipeRun:
             config = ConvertConfig(inputs=source.paths, out=self.staging.dir / "sources" / f"{i:03d}",
                                    format=source.format, on_error=self.recipe.on_error,
                                    workers=self.workers)  # fmt: skip
-            result = convert(config, derive_spec=_deriver(source, label))
+            try:
+                result = convert(config, derive_spec=_deriver(source, label))
+            except RowFailure:  # on_error: fail — the failing row (in the source's rejects) is the one to show
+                self._carry_rejects(config.out, label)
+                raise
             parts = sorted(config.out.glob("part-*.parquet"))
             files = {f.display: f.line_oriented for f in discover(source.paths)}
             src = _Source(label, source, result, parts, files)
-            for line in (config.out / REJECTS).read_bytes().splitlines():
-                entry = orjson.loads(line)
-                src.rejected[entry["reason"]] += 1
-                self._write({"source": label, **entry})
+            for reason in self._carry_rejects(config.out, label):
+                src.rejected[reason] += 1
             self.sources.append(src)
             self.say(f"{label}: {src.formats}, read {result.rows_read} = normalized {result.rows_kept} + rejected "
                      f"{result.rows_rejected}")  # fmt: skip
+
+    def _carry_rejects(self, folder: Path, label: str) -> list[str]:
+        """Copy a source's reject lines from its own output folder into the recipe's; returns their reasons."""
+        path = folder / REJECTS
+        lines = path.read_bytes().splitlines() if path.is_file() else []
+        reasons = []
+        for line in lines:
+            entry = orjson.loads(line)
+            reasons.append(entry["reason"])
+            self._write({"source": label, **entry})
+        return reasons
 
     # --- stage 2 ------------------------------------------------------------------------------------------------
     def plans(self) -> list[SourcePlan]:
