@@ -200,7 +200,7 @@ def write_packed(
     scratch = pieces.parent / "buckets"
     schema = pa.schema([*(TOKENIZED.field(name) for name in ROUTED), pa.field("example", pa.int64())])
     router = _Router(scratch, buckets, schema)
-    with ThreadPoolExecutor(max(1, THREADS), thread_name_prefix="dsprep-assemble") as pool:
+    with ThreadPoolExecutor(THREADS, thread_name_prefix="dsprep-assemble") as pool:
         _route(pool, pieces, [r for r in results if r.rows_kept], firsts, bucket_of, router)
         del bucket_of
         with _Behind(writer) as behind:

@@ -115,14 +115,6 @@ def _identity(f: InputFile) -> tuple[int, str]:
         return f.size, file_sha256(f.path)
 
 
-def _total_size(files: Sequence[InputFile]) -> int:
-    """The inputs' bytes on disk; 0 if one cannot be read (`_identity` then says which)."""
-    try:
-        return sum(f.size for f in files)
-    except OSError:
-        return 0
-
-
 def _sample(f: InputFile, n: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     with _reading(f):
@@ -277,9 +269,6 @@ def convert(
     detected) before it is used; the cache key cannot cover it, so such a run neither uses the cache nor resumes.
     """
     files = discover(config.inputs)
-    workers = config.workers or default_workers()
-    if config.engine == "local" and workers > 1 and _total_size(files) > SERVER_MIN_BYTES:
-        start_server(_encode_spec(config))  # it loads the encoder while this process hashes the inputs
     identities = [_identity(f) for f in files]
     digests = [sha256 for _, sha256 in identities]
     parts = components(config, files, digests)
@@ -294,6 +283,9 @@ def convert(
         if on_note:
             on_note(f"cache hit: reused the output of an identical earlier run (key {key[:16]})")
         return result
+    workers = config.workers or default_workers()
+    if config.engine == "local" and workers > 1 and sum(size for size, _ in identities) > SERVER_MIN_BYTES:
+        start_server(_encode_spec(config))  # not before the cache lookup: a hit must leave nothing running
     plan = [(f, *_choose_spec(f, config)) for f in files]
     if derive_spec is not None:
         plan = [(f, derive_spec(spec) if spec else None, detection) for f, spec, detection in plan]
