@@ -13,7 +13,8 @@ from ``wait4`` and its process tree's summed PSS, sampled):
 
 - ceiling: the Rust tokenizer alone on the pre-rendered conversations (all rows), twice: in one process with its
   own thread pool (TOKENIZERS_PARALLELISM=true), and in one single-threaded process per core, each on a share of
-  the rows; the faster of the two is the ceiling the ratio uses;
+  the rows; the faster of the two is the ceiling the ratio uses. Where dsprep encodes the tokenizer with tiktoken
+  (``mistral:tekken``), that encoder's ``encode_ordinary`` alone in one process per core too, with its own ratio;
 - dsprep: ``dsprep convert corpus.jsonl --tokenizer T --template chatml --pack L --out DIR`` as the CLI, with
   ``--workers 1`` and ``--workers N`` (N = the cores this process may use) when the installed dsprep has --workers,
   plus a one-row convert for the fixed start-up (imports, tokenizer and template load, output); steady state =
@@ -124,6 +125,13 @@ def write_corpus(path: Path, rows: int, seed: int) -> dict[str, int]:
             messages += len(conv)
             fh.write(json.dumps(openai_record(conv), ensure_ascii=False) + "\n")
     return {"rows": rows, "messages": messages, "bytes": path.stat().st_size}
+
+
+def has_fast_encoder(name: str) -> bool:
+    """Whether dsprep encodes with tokenizer `name` through its tiktoken encoder (`LoadedTokenizer.fast`)."""
+    from dsprep.tokenizers import load_tokenizer
+
+    return getattr(load_tokenizer(name), "fast", None) is not None
 
 
 def save_tokenizer(name: str, template: str, target: Path) -> str:
@@ -248,20 +256,26 @@ def main() -> int:
     base = [str(WORKER), "--corpus", str(corpus), "--tokenizer", str(tok_dir), "--max-len", str(opts.max_len)]
     results: list[Measured] = []
 
-    # ceiling: the tokenizer's own threads, and one single-threaded process per core
+    # ceiling: the tokenizer's own threads, one single-threaded process per core, and dsprep's tiktoken encoder
     n_cores = len(os.sched_getaffinity(0))
     ceilings: list[Measured] = []
     lengths: list[int] = []
-    for num_proc in sorted({1, n_cores}):
-        cmd = [sys.executable, base[0], "ceiling", *base[1:], "--num-proc", str(num_proc)]
+    runs = [("hf", num_proc) for num_proc in sorted({1, n_cores})]
+    if has_fast_encoder(opts.tokenizer):
+        runs.append(("tiktoken", n_cores))
+    for encoder, num_proc in runs:
+        cmd = [sys.executable, base[0], "ceiling", *base[1:], "--num-proc", str(num_proc), "--encoder", encoder,
+               "--tokenizer-name", opts.tokenizer]  # fmt: skip
         ceiling, rss = best_of(opts.repeat, lambda cmd=cmd: _ceiling_run(cmd, log))
         if lengths and ceiling["lengths"] != lengths:
-            raise SystemExit("the ceiling's token counts differ between its thread and process runs")
+            raise SystemExit("the ceiling's token counts differ between its runs")
         lengths = ceiling["lengths"]
         full, sub = clip_sums(lengths, opts.max_len), clip_sums(lengths[: opts.peer_rows], opts.max_len)
         how = f"{n_cores} threads" if num_proc == 1 else f"{num_proc} processes"
-        m = Measured(f"ceiling: tokenizer, {how}", opts.rows, full["all"], ceiling["seconds"], rss)
+        what = "tokenizer" if encoder == "hf" else "tiktoken encoder"
+        m = Measured(f"ceiling: {what}, {how}", opts.rows, full["all"], ceiling["seconds"], rss)
         m.own_tokens = ceiling["tokens"]
+        m.extra["encoder"] = encoder
         ceilings.append(m)
         results.append(m)
     print(
@@ -398,7 +412,8 @@ def main() -> int:
     for note in notes:
         print(note)
     print()
-    top = max(ceilings, key=lambda m: m.base_tokens / m.seconds)
+    hf_ceilings = [m for m in ceilings if m.extra["encoder"] == "hf"]
+    top = max(hf_ceilings, key=lambda m: m.base_tokens / m.seconds)
     ceiling_rate = top.base_tokens / top.seconds
     best = max(dsprep_rows, key=lambda m: m.base_tokens / m.seconds)
     print(f"dsprep start-up (one-row convert): {startup:.2f} s")
@@ -416,8 +431,17 @@ def main() -> int:
     r_ceiling = best.extra["steady"] / ceiling_rate
     print(
         f"ratio dsprep/ceiling = {r_ceiling:.2f}  ({best.name}, steady state; target >= {TARGET_CEILING}) "
-        f"{verdict(r_ceiling >= TARGET_CEILING)}; against the faster ceiling ({top.name})"
+        f"{verdict(r_ceiling >= TARGET_CEILING)}; against the faster Hugging Face tokenizer ceiling ({top.name}), "
+        "the encoder every peer runs"
     )
+    for m in ceilings:
+        if m.extra["encoder"] == "tiktoken":
+            r_fast = best.extra["steady"] / (m.base_tokens / m.seconds)
+            print(
+                f"ratio dsprep/{m.name.removeprefix('ceiling: ')} = {r_fast:.2f}  (steady state; target >= "
+                f"{TARGET_CEILING}) {verdict(r_fast >= TARGET_CEILING)}; dsprep encodes with this encoder, so its "
+                "raw speed bounds dsprep's tokenizing alone"
+            )
     trl = [m for m in results if m.name.startswith("TRL")]
     if trl:
         best_trl = max(trl, key=lambda m: m.base_tokens / m.seconds)

@@ -8,7 +8,9 @@ MEASUREMENT is one of:
   tokenize=False)``, not timed), in batches of 1000 with ``add_special_tokens=False``; also reports every row's length,
   so the parent can compare token counts with the paths that drop or truncate long rows. With ``--num-proc N`` (N >
   1) the texts are split into N contiguous shares, each tokenized by its own forked process with one thread, and the
-  time runs from when all are ready to when the last one ends;
+  time runs from when all are ready to when the last one ends. With ``--encoder tiktoken`` the encoder is the
+  tiktoken one dsprep uses for ``--tokenizer-name`` (``LoadedTokenizer.fast``; this needs dsprep) and each text is
+  one ``encode_ordinary`` call: the rawest form of that encoder, without dsprep's added-token cut or offsets;
 - ``trl``: ``SFTTrainer._prepare_dataset`` (the method ``SFTTrainer.__init__`` calls, here without a model) with
   ``SFTConfig(assistant_only_loss=True, packing=True, packing_strategy="bfd", max_length=L, dataset_num_proc=N)``;
 - ``torchtune``: ``SFTDataset`` (OpenAI messages, ``train_on_input=False``) over a ChatML model tokenizer written the
@@ -77,21 +79,35 @@ def _quiet_datasets() -> Any:
 
 
 def measure_ceiling(args: argparse.Namespace) -> Result:
-    if args.num_proc > 1:
+    if args.num_proc > 1 or args.encoder == "tiktoken":
         return _ceiling_processes(args)
     tok = hf_tokenizer(args.tokenizer)
     texts = tok.apply_chat_template(read_corpus(args.corpus, args.rows), tokenize=False)
+    encode = _encoder(args, tok)
     with Timer() as timer:
-        lengths = _encode_lengths(tok, texts)
+        lengths = encode(texts)
     return {"seconds": timer.wall, "cpu": timer.cpu, "rows_in": len(texts), "tokens": sum(lengths), "lengths": lengths}
 
 
-def _encode_lengths(tok: Any, texts: list[str]) -> list[int]:
-    lengths: list[int] = []
-    for i in range(0, len(texts), CEILING_BATCH):
-        out = tok(texts[i : i + CEILING_BATCH], add_special_tokens=False)
-        lengths.extend(len(ids) for ids in out["input_ids"])
-    return lengths
+def _encoder(args: argparse.Namespace, tok: Any) -> Callable[[list[str]], list[int]]:
+    """texts -> token counts, with the Hugging Face tokenizer (batches of CEILING_BATCH) or tiktoken."""
+    if args.encoder == "tiktoken":
+        from dsprep.tokenizers import load_tokenizer
+
+        fast = load_tokenizer(args.tokenizer_name).fast
+        if fast is None:
+            raise SystemExit(f"{args.tokenizer_name} has no tiktoken encoder in dsprep")
+        encode_ordinary = fast.encoding.encode_ordinary
+        return lambda texts: [len(encode_ordinary(t)) for t in texts]
+
+    def hf(texts: list[str]) -> list[int]:
+        lengths: list[int] = []
+        for i in range(0, len(texts), CEILING_BATCH):
+            out = tok(texts[i : i + CEILING_BATCH], add_special_tokens=False)
+            lengths.extend(len(ids) for ids in out["input_ids"])
+        return lengths
+
+    return hf
 
 
 def _ceiling_processes(args: argparse.Namespace) -> Result:
@@ -105,6 +121,7 @@ def _ceiling_processes(args: argparse.Namespace) -> Result:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process, set before the tokenizer loads
     tok = hf_tokenizer(args.tokenizer)
     texts = tok.apply_chat_template(read_corpus(args.corpus, args.rows), tokenize=False)
+    encode = _encoder(args, tok)
     context = multiprocessing.get_context("fork")  # no tokenizer thread has started: forking is safe
     barrier, queue = context.Barrier(args.num_proc), context.Queue()
     step = -(-len(texts) // args.num_proc)
@@ -113,7 +130,7 @@ def _ceiling_processes(args: argparse.Namespace) -> Result:
     def part(k: int) -> None:
         barrier.wait()
         start, cpu = time.perf_counter(), time.process_time()
-        lengths = _encode_lengths(tok, shares[k])
+        lengths = encode(shares[k])
         queue.put((k, start, time.perf_counter(), time.process_time() - cpu, lengths))
 
     procs = [context.Process(target=part, args=(k,)) for k in range(args.num_proc)]
@@ -358,6 +375,8 @@ def main() -> int:
     parser.add_argument("--max-len", type=int, default=4096)
     parser.add_argument("--rows", type=int, default=None, help="use the first N conversations (default: all)")
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes where the library has them")
+    parser.add_argument("--encoder", choices=["hf", "tiktoken"], default="hf", help="ceiling: which encoder")
+    parser.add_argument("--tokenizer-name", default="mistral:tekken", help="ceiling --encoder tiktoken: dsprep name")
     args = parser.parse_args()
     result = MEASUREMENTS[args.measurement](args)
     print("RESULT " + json.dumps(result), flush=True)

@@ -50,8 +50,13 @@ def write_unpacked(pieces: Path, results: Sequence[BatchResult], writer: ShardWr
 
 
 def _lengths(pieces: Path, results: Sequence[BatchResult]) -> list[np.ndarray]:
-    """Each piece's example lengths (the ``num_tokens`` column; a kept record may have become several rows)."""
-    return [piece_column(pieces, r.seq, "num_tokens").astype(np.int64) for r in results if r.rows_kept]
+    """Each piece's example lengths, as its result carries them, else from its ``num_tokens`` column (a kept record
+    may have become several rows)."""
+    return [
+        np.asarray(r.lengths, np.int64) if r.lengths else piece_column(pieces, r.seq, "num_tokens").astype(np.int64)
+        for r in results
+        if r.rows_kept
+    ]
 
 
 class _Router:

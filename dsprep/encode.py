@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dsprep.errors import RowError, TemplateError
+from dsprep.fast_bpe import FastEncoding
 from dsprep.schema import TOKENIZED
 from dsprep.templates import ChatTemplate, render, template_messages, template_tools
 from dsprep.tokenizers import LoadedTokenizer
@@ -87,6 +88,8 @@ def probe_shape(template: ChatTemplate, special_tokens: dict[str, str]) -> Templ
 
 def _token_range(enc: Any, start: int, end: int, n_chars: int) -> tuple[int, int] | None:
     """Indices [a, b) of the tokens overlapping characters [start, end), or None if none do."""
+    if isinstance(enc, FastEncoding):
+        return enc.token_range(start, min(end, n_chars))
     a = None
     for pos in range(start, min(end, n_chars)):
         a = enc.char_to_token(pos)
@@ -127,6 +130,7 @@ class Encoder:
         self.special = tokenizer.special_tokens
         self.shape = probe_shape(template, self.special)
         self.eos_id = tokenizer.tokenizer.eos_token_id
+        self.fast = tokenizer.fast  # built here, so a fork server's workers inherit it
         self.method_counts = {"span": 0, "prefix": 0}
 
     # --- rendering -------------------------------------------------------------------------------------------
@@ -278,9 +282,15 @@ class Encoder:
         return results
 
     def _tokenize(self, texts: list[str], plans: list[Any]) -> list[Any]:
-        """Tokenize all texts of a batch at once; plain-text kinds get the tokenizer's own special tokens (BOS)."""
+        """Tokenize all texts of a batch at once; plain-text kinds get the tokenizer's own special tokens (BOS).
+
+        Where the tokenizer has a `fast` encoder (which adds no special tokens of its own, like the tokenizer) that
+        encoder does the work.
+        """
         if not texts:
             return []
+        if self.fast is not None:
+            return self.fast.encode_batch(texts)
         specials = [p["plain_text"] for p in plans if not isinstance(p, RowError) for _ in p["texts"]]
         out: list[Any] = [None] * len(texts)
         for flag in (False, True):

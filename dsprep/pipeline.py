@@ -172,7 +172,9 @@ class _Accounts:
             report.rejected_by_reason[reason] = report.rejected_by_reason.get(reason, 0) + n
         self._kinds.update(result.kinds)
         self.methods.update(result.methods)
-        self.done.append(BatchResult(result.seq, result.input_index, rows_kept=result.rows_kept))
+        self.done.append(
+            BatchResult(result.seq, result.input_index, rows_kept=result.rows_kept, lengths=result.lengths)
+        )
 
     def finish(self, upto: int) -> None:
         """Close the reports of every input before `upto` (all of them for ``len(reports)``)."""

@@ -42,6 +42,57 @@ PIECES = "pieces"  # completed pieces of a run (`dsprep.pieces`), kept for a rer
 KEY = "key"  # the run's cache key, which the pieces belong to
 FLUSH_ROWS = 4096
 FLUSH_BYTES = 16 << 20
+PLAIN_COLUMNS = ("id", "example_ids", "position_ids", "seq_lens")  # unique or counting values: no dictionary pays
+
+
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """Parquet encoding for a shard schema: dictionary pages except for `PLAIN_COLUMNS`, statistics for scalar
+    columns only (min/max of a list's elements helps no reader), zstd."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), buffer)
+    leaves = pq.ParquetFile(pa.BufferReader(buffer.getvalue())).schema
+    paths = [leaves.column(i).path for i in range(len(leaves))]
+    return {
+        "compression": "zstd",
+        "use_dictionary": [p for p in paths if p.split(".")[0] not in PLAIN_COLUMNS],
+        "write_statistics": [p for p in paths if "." not in p],
+    }
+
+
+class _HashingFile:
+    """A binary file that hashes (sha256) and counts what is written to it, so a shard's digest needs no reread."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        self.sha256.update(view)
+        written = 0
+        while written < len(view):
+            written += self._fh.write(view[written:]) or 0
+        self.size += written
+        return written
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if not self.closed:
+            self._fh.close()
+            self.closed = True
 
 
 def file_sha256(path: Path) -> str:
@@ -153,7 +204,9 @@ class ShardWriter:
         self._pending_bytes = 0
         self._writer: pq.ParquetWriter | None = None
         self._path: Path | None = None
+        self._file: _HashingFile | None = None
         self._shard_rows = 0
+        self._options = parquet_options(schema)
 
     def append(self, table: pa.Table, approx_bytes: Sequence[int]) -> None:
         """Buffer rows (`approx_bytes`: each row's rough size, to bound the buffer).
@@ -180,42 +233,40 @@ class ShardWriter:
         tables, self._tables, self._rows, self._pending_bytes = self._tables, [], 0, 0
         self.write_table(pa.concat_tables(tables).combine_chunks())
 
+    def _open_shard(self) -> pq.ParquetWriter:
+        self._path = self.folder / f"{self.prefix}-{len(self.shards):05d}.parquet"
+        with writing(self._path):
+            self._file = _HashingFile(self._path)
+            self._writer = pq.ParquetWriter(self._file, self.schema, **self._options)
+        return self._writer
+
     def write_table(self, table: pa.Table) -> None:
         """Append a whole table (already in this writer's schema)."""
-        if self._writer is None:
-            self._path = self.folder / f"{self.prefix}-{len(self.shards):05d}.parquet"
-            with writing(self._path):
-                self._writer = pq.ParquetWriter(self._path, self.schema, compression="zstd")
-        assert self._path is not None
+        writer = self._writer or self._open_shard()
+        assert self._path is not None and self._file is not None
         with writing(self._path):
-            self._writer.write_table(table)
-            size = self._path.stat().st_size
+            writer.write_table(table)
         self._shard_rows += table.num_rows
-        if size >= self.shard_bytes:
+        if self._file.size >= self.shard_bytes:
             self._close_shard()
 
     def _close_shard(self) -> None:
-        if self._writer is None or self._path is None:
+        if self._writer is None or self._path is None or self._file is None:
             return
         with writing(self._path):
             self._writer.close()
+            self._file.close()
         self.shards.append(
-            {
-                "file": self._path.name,
-                "rows": self._shard_rows,
-                "bytes": self._path.stat().st_size,
-                "sha256": file_sha256(self._path),
-            }
-        )
-        self._writer, self._path, self._shard_rows = None, None, 0
+            {"file": self._path.name, "rows": self._shard_rows, "bytes": self._file.size,
+             "sha256": self._file.sha256.hexdigest()}
+        )  # fmt: skip
+        self._writer, self._path, self._file, self._shard_rows = None, None, None, 0
 
     def close(self) -> list[dict[str, Any]]:
         """Flush and close; returns the shard list for the manifest (one empty shard when no row was written)."""
         self._flush()
         if not self.shards and self._writer is None:
-            self._path = self.folder / f"{self.prefix}-00000.parquet"
-            with writing(self._path):
-                self._writer = pq.ParquetWriter(self._path, self.schema, compression="zstd")
+            self._open_shard()
         self._close_shard()
         return self.shards
 

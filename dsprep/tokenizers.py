@@ -16,9 +16,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsprep.errors import TokenizerError
+
+if TYPE_CHECKING:
+    from dsprep.fast_bpe import FastEncoder
 
 __all__ = ["BUILTIN", "LoadedTokenizer", "load_tokenizer", "tokenizer_folder"]
 
@@ -40,6 +43,12 @@ class LoadedTokenizer:
     def fingerprint(self) -> str:
         """The tokenizer's fingerprint (`fingerprint`), computed when first asked for: worker processes never do."""
         return fingerprint(self.tokenizer)
+
+    @functools.cached_property
+    def fast(self) -> FastEncoder | None:
+        """The tiktoken encoder that encodes exactly as `tokenizer` does, where the tokenizer has one (the built-in
+        ``mistral:tekken``), else None."""
+        return fast_encoder(self.name, self.tokenizer)
 
     @property
     def special_tokens(self) -> dict[str, str]:
@@ -145,6 +154,29 @@ def fingerprint(tok: Any) -> str:
     h.update(json.dumps(sorted(str(t) for t in tok.all_special_tokens)).encode())
     h.update((getattr(tok, "chat_template", None) or "").encode() if isinstance(tok.chat_template, str) else b"")
     return h.hexdigest()
+
+
+FAST_PROBE = "Probe <s>[INST] text, 12 émojis 🦩 and\n\n  spaces [/INST]</s>"
+
+
+def fast_encoder(name: str, tok: Any) -> FastEncoder | None:
+    """mistral-common's own tiktoken encoder for the built-in ``mistral:tekken``, when it encodes a probe text and adds
+    special tokens exactly as the Hugging Face tokenizer does; None for every other tokenizer."""
+    if name != "mistral:tekken" or getattr(tok, "split_special_tokens", False):
+        return None
+    added = tok.backend_tokenizer.get_added_tokens_decoder()
+    if any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in added.values()):
+        return None
+    from dsprep.fast_bpe import tekken_encoder
+
+    encoder = tekken_encoder(_mistral_data() / "tekken_240911.json", {t.content: i for i, t in added.items()})
+    reference = tok(FAST_PROBE, add_special_tokens=False)
+    if tok(FAST_PROBE)["input_ids"] != reference["input_ids"]:
+        return None  # the tokenizer adds special tokens of its own: keep it
+    probe = encoder.encode(FAST_PROBE)
+    offsets = list(zip(probe.starts.tolist(), probe.ends.tolist(), strict=True))
+    same_offsets = [tuple(o) for o in reference.encodings[0].offsets] == offsets
+    return encoder if probe.ids.tolist() == reference["input_ids"] and same_offsets else None
 
 
 def _tokenizer_class(transformers: Any, path: Path) -> Any:

@@ -138,6 +138,9 @@ class Task:
 class BatchResult:
     """A task's outcome: its kept rows (`table`, with each row's raw size in `approx`), reject lines and counts.
 
+    `lengths` holds each kept row's ``num_tokens`` when the rows are tokenized (what packing plans from), else is
+    empty.
+
     `failure` is the first reject's one-line message (what `--on-error fail` stops with). `table` is None once the
     rows are stored elsewhere (`dsprep.pieces`).
     """
@@ -152,6 +155,7 @@ class BatchResult:
     kinds: dict[str, int] = field(default_factory=dict)
     methods: dict[str, int] = field(default_factory=dict)
     approx: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
     table: pa.Table | None = None
 
 
@@ -164,6 +168,7 @@ class _Collector:
         self.failure: str | None = None
         self.rows: list[Row] = []
         self.approx: list[int] = []
+        self.lengths: list[int] = []
         self.kinds: Counter[str] = Counter()
         self.kept = 0
 
@@ -182,8 +187,10 @@ class _Collector:
         if self.failure is None:
             self.failure = f"{location}: {error}"
 
-    def keep(self, rec: Record, rows: list[Row]) -> None:
+    def keep(self, rec: Record, rows: list[Row], *, tokenized: bool = False) -> None:
         self.rows.extend(rows)
+        if tokenized:
+            self.lengths.extend(row["num_tokens"] for row in rows)
         if self.src.rows:  # no raw bytes: a row's size is about its tokens'
             self.approx.extend(256 + 8 * int(row.get("num_tokens") or 0) for row in rows)
         else:
@@ -238,12 +245,12 @@ def process(stage: Stage, task: Task) -> BatchResult:
             if isinstance(result, RowError):
                 out.reject(rec, result)
             else:
-                out.keep(rec, result)
+                out.keep(rec, result, tokenized=True)
     table = pa.Table.from_pylist(out.rows, schema=stage.schema)
     return BatchResult(
         seq=task.seq, input_index=task.input_index, rows_read=len(task.records), rows_kept=out.kept,
         rejects=out.rejects, reasons=dict(out.reasons), failure=out.failure, kinds=dict(out.kinds), methods=methods,
-        approx=out.approx, table=table,
+        approx=out.approx, lengths=out.lengths, table=table,
     )  # fmt: skip
 
 

@@ -1,0 +1,152 @@
+"""A faster encoder for byte-level BPE tokenizers whose reference implementation is tiktoken.
+
+``mistral:tekken`` is defined by mistral-common's ``tekken_240911.json``, which mistral-common itself encodes with
+tiktoken; the Hugging Face ``tokenizer.json`` dsprep also loads is a conversion of it. `FastEncoder` encodes text the
+way that Hugging Face tokenizer does (same ids, same character offsets) but about five times faster on one core:
+
+- text is cut at the tokenizer's added tokens first (leftmost, longest), as ``tokenizers`` does; each added token is
+  its own id and every other piece goes through tiktoken's ``encode_ordinary``;
+- character offsets come from the tokens' byte lengths: a token covers the characters its bytes touch, so the tokens
+  that share one multi-byte character all cover that character, exactly as ``tokenizers`` reports them.
+
+`FastEncoding` answers the questions `dsprep.encode` asks of a ``tokenizers.Encoding`` (``ids``, ``len``,
+``char_to_token``, ``token_to_chars``) plus `FastEncoding.token_range`, vectorized. Tests compare ids, offsets and
+``char_to_token`` with the Hugging Face tokenizer on every shared data file and on generated Unicode.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FastEncoder", "FastEncoding", "tekken_encoder"]
+
+
+class FastEncoding:
+    """One text's tokens: ``ids`` and the character span of each token."""
+
+    __slots__ = ("ends", "ids", "starts")
+
+    def __init__(self, ids: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+        self.ids = ids
+        self.starts = starts
+        self.ends = ends
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def char_to_token(self, pos: int) -> int | None:
+        """The first token that covers character `pos`, or None."""
+        i = int(np.searchsorted(self.ends, pos, side="right"))
+        return i if i < len(self.ids) and self.starts[i] <= pos else None
+
+    def token_to_chars(self, i: int) -> tuple[int, int]:
+        return int(self.starts[i]), int(self.ends[i])
+
+    def token_range(self, start: int, end: int) -> tuple[int, int] | None:
+        """Indices [a, b) of the tokens overlapping characters [start, end), or None if none do."""
+        if start >= end:
+            return None
+        a = int(np.searchsorted(self.ends, start, side="right"))
+        b = int(np.searchsorted(self.starts, end, side="left"))
+        return (a, b) if a < b else None
+
+
+def _trie(words: Sequence[str]) -> str:
+    """A regex for any of `words` as a character trie, longer matches tried first (leftmost-longest)."""
+    tree: dict[str, Any] = {}
+    for word in words:
+        node = tree
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def emit(node: dict[str, Any]) -> str:
+        branches = [re.escape(c) + emit(child) for c, child in sorted(node.items()) if c]
+        if "" in node:
+            branches.append("")
+        if len(branches) == 1:
+            return branches[0]
+        return "(?:" + "|".join(branches) + ")"
+
+    return emit(tree)
+
+
+def _added_pattern(added: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex matching any added token, the longest where several start at the same place."""
+    return re.compile(_trie(added)) if added else None
+
+
+class FastEncoder:
+    """Encodes like a Hugging Face byte-level BPE tokenizer whose merges are a tiktoken rank table.
+
+    encoding: a ``tiktoken.Encoding`` whose ranks are the tokenizer's ids.
+    added: the added tokens (content -> id) the text is cut at, none of them stripped, normalized or single-word.
+    byte_lengths: the length in bytes of every id's text.
+    """
+
+    def __init__(self, encoding: Any, added: Mapping[str, int], byte_lengths: np.ndarray) -> None:
+        self.encoding = encoding
+        self.added = dict(added)
+        self.byte_lengths = byte_lengths
+        self._pattern = _added_pattern(list(added))
+        self._first_chars = "".join(sorted({t[0] for t in added}))
+
+    def _ids(self, text: str) -> list[int]:
+        pattern = self._pattern
+        if pattern is None or not any(c in text for c in self._first_chars):
+            return self.encoding.encode_ordinary(text)
+        ids: list[int] = []
+        at = 0
+        for match in pattern.finditer(text):
+            if match.start() > at:
+                ids.extend(self.encoding.encode_ordinary(text[at : match.start()]))
+            ids.append(self.added[match.group()])
+            at = match.end()
+        if at < len(text):
+            ids.extend(self.encoding.encode_ordinary(text[at:]))
+        return ids
+
+    def encode(self, text: str) -> FastEncoding:
+        """Ids and character offsets of `text`."""
+        ids = np.asarray(self._ids(text), dtype=np.int32)
+        byte_ends = np.cumsum(self.byte_lengths[ids], dtype=np.int64)
+        byte_starts = byte_ends - self.byte_lengths[ids]
+        if text.isascii():
+            return FastEncoding(ids, byte_starts, byte_ends)
+        raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        char_of_byte = np.cumsum((raw & 0xC0) != 0x80) - 1  # the character each byte belongs to
+        if not len(ids):
+            return FastEncoding(ids, byte_starts, byte_ends)
+        return FastEncoding(ids, char_of_byte[byte_starts], char_of_byte[byte_ends - 1] + 1)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[FastEncoding]:
+        return [self.encode(t) for t in texts]
+
+
+def tekken_encoder(tekken_json: Path, added_tokens: Mapping[str, int]) -> FastEncoder:
+    """The encoder of a mistral-common Tekken file, with the Hugging Face tokenizer's added tokens (its specials).
+
+    Ids are ranks shifted past the special tokens, as mistral-common and the converted ``tokenizer.json`` number them.
+    """
+    import tiktoken
+
+    model = json.loads(Path(tekken_json).read_text(encoding="utf-8"))
+    config = model["config"]
+    n_special = config["default_num_special_tokens"]
+    inner = config["default_vocab_size"] - n_special
+    ranks = {base64.b64decode(t["token_bytes"]): t["rank"] + n_special for t in model["vocab"][:inner]}
+    encoding = tiktoken.Encoding(name=f"dsprep-{Path(tekken_json).stem}", pat_str=config["pattern"],
+                                 mergeable_ranks=ranks, special_tokens={})  # fmt: skip
+    lengths = np.zeros(n_special + inner, dtype=np.int64)
+    for token, rank in ranks.items():
+        lengths[rank] = len(token)
+    for content, i in added_tokens.items():
+        lengths[i] = len(content.encode("utf-8"))
+    return FastEncoder(encoding, added_tokens, lengths)
