@@ -1,11 +1,11 @@
 """Stages 4–5 over completed pieces: shards in input order, or packed rows — in memory bounded by a shard's pieces.
 
 Unpacked, the pieces' rows stream into the shard writer in task order. Packed, the plan (`dsprep.pack`) needs only
-the lengths (the ``num_tokens`` column, a few bytes per example). The packed rows are then written in chunks of
-``chunk_rows`` rows: one streaming pass over the pieces routes each example to the bucket file of the chunk its row
-lands in (at most `MAX_BUCKETS` files open, a bounded buffer in front of them), and each chunk is materialized from
-its bucket alone (the next one while the one before is written). Memory holds the lengths, two chunks and the
-routing buffer, whatever the size of the input.
+the lengths (each row's ``num_tokens``, carried by the workers' results: a few bytes per example). The packed rows
+are then written in chunks of ``chunk_rows`` rows: one streaming pass over the pieces routes each example to the
+bucket file of the chunk its row lands in (at most `MAX_BUCKETS` files open, a bounded buffer in front of them), and
+each chunk is materialized from its bucket alone (the next one while the one before is written). Memory holds the
+lengths, two chunks and the routing buffer, whatever the size of the input.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from dsprep.pack import PackPlan, PackReport, materialize, plan_packing
-from dsprep.pieces import load_piece, piece_column, piece_table
+from dsprep.pieces import load_piece, piece_table
 from dsprep.schema import TOKENIZED
 from dsprep.shards import ShardWriter, writing
 from dsprep.workers import BatchResult
@@ -49,14 +49,11 @@ def write_unpacked(pieces: Path, results: Sequence[BatchResult], writer: ShardWr
     return writer.close()
 
 
-def _lengths(pieces: Path, results: Sequence[BatchResult]) -> list[np.ndarray]:
-    """Each piece's example lengths, as its result carries them, else from its ``num_tokens`` column (a kept record
-    may have become several rows)."""
-    return [
-        np.asarray(r.lengths, np.int64) if r.lengths else piece_column(pieces, r.seq, "num_tokens").astype(np.int64)
-        for r in results
-        if r.rows_kept
-    ]
+def _lengths(results: Sequence[BatchResult]) -> list[np.ndarray]:
+    """Each piece's example lengths, as its result carries them (a kept record may have become several rows)."""
+    kept = [r for r in results if r.rows_kept]
+    assert all(r.lengths for r in kept), "a tokenized piece's result carries its rows' lengths"
+    return [np.asarray(r.lengths, np.int64) for r in kept]
 
 
 class _Router:
@@ -187,7 +184,7 @@ def write_packed(
     The worker processes have ended by now: the next piece is read and sorted, and the next chunk built, on a
     helper thread (Arrow and NumPy release the GIL) while the main thread routes or the writer thread writes.
     """
-    per_piece = _lengths(pieces, results)
+    per_piece = _lengths(results)
     lengths = np.concatenate(per_piece) if per_piece else np.zeros(0, np.int64)
     firsts = np.cumsum([0, *(len(part) for part in per_piece)])
     del per_piece

@@ -2,7 +2,7 @@
 
 ``mistral:tekken`` is defined by mistral-common's ``tekken_240911.json``, which mistral-common itself encodes with
 tiktoken; the Hugging Face ``tokenizer.json`` dsprep also loads is a conversion of it. `FastEncoder` encodes text the
-way that Hugging Face tokenizer does (same ids, same character offsets) but about five times faster on one core:
+way that Hugging Face tokenizer does (same ids, same character offsets) but about four times faster on one core:
 
 - text is cut at the tokenizer's added tokens first (leftmost, longest), as ``tokenizers`` does; each added token is
   its own id and every other piece goes through tiktoken's ``encode_ordinary``;
@@ -17,13 +17,13 @@ way that Hugging Face tokenizer does (same ids, same character offsets) but abou
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 __all__ = ["FastEncoder", "FastEncoding", "tekken_encoder"]
 
@@ -120,10 +120,8 @@ class FastEncoder:
         byte_starts = byte_ends - self.byte_lengths[ids]
         if text.isascii():
             return FastEncoding(ids, byte_starts, byte_ends)
-        raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)  # not ASCII, so not empty: ids are not either
         char_of_byte = np.cumsum((raw & 0xC0) != 0x80) - 1  # the character each byte belongs to
-        if not len(ids):
-            return FastEncoding(ids, byte_starts, byte_ends)
         return FastEncoding(ids, char_of_byte[byte_starts], char_of_byte[byte_ends - 1] + 1)
 
     def encode_batch(self, texts: Sequence[str]) -> list[FastEncoding]:
@@ -137,7 +135,7 @@ def tekken_encoder(tekken_json: Path, added_tokens: Mapping[str, int]) -> FastEn
     """
     import tiktoken
 
-    model = json.loads(Path(tekken_json).read_text(encoding="utf-8"))
+    model = orjson.loads(Path(tekken_json).read_bytes())
     config = model["config"]
     n_special = config["default_num_special_tokens"]
     inner = config["default_vocab_size"] - n_special

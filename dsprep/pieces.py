@@ -11,14 +11,13 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pyarrow as pa
 
 from dsprep.shards import writing
 from dsprep.workers import BatchResult
 
-__all__ = ["load_piece", "piece_column", "piece_table", "store_piece"]
+__all__ = ["load_piece", "piece_table", "store_piece"]
 
 
 def _name(seq: int) -> str:
@@ -55,13 +54,3 @@ def piece_table(folder: Path, seq: int) -> pa.Table:
     """A complete piece's rows, memory-mapped."""
     source = pa.memory_map(str((folder / _name(seq)).with_suffix(".arrow")))
     return pa.ipc.open_file(source).read_all()
-
-
-def piece_column(folder: Path, seq: int, name: str) -> np.ndarray:
-    """One numeric column of a complete piece, copied out: only that column is read, and the file is closed again."""
-    path = str((folder / _name(seq)).with_suffix(".arrow"))
-    with pa.memory_map(path) as source:
-        reader = pa.ipc.open_file(source)
-        index = reader.schema.get_field_index(name)
-        reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=[index]))
-        return np.array(reader.read_all().column(0).combine_chunks().to_numpy(), copy=True)

@@ -167,12 +167,12 @@ def fast_encoder(name: str, tok: Any) -> FastEncoder | None:
     added = tok.backend_tokenizer.get_added_tokens_decoder()
     if any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in added.values()):
         return None
-    from dsprep.fast_bpe import tekken_encoder
-
-    encoder = tekken_encoder(_mistral_data() / "tekken_240911.json", {t.content: i for i, t in added.items()})
     reference = tok(FAST_PROBE, add_special_tokens=False)
     if tok(FAST_PROBE)["input_ids"] != reference["input_ids"]:
         return None  # the tokenizer adds special tokens of its own: keep it
+    from dsprep.fast_bpe import tekken_encoder
+
+    encoder = tekken_encoder(_mistral_data() / "tekken_240911.json", {t.content: i for i, t in added.items()})
     probe = encoder.encode(FAST_PROBE)
     offsets = list(zip(probe.starts.tolist(), probe.ends.tolist(), strict=True))
     same_offsets = [tuple(o) for o in reference.encodings[0].offsets] == offsets
