@@ -9,18 +9,21 @@
 - ``prefix_stable``: rendering a conversation's prefixes gives prefixes of the full rendering (false for templates
   that move the system prompt or tools to the last turn, or drop earlier thinking).
 
-`eot_trained` and `single_bos` failing stop the run unless ``--allow-template-warnings``.
+`eot_trained` and `single_bos` failing stop the run unless ``--allow-template-warnings``. `conformance_for` keeps the
+results beside a built-in tokenizer taken from its stored facts, so such a run never loads the Hugging Face tokenizer.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from dsprep.encode import PROBE_ANSWER, PROBE_USER, EncodeOptions, Encoder
 from dsprep.errors import RowError, TemplateError
 
-__all__ = ["Conformance", "check_conformance"]
+__all__ = ["Conformance", "check_conformance", "conformance_for"]
 
 SYSTEM = "dsprep probe system 7f3a"
 FOLLOW_UP = "dsprep probe follow-up 7f3a"
@@ -42,6 +45,28 @@ class Conformance:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def conformance_for(encoder: Encoder) -> Conformance:
+    """`check_conformance`, kept beside a tokenizer taken from its stored facts (`LoadedTokenizer.stored`) per template
+    and dsprep version; checked afresh for every other tokenizer."""
+    from dsprep.tokenizers import read_beside, write_beside
+    from dsprep.version import __version__
+
+    loaded = encoder.tok
+    if loaded.stored is None:
+        return check_conformance(encoder)
+    what = {"fingerprint": loaded.fingerprint, "template": encoder.template.sha256, "dsprep": __version__}
+    name = f"conformance-{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]}.json"
+    kept = read_beside(loaded.folder, name)
+    if isinstance(kept, dict):
+        try:
+            return Conformance(**kept)
+        except TypeError:
+            pass
+    result = check_conformance(encoder)
+    write_beside(loaded.folder, name, result.to_dict())
+    return result
 
 
 def _message(role: str, content: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dsprep.errors import RowError, TemplateError
-from dsprep.fast_bpe import FastEncoding
+from dsprep.fast_bpe import FastEncoder, FastEncoding
 from dsprep.schema import TOKENIZED
 from dsprep.templates import ChatTemplate, render, template_messages, template_tools
 from dsprep.tokenizers import LoadedTokenizer
@@ -129,9 +129,13 @@ class Encoder:
         self.options = options
         self.special = tokenizer.special_tokens
         self.shape = probe_shape(template, self.special)
-        self.eos_id = tokenizer.tokenizer.eos_token_id
-        self.fast = tokenizer.fast  # built here, so a fork server's workers inherit it
+        self.eos_id = tokenizer.eos_token_id
         self.method_counts = {"span": 0, "prefix": 0}
+
+    @property
+    def fast(self) -> FastEncoder | None:
+        """The tokenizer's tiktoken encoder where it has one (built when first used)."""
+        return self.tok.fast
 
     # --- rendering -------------------------------------------------------------------------------------------
     def render(self, messages: Sequence[dict[str, Any]], tools: Any, *, generation_prompt: bool = False) -> str:

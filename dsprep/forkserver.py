@@ -17,8 +17,6 @@ from dsprep.workers import PRELOAD_ENV, EncodeSpec, die_with_parent, encoder_for
 
 die_with_parent()
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-with contextlib.suppress(ImportError):  # transformers is imported when a worker loads its tokenizer
-    import transformers.tokenization_utils_tokenizers  # noqa: F401
 if os.environ.get(PRELOAD_ENV):
     with contextlib.suppress(Exception):  # a worker that cannot load it reports why
-        encoder_for(EncodeSpec(**orjson.loads(os.environ[PRELOAD_ENV])))
+        encoder_for(EncodeSpec(**orjson.loads(os.environ[PRELOAD_ENV]))).fast  # noqa: B018 - built before forking

@@ -214,18 +214,18 @@ def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
     spec = _encode_spec(config)
     if spec is None:
         return None, {}
-    from dsprep.conformance import check_conformance
+    from dsprep.conformance import conformance_for
 
     encoder = encoder_for(spec)
-    conformance = check_conformance(encoder)
+    conformance = conformance_for(encoder)
     if conformance.problems and not config.allow_template_warnings:
         raise TemplateError("; ".join(conformance.problems) + " (pass --allow-template-warnings to go on)")
-    loaded, template = encoder.tok, encoder.template
-    tok = loaded.tokenizer
+    facts, template = encoder.tok.facts, encoder.template
+    bos, eos = facts.special_tokens.get("bos_token"), facts.special_tokens.get("eos_token")
     record = {
         "tokenizer": {
-            "name": loaded.name, "fingerprint": loaded.fingerprint, "class": type(tok).__name__,
-            "vocab_size": len(tok), "bos_token": tok.bos_token, "eos_token": tok.eos_token,
+            "name": encoder.tok.name, "fingerprint": facts.fingerprint, "class": facts.class_name,
+            "vocab_size": facts.vocab_size, "bos_token": bos, "eos_token": eos,
         },
         "template": {
             "name": template.name, "origin": template.origin, "sha256": template.sha256, "text": template.text,

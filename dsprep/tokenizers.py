@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,42 +23,109 @@ from dsprep.errors import TokenizerError
 if TYPE_CHECKING:
     from dsprep.fast_bpe import FastEncoder
 
-__all__ = ["BUILTIN", "LoadedTokenizer", "load_tokenizer", "tokenizer_folder"]
+__all__ = [
+    "BUILTIN",
+    "LoadedTokenizer",
+    "TokenizerFacts",
+    "load_tokenizer",
+    "read_beside",
+    "tokenizer_folder",
+    "write_beside",
+]
 
 BUILTIN = {
     "mistral:tekken": "131k-vocab Tekken (tekken_240911.json) with mistral-common's own chat template",
     "mistral:v3": "32k-vocab SentencePiece v3 with [INST]/[TOOL_CALLS] control tokens and the mistral_v3 template",
 }
 DEFAULT_TOKENIZER = "mistral:tekken"
+TEKKEN_FILE = "tekken_240911.json"
+FACTS = "facts.json"
 
 
 @dataclass(frozen=True)
-class LoadedTokenizer:
-    """A loaded tokenizer with what rendering and manifests need."""
+class TokenizerFacts:
+    """What dsprep reads of a tokenizer besides its encoding: identity, special tokens, chat template, added tokens."""
 
-    name: str
-    tokenizer: Any  # a transformers PreTrainedTokenizerBase
+    fingerprint: str
+    class_name: str
+    vocab_size: int
+    special_tokens: dict[str, str]  # the variables `apply_chat_template` passes to templates (bos_token, …)
+    bos_token_id: int | None
+    eos_token_id: int | None
+    chat_template: str | None
+    added_tokens: dict[str, int]  # content -> id
+
+    @classmethod
+    def of(cls, tok: Any) -> TokenizerFacts:
+        added = tok.backend_tokenizer.get_added_tokens_decoder()
+        return cls(
+            fingerprint=fingerprint(tok), class_name=type(tok).__name__, vocab_size=len(tok),
+            special_tokens=_special_tokens(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+            chat_template=_chat_template(tok), added_tokens={t.content: i for i, t in added.items()},
+        )  # fmt: skip
+
+
+def _special_tokens(tok: Any) -> dict[str, str]:
+    return {k: str(v) for k, v in tok.special_tokens_map.items()}
+
+
+def _chat_template(tok: Any) -> str | None:
+    template = getattr(tok, "chat_template", None)
+    return template if isinstance(template, str) else None
+
+
+class LoadedTokenizer:
+    """A tokenizer by name, with what rendering, encoding and manifests need.
+
+    The Hugging Face tokenizer (`tokenizer`) is loaded when first used. A built-in with a `fast` encoder keeps its
+    `facts` beside its folder once they are known, and later processes that only encode never load it.
+    """
+
+    def __init__(self, name: str, folder: Path, *, tokenizer: Any = None, stored: TokenizerFacts | None = None) -> None:
+        self.name = name
+        self.folder = folder
+        self.stored = stored  # facts read from disk: `fast` was verified when they were written
+        if tokenizer is not None:
+            self.__dict__["tokenizer"] = tokenizer
+        if stored is not None:
+            self.__dict__["facts"] = stored
 
     @functools.cached_property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer (a transformers PreTrainedTokenizerBase)."""
+        return _load_hf(self.name, self.folder)
+
+    @functools.cached_property
+    def facts(self) -> TokenizerFacts:
+        return TokenizerFacts.of(self.tokenizer)
+
+    @property
     def fingerprint(self) -> str:
         """The tokenizer's fingerprint (`fingerprint`), computed when first asked for: worker processes never do."""
-        return fingerprint(self.tokenizer)
+        return self.facts.fingerprint
 
     @functools.cached_property
     def fast(self) -> FastEncoder | None:
         """The tiktoken encoder that encodes exactly as `tokenizer` does, where the tokenizer has one (the built-in
         ``mistral:tekken``), else None."""
+        if self.stored is not None:
+            from dsprep.fast_bpe import tekken_encoder
+
+            return tekken_encoder(_mistral_data() / TEKKEN_FILE, self.stored.added_tokens)
         return fast_encoder(self.name, self.tokenizer)
 
     @property
     def special_tokens(self) -> dict[str, str]:
         """The variables `apply_chat_template` passes to templates (bos_token, eos_token, …)."""
-        return {k: str(v) for k, v in self.tokenizer.special_tokens_map.items()}
+        return self.stored.special_tokens if self.stored else _special_tokens(self.tokenizer)
 
     @property
     def chat_template(self) -> str | None:
-        template = getattr(self.tokenizer, "chat_template", None)
-        return template if isinstance(template, str) else None
+        return self.stored.chat_template if self.stored else _chat_template(self.tokenizer)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.stored.eos_token_id if self.stored else self.tokenizer.eos_token_id
 
 
 def cache_dir() -> Path:
@@ -97,7 +164,7 @@ def _build(name: str, target: Path) -> None:
         if name == "mistral:tekken":
             from transformers.integrations.mistral import convert_tekken_tokenizer
 
-            tok = convert_tekken_tokenizer(str(data / "tekken_240911.json"))
+            tok = convert_tekken_tokenizer(str(data / TEKKEN_FILE))
         else:
             src = work / "src"
             src.mkdir()
@@ -172,7 +239,7 @@ def fast_encoder(name: str, tok: Any) -> FastEncoder | None:
         return None  # the tokenizer adds special tokens of its own: keep it
     from dsprep.fast_bpe import tekken_encoder
 
-    encoder = tekken_encoder(_mistral_data() / "tekken_240911.json", {t.content: i for i, t in added.items()})
+    encoder = tekken_encoder(_mistral_data() / TEKKEN_FILE, {t.content: i for i, t in added.items()})
     probe = encoder.encode(FAST_PROBE)
     offsets = list(zip(probe.starts.tolist(), probe.ends.tolist(), strict=True))
     same_offsets = [tuple(o) for o in reference.encodings[0].offsets] == offsets
@@ -191,11 +258,8 @@ def _tokenizer_class(transformers: Any, path: Path) -> Any:
     return transformers.AutoTokenizer
 
 
-@functools.lru_cache(maxsize=8)
-def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER) -> LoadedTokenizer:
-    """Load a built-in (``mistral:tekken``, ``mistral:v3``) or a local tokenizer folder, offline."""
+def _load_hf(name_or_path: str, path: Path) -> Any:
     transformers = _quiet_transformers()
-    path = tokenizer_folder(name_or_path)
     try:
         tok = _tokenizer_class(transformers, path).from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
@@ -206,4 +270,68 @@ def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER) -> LoadedTokenizer:
         tok.chat_template = load_template("mistral_v3").text
     if not getattr(tok, "is_fast", False):
         raise TokenizerError(f"{name_or_path}: dsprep needs a fast tokenizer (tokenizer.json) for character offsets")
-    return LoadedTokenizer(name_or_path, tok)
+    return tok
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER) -> LoadedTokenizer:
+    """Load a built-in (``mistral:tekken``, ``mistral:v3``) or a local tokenizer folder, offline.
+
+    ``mistral:tekken`` is taken from its stored facts where they are (`TokenizerFacts`, written the first time its
+    fast encoder is verified), without loading the Hugging Face tokenizer.
+    """
+    path = tokenizer_folder(name_or_path)
+    if name_or_path != "mistral:tekken":
+        return LoadedTokenizer(name_or_path, path, tokenizer=_load_hf(name_or_path, path))
+    stored = _stored_facts(path)
+    if stored is not None:
+        return LoadedTokenizer(name_or_path, path, stored=stored)
+    loaded = LoadedTokenizer(name_or_path, path, tokenizer=_load_hf(name_or_path, path))
+    if loaded.fast is not None:
+        _store_facts(path, loaded.facts)
+    return loaded
+
+
+def read_beside(folder: Path, name: str) -> Any:
+    """A JSON file dsprep kept of a built-in tokenizer folder (beside it: the folder's files make cache keys), or
+    None where there is none or it cannot be read."""
+    try:
+        return json.loads((folder.with_name(folder.name + ".dsprep") / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_beside(folder: Path, name: str, value: Any) -> None:
+    """Keep `value` as JSON beside a built-in tokenizer folder, atomically; where that cannot be written, nothing is
+    kept (the next run works it out again)."""
+    target = folder.with_name(folder.name + ".dsprep") / name
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(value, indent=1), encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError:
+        pass
+
+
+def _versions() -> dict[str, str]:
+    """What a stored fast-encoder verification depends on besides the folder (whose name holds the rest)."""
+    from importlib.metadata import version
+
+    from dsprep.version import __version__
+
+    return {"dsprep": __version__, "tiktoken": version("tiktoken")}
+
+
+def _stored_facts(folder: Path) -> TokenizerFacts | None:
+    stored = read_beside(folder, FACTS)
+    if not isinstance(stored, dict) or stored.get("versions") != _versions():
+        return None
+    try:
+        return TokenizerFacts(**stored["facts"])
+    except (TypeError, KeyError):
+        return None
+
+
+def _store_facts(folder: Path, facts: TokenizerFacts) -> None:
+    write_beside(folder, FACTS, {"versions": _versions(), "facts": asdict(facts)})
