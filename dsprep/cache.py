@@ -159,6 +159,17 @@ class OutputCache:
             return None
         return files
 
+    def may_hold(self, paths: list[str]) -> bool:
+        """Whether an entry was made from inputs at these paths (a key covers them: without one, no lookup hits)."""
+        for meta_path in self.folder.glob(f"*/{ENTRY}"):
+            try:
+                meta = orjson.loads(meta_path.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                continue
+            if [i["path"] for i in meta["components"]["inputs"]] == paths:
+                return True
+        return False
+
     def newest(self, paths: list[str]) -> dict[str, Any] | None:
         """The components of the newest entry made from inputs at the same paths (any entry if none is)."""
         best_rank: tuple[bool, float] | None = None

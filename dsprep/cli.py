@@ -122,7 +122,12 @@ def _progress(quiet: bool, total: int) -> tuple[Callable[[int], None] | None, Ca
     metavar="FRACTION",
     help="Fail the run if more than this fraction of rows is rejected (e.g. 0.01 or 1%).",
 )
-@click.option("--shard-size", default="256MB", show_default=True, help="Start a new shard past this size.")
+@click.option(
+    "--shard-size",
+    default="64MB",
+    show_default=True,
+    help="Start a new shard past this size (packed: shards of about this size, fixed from the token count).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the contents of a previous dsprep output folder.")
 @click.option(
     "--tokenizer",

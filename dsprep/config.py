@@ -20,7 +20,8 @@ class ConvertConfig:
     format: "auto", a shipped format name, or a path to a `.toml` spec.
     on_error: "quarantine" sends bad rows to rejects.jsonl; "fail" stops at the first one.
     max_rejected: fail the run when rejected / read exceeds this fraction (None: never).
-    shard_bytes: start a new Parquet shard once one reaches this many bytes.
+    shard_bytes: start a new Parquet shard once one reaches this many bytes (packed: shards of about this many,
+        fixed from the token count, so that several are written at once).
     sample_rows: how many rows per input `--format auto` scores.
     tokenizer: a local tokenizer folder or a built-in name (mistral:tekken, mistral:v3); None writes normalized rows.
     template: "tokenizer" (its own chat template), a shipped template name, or a .jinja path.
@@ -42,7 +43,7 @@ class ConvertConfig:
     on_error: Literal["quarantine", "fail"] = "quarantine"
     max_rejected: float | None = None
     overwrite: bool = False
-    shard_bytes: int = 256 << 20
+    shard_bytes: int = 64 << 20
     sample_rows: int = 200
     tokenizer: str | None = None
     template: str = "tokenizer"

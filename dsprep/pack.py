@@ -239,6 +239,14 @@ def _repair(sizes: np.ndarray, row_of: np.ndarray, n_rows: int, max_len: int) ->
     return out, int(keep.sum()) + repacked.rows
 
 
+def _example_start_of_each_token(example_starts: np.ndarray, tokens: int) -> np.ndarray:
+    """For each of `tokens` tokens, the index of its example's first token (int32): a running maximum of the starts,
+    which empty examples (a start shared with the next one) leave unchanged."""
+    first = np.zeros(tokens, np.int32)
+    first[example_starts[example_starts < tokens]] = example_starts[example_starts < tokens]
+    return np.maximum.accumulate(first)
+
+
 def materialize(table: pa.Table, plan: PackPlan, *, first_row: int = 0, rows: int | None = None) -> pa.Table:
     """Packed rows `first_row`… of `plan` from a table of examples with `input_ids` and `labels` (int32 lists)."""
     rows = plan.rows - first_row if rows is None else rows
@@ -250,11 +258,11 @@ def materialize(table: pa.Table, plan: PackPlan, *, first_row: int = 0, rows: in
     ids = taken.column("input_ids").combine_chunks()
     labels = taken.column("labels").combine_chunks()
     example_lengths = pc.list_value_length(ids).to_numpy().astype(np.int64)
-    flat_ids = ids.flatten().to_numpy().astype(np.int32)
-    flat_labels = labels.flatten().to_numpy().astype(np.int32).copy()
+    flat_ids = ids.flatten().to_numpy()
+    flat_labels = labels.flatten().to_numpy().astype(np.int32)  # a copy, written below
     example_starts = np.concatenate([[0], np.cumsum(example_lengths)[:-1]]) if len(order) else np.zeros(0, np.int64)
-    flat_labels[example_starts] = IGNORE
-    positions = np.arange(len(flat_ids), dtype=np.int64) - np.repeat(example_starts, example_lengths)
+    flat_labels[example_starts[example_lengths > 0]] = IGNORE
+    positions = np.arange(len(flat_ids), dtype=np.int32) - _example_start_of_each_token(example_starts, len(flat_ids))
     example_offsets = np.concatenate([[0], np.cumsum(counts)])
     token_offsets = np.concatenate([[0], np.cumsum(example_lengths)])[example_offsets].astype(np.int32)
     offsets = pa.array(token_offsets, pa.int32())
@@ -263,7 +271,7 @@ def materialize(table: pa.Table, plan: PackPlan, *, first_row: int = 0, rows: in
         {
             "input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids, pa.int32())),
             "labels": pa.ListArray.from_arrays(offsets, pa.array(flat_labels, pa.int32())),
-            "position_ids": pa.ListArray.from_arrays(offsets, pa.array(positions.astype(np.int32), pa.int32())),
+            "position_ids": pa.ListArray.from_arrays(offsets, pa.array(positions, pa.int32())),
             "seq_lens": pa.ListArray.from_arrays(seq_offsets, pa.array(example_lengths.astype(np.int32), pa.int32())),
             "example_ids": pa.ListArray.from_arrays(seq_offsets, taken.column("id").combine_chunks()),
             "num_tokens": pa.array(np.diff(token_offsets).astype(np.int32), pa.int32()),

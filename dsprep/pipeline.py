@@ -30,7 +30,7 @@ from dsprep.config import ConvertConfig
 from dsprep.detect import Detection, detect_format
 from dsprep.errors import InputError, RejectedRowsError, RowFailure, TemplateError
 from dsprep.pieces import load_piece, piece_table, store_piece
-from dsprep.schema import PACKED, SCHEMA_VERSION
+from dsprep.schema import SCHEMA_VERSION
 from dsprep.shards import MANIFEST, REJECTS, RejectsWriter, ShardWriter, Staging, file_sha256, write_json, writing
 from dsprep.sources import InputFile, Record, discover, read_records
 from dsprep.specs import FormatSpec, load_spec
@@ -107,6 +107,11 @@ def _reading(f: InputFile) -> Iterator[None]:
         yield
     except OSError as exc:
         raise InputError(f"{f.display}: cannot read: {exc.strerror or exc}") from None
+
+
+def _size(f: InputFile) -> int:
+    with _reading(f):
+        return f.size
 
 
 def _identity(f: InputFile) -> tuple[int, str]:
@@ -271,12 +276,17 @@ def convert(
     detected) before it is used; the cache key cannot cover it, so such a run neither uses the cache nor resumes.
     """
     files = discover(config.inputs)
+    cacheable = config.cache and derive_spec is None
+    cache = OutputCache(config.cache_dir or default_cache_dir()) if cacheable else None
+    workers = config.workers or default_workers()
+    server = config.engine == "local" and workers > 1 and sum(map(_size, files)) > SERVER_MIN_BYTES
+    if server and (cache is None or not cache.may_hold([f.display for f in files])):
+        start_server(_encode_spec(config))  # no lookup can hit: the workers' server loads while the inputs are hashed
+        server = False
     identities = [_identity(f) for f in files]
     digests = [sha256 for _, sha256 in identities]
     parts = components(config, files, digests)
     key = cache_key(parts)
-    cacheable = config.cache and derive_spec is None
-    cache = OutputCache(config.cache_dir or default_cache_dir()) if cacheable else None
     if explain:
         _explain(explain, key, parts, cache)
     cached = cache.lookup(key) if cache else None
@@ -285,9 +295,8 @@ def convert(
         if on_note:
             on_note(f"cache hit: reused the output of an identical earlier run (key {key[:16]})")
         return result
-    workers = config.workers or default_workers()
-    if config.engine == "local" and workers > 1 and sum(size for size, _ in identities) > SERVER_MIN_BYTES:
-        start_server(_encode_spec(config))  # not before the cache lookup: a hit must leave nothing running
+    if server:
+        start_server(_encode_spec(config))  # not before a lookup that may hit: a hit must leave nothing running
     plan = [(f, *_choose_spec(f, config)) for f in files]
     if derive_spec is not None:
         plan = [(f, derive_spec(spec) if spec else None, detection) for f, spec, detection in plan]
@@ -413,8 +422,10 @@ def _shards(
         if config.pack is None:
             writer = ShardWriter(staging.dir, stage.schema, shard_bytes=config.shard_bytes)
             return write_unpacked(staging.pieces, done, writer), None
-        writer = ShardWriter(staging.dir, PACKED, shard_bytes=config.shard_bytes)
-        packing = write_packed(staging.pieces, done, writer, max_len=config.pack, shuffle_seed=config.shuffle_seed)
+        packing = write_packed(
+            staging.pieces, done, staging.dir, max_len=config.pack, shuffle_seed=config.shuffle_seed,
+            shard_bytes=config.shard_bytes, threads=config.workers or default_workers(),
+        )  # fmt: skip
         return packing.pop("shards"), packing
 
 

@@ -27,9 +27,12 @@ __all__ = [
     "REJECTS",
     "SPLIT_FOLDERS",
     "RejectsWriter",
+    "ShardFile",
     "ShardWriter",
     "Staging",
     "file_sha256",
+    "parquet_options",
+    "shard_name",
     "write_json",
     "writing",
 ]
@@ -190,6 +193,41 @@ class Staging:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def shard_name(prefix: str, index: int) -> str:
+    """A shard's file name: ``part-00000.parquet``, ``part-00001.parquet``, …"""
+    return f"{prefix}-{index:05d}.parquet"
+
+
+class ShardFile:
+    """One Parquet shard being written, hashed (sha256) and counted as it is written."""
+
+    def __init__(self, path: Path, schema: pa.Schema, options: dict[str, Any]) -> None:
+        self.path = path
+        self.rows = 0
+        with writing(path):
+            self._file = _HashingFile(path)
+            self._writer = pq.ParquetWriter(self._file, schema, **options)
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._file.size
+
+    def write(self, table: pa.Table) -> None:
+        """Append a table (in the shard's schema) as row groups."""
+        with writing(self.path):
+            self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> dict[str, Any]:
+        """Finish the file; returns its manifest entry (file, rows, bytes, sha256)."""
+        with writing(self.path):
+            self._writer.close()
+            self._file.close()
+        return {"file": self.path.name, "rows": self.rows, "bytes": self._file.size,
+                "sha256": self._file.sha256.hexdigest()}  # fmt: skip
+
+
 class ShardWriter:
     """Appends rows to ``part-00000.parquet``, ``part-00001.parquet``, … each closed once it passes `shard_bytes`."""
 
@@ -202,10 +240,7 @@ class ShardWriter:
         self._tables: list[pa.Table] = []
         self._rows = 0
         self._pending_bytes = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._path: Path | None = None
-        self._file: _HashingFile | None = None
-        self._shard_rows = 0
+        self._shard: ShardFile | None = None
         self._options = parquet_options(schema)
 
     def append(self, table: pa.Table, approx_bytes: Sequence[int]) -> None:
@@ -233,39 +268,27 @@ class ShardWriter:
         tables, self._tables, self._rows, self._pending_bytes = self._tables, [], 0, 0
         self.write_table(pa.concat_tables(tables).combine_chunks())
 
-    def _open_shard(self) -> pq.ParquetWriter:
-        self._path = self.folder / f"{self.prefix}-{len(self.shards):05d}.parquet"
-        with writing(self._path):
-            self._file = _HashingFile(self._path)
-            self._writer = pq.ParquetWriter(self._file, self.schema, **self._options)
-        return self._writer
+    def _open_shard(self) -> ShardFile:
+        path = self.folder / shard_name(self.prefix, len(self.shards))
+        self._shard = ShardFile(path, self.schema, self._options)
+        return self._shard
 
     def write_table(self, table: pa.Table) -> None:
         """Append a whole table (already in this writer's schema)."""
-        writer = self._writer or self._open_shard()
-        assert self._path is not None and self._file is not None
-        with writing(self._path):
-            writer.write_table(table)
-        self._shard_rows += table.num_rows
-        if self._file.size >= self.shard_bytes:
+        shard = self._shard or self._open_shard()
+        shard.write(table)
+        if shard.size >= self.shard_bytes:
             self._close_shard()
 
     def _close_shard(self) -> None:
-        if self._writer is None or self._path is None or self._file is None:
-            return
-        with writing(self._path):
-            self._writer.close()
-            self._file.close()
-        self.shards.append(
-            {"file": self._path.name, "rows": self._shard_rows, "bytes": self._file.size,
-             "sha256": self._file.sha256.hexdigest()}
-        )  # fmt: skip
-        self._writer, self._path, self._file, self._shard_rows = None, None, None, 0
+        if self._shard is not None:
+            self.shards.append(self._shard.close())
+            self._shard = None
 
     def close(self) -> list[dict[str, Any]]:
         """Flush and close; returns the shard list for the manifest (one empty shard when no row was written)."""
         self._flush()
-        if not self.shards and self._writer is None:
+        if not self.shards and self._shard is None:
             self._open_shard()
         self._close_shard()
         return self.shards

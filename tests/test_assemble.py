@@ -1,4 +1,5 @@
-"""Packed rows written chunk by chunk from bucket files equal the rows packed from every example held at once."""
+"""Packed rows written chunk by chunk from bucket files equal the rows packed from every example held at once, in
+shards of whole chunks that are the same whatever number of threads writes them."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ def _read(out: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("part-*.parquet"))])
 
 
-@pytest.mark.parametrize("seed", [None, 3])
+@pytest.mark.parametrize(("seed", "workers"), [(None, 1), (3, 1), (None, 2), (3, 3)])
 def test_bucketed_packing_equals_packing_in_memory(
-    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch, seed: int | None
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch, seed: int | None, workers: int
 ) -> None:
     inputs = (str(shared_data / "alpaca" / "llamafactory__alpaca_en_demo.json"), str(FIXTURES / "formats"))
     common = {"inputs": inputs, "tokenizer": "mistral:tekken", "template": "chatml", "max_len": L, "workers": 1}
@@ -40,7 +41,18 @@ def test_bucketed_packing_equals_packing_in_memory(
     monkeypatch.setattr(dsprep.assemble, "CHUNK_TOKENS", 7 * L)  # chunks of 7 rows
     monkeypatch.setattr(dsprep.assemble, "MAX_BUCKETS", 4)  # several chunks per bucket
     monkeypatch.setattr(dsprep.assemble, "ROUTE_BUFFER_BYTES", 1 << 16)  # many flushes
-    convert(ConvertConfig(out=tmp_path / "packed", pack=L, shuffle_seed=seed, **common))
-    packed = _read(tmp_path / "packed")
-    assert packed.num_rows == plan.rows > 28
-    assert packed.equals(expected)
+    shard_bytes = 7 * L * 5  # about two chunks per shard (PACKED_BYTES_PER_TOKEN = 2.5)
+    for threads in sorted({1, workers}):
+        out = tmp_path / f"packed-{threads}"
+        run = {**common, "workers": threads}
+        convert(ConvertConfig(out=out, pack=L, shuffle_seed=seed, shard_bytes=shard_bytes, **run))
+        packed = _read(out)
+        assert packed.num_rows == plan.rows > 28
+        assert packed.equals(expected)
+        shards = sorted(out.glob("part-*.parquet"))
+        assert len(shards) > 2
+        assert all(pq.ParquetFile(p).metadata.num_rows % 7 == 0 for p in shards[:-1])  # whole chunks of 7 rows
+    if workers > 1:
+        one, many = (sorted((tmp_path / f"packed-{t}").glob("*")) for t in (1, workers))
+        assert [p.name for p in one] == [p.name for p in many]
+        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, many, strict=True))

@@ -117,7 +117,7 @@ class Recipe(_Strict):
     allow_template_warnings: bool = False
     on_error: Literal["quarantine", "fail"] = "quarantine"
     max_rejected: float | None = Field(None, ge=0, le=1, description="Fail past this share of rejected rows.")
-    shard_size: str = Field("256MB", description="Start a new shard past this size, e.g. 256MB.")
+    shard_size: str = Field("64MB", description="Start a new shard past this size, e.g. 256MB.")
     seed: int = Field(0, description="Seed of sampling and eval splits that set none of their own.")
     eval: EvalSplit | None = Field(None, description="Hold out part of every train source without its own 'eval'.")
     dedup: Dedup = Dedup()
