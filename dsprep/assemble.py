@@ -2,9 +2,10 @@
 
 Unpacked, the pieces' rows stream into the shard writer in task order. Packed, the plan (`dsprep.pack`) needs only
 the lengths (each row's ``num_tokens``, carried by the workers' results: a few bytes per example). The packed rows
-are written in chunks of ``chunk_rows`` rows, and each shard is a run of whole chunks fixed by the plan (about
-``--shard-size``, estimated from its tokens), so several shards are written at once — as many as there are workers,
-one thread each — and the output is the same for any number of them:
+are written in chunks of ``chunk_rows`` rows, and each shard is a run of whole chunks fixed by the plan (at most about
+``--shard-size``, estimated from its tokens; a multiple of `SHARD_MULTIPLE` of them, so that threads, and a
+trainer's data-parallel ranks splitting the shards between them, get equal shares), so several shards are written at
+once — as many as there are workers, one thread each — and the output is the same for any number of them:
 
 - one streaming pass over the pieces, split between the threads, routes each example to the bucket file of the
   chunk its row lands in (at most `MAX_BUCKETS` buckets per thread, a bounded buffer in front of them);
@@ -40,6 +41,7 @@ __all__ = ["CHUNK_TOKENS", "write_packed", "write_unpacked"]
 CHUNK_TOKENS = 1 << 21  # tokens per materialized chunk of packed rows (at most)
 MAX_BUCKETS = 256
 ROUTE_BUFFER_BYTES = 64 << 20  # shared by the routing threads
+SHARD_MULTIPLE = 8  # shards come in multiples of 8: 2, 4 or 8 threads or data-parallel ranks get equal shares
 PACKED_BYTES_PER_TOKEN = 2.5  # about what a token takes in a packed shard (zstd; 2.3 measured with a 131k vocabulary)
 ROUTED = ["id", "input_ids", "labels"]
 AHEAD = 1  # pieces read and sorted ahead of the one being routed, per thread
@@ -74,12 +76,14 @@ class _Layout:
 
     @classmethod
     def of(cls, plan: PackPlan, shard_bytes: int) -> _Layout:
-        """Shards of about `shard_bytes` (from the plan's tokens), as even as whole chunks allow."""
+        """Shards of at most about `shard_bytes` (estimated from the plan's tokens), a multiple of `SHARD_MULTIPLE` of
+        them where there are enough chunks, as even as whole chunks allow."""
         chunk_rows = max(1, CHUNK_TOKENS // plan.max_len)
         chunks = math.ceil(plan.rows / chunk_rows)
         per_bucket = max(1, math.ceil(chunks / MAX_BUCKETS))
         estimate = int(plan.lengths.sum()) * PACKED_BYTES_PER_TOKEN
-        shards = max(1, min(chunks, math.ceil(estimate / shard_bytes)))
+        shards = SHARD_MULTIPLE * math.ceil(estimate / shard_bytes / SHARD_MULTIPLE)
+        shards = max(1, min(chunks, shards))
         return cls(chunk_rows, chunks, per_bucket, np.arange(shards + 1) * chunks // shards)
 
     @property

@@ -19,13 +19,14 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
-__all__ = ["FastEncoder", "FastEncoding", "tekken_encoder"]
+__all__ = ["FastEncoder", "FastEncoding", "TekkenVocab", "tekken_encoder"]
 
 
 class FastEncoding:
@@ -128,23 +129,56 @@ class FastEncoder:
         return [self.encode(t) for t in texts]
 
 
-def tekken_encoder(tekken_json: Path, added_tokens: Mapping[str, int]) -> FastEncoder:
-    """The encoder of a mistral-common Tekken file, with the Hugging Face tokenizer's added tokens (its specials).
+@dataclass(frozen=True)
+class TekkenVocab:
+    """A Tekken file's BPE: its pre-tokenizer pattern, how many special ids come first, and each rank's bytes."""
+
+    pattern: str
+    n_special: int
+    tokens: list[bytes]  # by rank; the id of rank r is r + n_special
+
+    @classmethod
+    def read(cls, tekken_json: Path) -> TekkenVocab:
+        """From mistral-common's JSON (base64 token bytes)."""
+        model = orjson.loads(Path(tekken_json).read_bytes())
+        config = model["config"]
+        n_special = config["default_num_special_tokens"]
+        vocab = model["vocab"][: config["default_vocab_size"] - n_special]
+        assert all(t["rank"] == r for r, t in enumerate(vocab)), "Tekken ranks are the vocabulary's order"
+        return cls(config["pattern"], n_special, [base64.b64decode(t["token_bytes"]) for t in vocab])
+
+    def dump(self) -> bytes:
+        """A compact form `load` reads several times faster than the JSON: header, byte lengths, the bytes."""
+        header = orjson.dumps({"pattern": self.pattern, "n_special": self.n_special, "count": len(self.tokens)})
+        lengths = np.fromiter(map(len, self.tokens), np.uint32, len(self.tokens))
+        return b"".join([np.uint32(len(header)).tobytes(), header, lengths.tobytes(), *self.tokens])
+
+    @classmethod
+    def load(cls, data: bytes) -> TekkenVocab:
+        (size,) = np.frombuffer(data[:4], np.uint32)
+        header = orjson.loads(data[4 : 4 + size])
+        at = 4 + int(size)
+        lengths = np.frombuffer(data, np.uint32, header["count"], at)
+        ends = (np.cumsum(lengths, dtype=np.int64) + at + lengths.nbytes).tolist()
+        starts = [at + lengths.nbytes, *ends[:-1]]
+        if ends and ends[-1] != len(data):
+            raise ValueError("not a dumped Tekken vocabulary")
+        return cls(header["pattern"], header["n_special"], [data[a:b] for a, b in zip(starts, ends, strict=True)])
+
+
+def tekken_encoder(vocab: TekkenVocab, added_tokens: Mapping[str, int], name: str = "tekken") -> FastEncoder:
+    """The encoder of a Tekken vocabulary, with the Hugging Face tokenizer's added tokens (its specials).
 
     Ids are ranks shifted past the special tokens, as mistral-common and the converted ``tokenizer.json`` number them.
     """
     import tiktoken
 
-    model = orjson.loads(Path(tekken_json).read_bytes())
-    config = model["config"]
-    n_special = config["default_num_special_tokens"]
-    inner = config["default_vocab_size"] - n_special
-    ranks = {base64.b64decode(t["token_bytes"]): t["rank"] + n_special for t in model["vocab"][:inner]}
-    encoding = tiktoken.Encoding(name=f"dsprep-{Path(tekken_json).stem}", pat_str=config["pattern"],
-                                 mergeable_ranks=ranks, special_tokens={})  # fmt: skip
-    lengths = np.zeros(n_special + inner, dtype=np.int64)
-    for token, rank in ranks.items():
-        lengths[rank] = len(token)
+    n_special = vocab.n_special
+    ranks = {token: rank + n_special for rank, token in enumerate(vocab.tokens)}
+    encoding = tiktoken.Encoding(name=f"dsprep-{name}", pat_str=vocab.pattern, mergeable_ranks=ranks,
+                                 special_tokens={})  # fmt: skip
+    lengths = np.zeros(n_special + len(vocab.tokens), dtype=np.int64)
+    lengths[n_special:] = np.fromiter(map(len, vocab.tokens), np.int64, len(vocab.tokens))
     for content, i in added_tokens.items():
         lengths[i] = len(content.encode("utf-8"))
     return FastEncoder(encoding, added_tokens, lengths)

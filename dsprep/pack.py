@@ -239,12 +239,15 @@ def _repair(sizes: np.ndarray, row_of: np.ndarray, n_rows: int, max_len: int) ->
     return out, int(keep.sum()) + repacked.rows
 
 
-def _example_start_of_each_token(example_starts: np.ndarray, tokens: int) -> np.ndarray:
-    """For each of `tokens` tokens, the index of its example's first token (int32): a running maximum of the starts,
-    which empty examples (a start shared with the next one) leave unchanged."""
-    first = np.zeros(tokens, np.int32)
-    first[example_starts[example_starts < tokens]] = example_starts[example_starts < tokens]
-    return np.maximum.accumulate(first)
+def _positions(example_lengths: np.ndarray, tokens: int) -> np.ndarray:
+    """Each token's position in its example (int32): a running sum of ones that drops back to 0 at every example's
+    first token."""
+    lengths = example_lengths[example_lengths > 0]
+    step = np.ones(tokens, np.int32)
+    if tokens:
+        step[np.cumsum(lengths[:-1])] = 1 - lengths[:-1]
+        step[0] = 0
+    return np.cumsum(step, dtype=np.int32)
 
 
 def materialize(table: pa.Table, plan: PackPlan, *, first_row: int = 0, rows: int | None = None) -> pa.Table:
@@ -262,7 +265,7 @@ def materialize(table: pa.Table, plan: PackPlan, *, first_row: int = 0, rows: in
     flat_labels = labels.flatten().to_numpy().astype(np.int32)  # a copy, written below
     example_starts = np.concatenate([[0], np.cumsum(example_lengths)[:-1]]) if len(order) else np.zeros(0, np.int64)
     flat_labels[example_starts[example_lengths > 0]] = IGNORE
-    positions = np.arange(len(flat_ids), dtype=np.int32) - _example_start_of_each_token(example_starts, len(flat_ids))
+    positions = _positions(example_lengths, len(flat_ids))
     example_offsets = np.concatenate([[0], np.cumsum(counts)])
     token_offsets = np.concatenate([[0], np.cumsum(example_lengths)])[example_offsets].astype(np.int32)
     offsets = pa.array(token_offsets, pa.int32())

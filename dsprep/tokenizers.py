@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from dsprep.errors import TokenizerError
 
 if TYPE_CHECKING:
-    from dsprep.fast_bpe import FastEncoder
+    from dsprep.fast_bpe import FastEncoder, TekkenVocab
 
 __all__ = [
     "BUILTIN",
@@ -40,6 +41,7 @@ BUILTIN = {
 DEFAULT_TOKENIZER = "mistral:tekken"
 TEKKEN_FILE = "tekken_240911.json"
 FACTS = "facts.json"
+TEKKEN_VOCAB = "tekken.vocab"
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,8 @@ class LoadedTokenizer:
         if self.stored is not None:
             from dsprep.fast_bpe import tekken_encoder
 
-            return tekken_encoder(_mistral_data() / TEKKEN_FILE, self.stored.added_tokens)
-        return fast_encoder(self.name, self.tokenizer)
+            return tekken_encoder(_tekken_vocab(self.folder), self.stored.added_tokens)
+        return fast_encoder(self.name, self.tokenizer, self.folder)
 
     @property
     def special_tokens(self) -> dict[str, str]:
@@ -226,7 +228,7 @@ def fingerprint(tok: Any) -> str:
 FAST_PROBE = "Probe <s>[INST] text, 12 émojis 🦩 and\n\n  spaces [/INST]</s>"
 
 
-def fast_encoder(name: str, tok: Any) -> FastEncoder | None:
+def fast_encoder(name: str, tok: Any, folder: Path) -> FastEncoder | None:
     """mistral-common's own tiktoken encoder for the built-in ``mistral:tekken``, when it encodes a probe text and adds
     special tokens exactly as the Hugging Face tokenizer does; None for every other tokenizer."""
     if name != "mistral:tekken" or getattr(tok, "split_special_tokens", False):
@@ -239,11 +241,24 @@ def fast_encoder(name: str, tok: Any) -> FastEncoder | None:
         return None  # the tokenizer adds special tokens of its own: keep it
     from dsprep.fast_bpe import tekken_encoder
 
-    encoder = tekken_encoder(_mistral_data() / TEKKEN_FILE, {t.content: i for i, t in added.items()})
+    encoder = tekken_encoder(_tekken_vocab(folder), {t.content: i for i, t in added.items()})
     probe = encoder.encode(FAST_PROBE)
     offsets = list(zip(probe.starts.tolist(), probe.ends.tolist(), strict=True))
     same_offsets = [tuple(o) for o in reference.encodings[0].offsets] == offsets
     return encoder if probe.ids.tolist() == reference["input_ids"] and same_offsets else None
+
+
+def _tekken_vocab(folder: Path) -> TekkenVocab:
+    """mistral-common's Tekken vocabulary, from the compact copy beside the built folder (written on first use)."""
+    from dsprep.fast_bpe import TekkenVocab
+
+    try:
+        return TekkenVocab.load(_beside(folder, TEKKEN_VOCAB).read_bytes())
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    vocab = TekkenVocab.read(_mistral_data() / TEKKEN_FILE)
+    keep_beside(folder, TEKKEN_VOCAB, vocab.dump())
+    return vocab
 
 
 def _tokenizer_class(transformers: Any, path: Path) -> Any:
@@ -292,26 +307,33 @@ def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER) -> LoadedTokenizer:
     return loaded
 
 
+def _beside(folder: Path, name: str) -> Path:
+    """A file dsprep keeps of a built-in tokenizer folder: beside it, since the folder's files make cache keys."""
+    return folder.with_name(folder.name + ".dsprep") / name
+
+
 def read_beside(folder: Path, name: str) -> Any:
-    """A JSON file dsprep kept of a built-in tokenizer folder (beside it: the folder's files make cache keys), or
-    None where there is none or it cannot be read."""
+    """A JSON file kept beside a built-in tokenizer folder, or None where there is none or it cannot be read."""
     try:
-        return json.loads((folder.with_name(folder.name + ".dsprep") / name).read_text(encoding="utf-8"))
+        return json.loads(_beside(folder, name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
 
 def write_beside(folder: Path, name: str, value: Any) -> None:
-    """Keep `value` as JSON beside a built-in tokenizer folder, atomically; where that cannot be written, nothing is
-    kept (the next run works it out again)."""
-    target = folder.with_name(folder.name + ".dsprep") / name
-    try:
+    """Keep `value` as JSON beside a built-in tokenizer folder (`keep_beside`)."""
+    keep_beside(folder, name, json.dumps(value, indent=1).encode())
+
+
+def keep_beside(folder: Path, name: str, data: bytes) -> None:
+    """Write a file beside a built-in tokenizer folder, atomically; where it cannot be written, nothing is kept (the
+    next run works it out again)."""
+    target = _beside(folder, name)
+    with contextlib.suppress(OSError):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(value, indent=1), encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, target)
-    except OSError:
-        pass
 
 
 def _versions() -> dict[str, str]:

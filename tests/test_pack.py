@@ -151,3 +151,11 @@ def test_packed_shards_load_with_datasets_and_polars(tmp_path: Path) -> None:
     frame = pl.scan_parquet(files).select(pl.col("num_tokens").sum(), pl.len()).collect()
     assert frame.item(0, 0) == manifest["packing"]["tokens"]
     assert frame.item(0, 1) == manifest["packing"]["rows"]
+
+
+def test_positions_restart_at_every_example_even_after_an_empty_one() -> None:
+    from dsprep.pack import _positions
+
+    lengths = np.array([3, 0, 2, 1, 0], np.int64)
+    assert _positions(lengths, 6).tolist() == [0, 1, 2, 0, 1, 0]
+    assert _positions(np.zeros(0, np.int64), 0).tolist() == []

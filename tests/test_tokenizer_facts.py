@@ -109,3 +109,14 @@ def test_other_tokenizers_load_as_before() -> None:
     loaded = load_tokenizer("mistral:v3")
     assert loaded.stored is None and loaded.fast is None
     assert loaded.special_tokens["bos_token"] == "<s>"
+
+
+def test_the_kept_tekken_vocabulary_is_mistral_commons() -> None:
+    from dsprep.fast_bpe import TekkenVocab
+    from dsprep.tokenizers import TEKKEN_FILE, _mistral_data
+
+    read = TekkenVocab.read(_mistral_data() / TEKKEN_FILE)
+    assert TekkenVocab.load(read.dump()) == read
+    assert len(read.tokens) == 130_072 and read.n_special == 1000
+    with pytest.raises(ValueError, match="not a dumped Tekken vocabulary"):
+        TekkenVocab.load(read.dump()[:-1])
