@@ -40,6 +40,7 @@ __all__ = ["CHUNK_TOKENS", "write_packed", "write_unpacked"]
 
 CHUNK_TOKENS = 1 << 21  # tokens per materialized chunk of packed rows (at most)
 MAX_BUCKETS = 256
+ROUTE_FILES = 512  # bucket files open at once, all routing threads together (a common limit is 1024 files)
 ROUTE_BUFFER_BYTES = 64 << 20  # shared by the routing threads
 SHARD_MULTIPLE = 8  # shards come in multiples of 8: 2, 4 or 8 threads or data-parallel ranks get equal shares
 PACKED_BYTES_PER_TOKEN = 2.5  # about what a token takes in a packed shard (zstd; 2.3 measured with a 131k vocabulary)
@@ -255,7 +256,8 @@ def write_packed(
     bucket_of = row_of // (layout.chunk_rows * layout.per_bucket)
     del row_of
     kept = [r for r in results if r.rows_kept]
-    parts = np.array_split(np.arange(len(kept)), max(1, min(threads, len(kept))))
+    routing_threads = min(threads, len(kept), ROUTE_FILES // max(1, layout.buckets))  # each keeps its buckets open
+    parts = np.array_split(np.arange(len(kept)), max(1, routing_threads))
     scratch = pieces.parent / "buckets"
     schema = pa.schema([*(TOKENIZED.field(name) for name in ROUTED), pa.field("example", pa.int64())])
     buffer = ROUTE_BUFFER_BYTES // len(parts)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -177,9 +178,8 @@ class _Accounts:
             report.rejected_by_reason[reason] = report.rejected_by_reason.get(reason, 0) + n
         self._kinds.update(result.kinds)
         self.methods.update(result.methods)
-        self.done.append(
-            BatchResult(result.seq, result.input_index, rows_kept=result.rows_kept, lengths=result.lengths)
-        )
+        lengths = array("i", result.lengths)  # 4 bytes an example, not a Python int's 32: kept until packing
+        self.done.append(BatchResult(result.seq, result.input_index, rows_kept=result.rows_kept, lengths=lengths))
 
     def finish(self, upto: int) -> None:
         """Close the reports of every input before `upto` (all of them for ``len(reports)``)."""

@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -155,7 +155,7 @@ class BatchResult:
     kinds: dict[str, int] = field(default_factory=dict)
     methods: dict[str, int] = field(default_factory=dict)
     approx: list[int] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
+    lengths: Sequence[int] = field(default_factory=list)
     table: pa.Table | None = None
 
 
