@@ -7,8 +7,9 @@ are written in chunks of ``chunk_rows`` rows, and each shard is a run of whole c
 trainer's data-parallel ranks splitting the shards between them, get equal shares), so several shards are written at
 once — as many as there are workers, one thread each — and the output is the same for any number of them:
 
-- one streaming pass over the pieces, split between the threads, routes each example to the bucket file of the
-  chunk its row lands in (at most `MAX_BUCKETS` buckets per thread, a bounded buffer in front of them);
+- one streaming pass over the pieces, split between as many threads as keep at most `ROUTE_FILES` bucket files
+  open, routes each example to the bucket file of the chunk its row lands in (at most `MAX_BUCKETS` buckets, a
+  bounded buffer in front of them);
 - each chunk is materialized from its bucket alone (the next one while the one before is written).
 
 Memory holds the lengths and, per thread, a bucket, two chunks and its share of the routing buffer, whatever the
@@ -39,7 +40,7 @@ from dsprep.workers import BatchResult
 __all__ = ["CHUNK_TOKENS", "write_packed", "write_unpacked"]
 
 CHUNK_TOKENS = 1 << 21  # tokens per materialized chunk of packed rows (at most)
-MAX_BUCKETS = 256
+MAX_BUCKETS = 512  # a bucket holds one chunk up to 512 chunks (1G packed tokens), a few beyond
 ROUTE_FILES = 512  # bucket files open at once, all routing threads together (a common limit is 1024 files)
 ROUTE_BUFFER_BYTES = 64 << 20  # shared by the routing threads
 SHARD_MULTIPLE = 8  # shards come in multiples of 8: 2, 4 or 8 threads or data-parallel ranks get equal shares
