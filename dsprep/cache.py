@@ -14,7 +14,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,26 +159,23 @@ class OutputCache:
             return None
         return files
 
-    def may_hold(self, paths: list[str]) -> bool:
-        """Whether an entry was made from inputs at these paths (a key covers them: without one, no lookup hits)."""
+    def _entries(self) -> Iterator[dict[str, Any]]:
+        """Every readable entry's metadata."""
         for meta_path in self.folder.glob(f"*/{ENTRY}"):
             try:
-                meta = orjson.loads(meta_path.read_bytes())
+                yield orjson.loads(meta_path.read_bytes())
             except (OSError, orjson.JSONDecodeError):
                 continue
-            if [i["path"] for i in meta["components"]["inputs"]] == paths:
-                return True
-        return False
+
+    def may_hold(self, paths: list[str]) -> bool:
+        """Whether an entry was made from inputs at these paths (a key covers them: without one, no lookup hits)."""
+        return any([i["path"] for i in meta["components"]["inputs"]] == paths for meta in self._entries())
 
     def newest(self, paths: list[str]) -> dict[str, Any] | None:
         """The components of the newest entry made from inputs at the same paths (any entry if none is)."""
         best_rank: tuple[bool, float] | None = None
         best: dict[str, Any] | None = None
-        for meta_path in self.folder.glob(f"*/{ENTRY}"):
-            try:
-                meta = orjson.loads(meta_path.read_bytes())
-            except (OSError, orjson.JSONDecodeError):
-                continue
+        for meta in self._entries():
             rank = ([i["path"] for i in meta["components"]["inputs"]] == paths, meta["created"])
             if best_rank is None or rank > best_rank:
                 best_rank, best = rank, meta["components"]
