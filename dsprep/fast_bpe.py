@@ -101,15 +101,19 @@ class FastEncoder:
 
     def _ids(self, text: str) -> list[int]:
         pattern = self._pattern
-        if pattern is None or not any(c in text for c in self._first_chars):
+        match = None
+        if pattern is not None and any(c in text for c in self._first_chars):
+            match = pattern.search(text)
+        if match is None:
             return self.encoding.encode_ordinary(text)
         ids: list[int] = []
         at = 0
-        for match in pattern.finditer(text):
+        while match is not None:
             if match.start() > at:
                 ids.extend(self.encoding.encode_ordinary(text[at : match.start()]))
             ids.append(self.added[match.group()])
             at = match.end()
+            match = pattern.search(text, at)
         if at < len(text):
             ids.extend(self.encoding.encode_ordinary(text[at:]))
         return ids
@@ -117,8 +121,9 @@ class FastEncoder:
     def encode(self, text: str) -> FastEncoding:
         """Ids and character offsets of `text`."""
         ids = np.asarray(self._ids(text), dtype=np.int32)
-        byte_ends = np.cumsum(self.byte_lengths[ids], dtype=np.int64)
-        byte_starts = byte_ends - self.byte_lengths[ids]
+        lengths = self.byte_lengths[ids]
+        byte_ends = np.cumsum(lengths)
+        byte_starts = byte_ends - lengths
         if text.isascii():
             return FastEncoding(ids, byte_starts, byte_ends)
         raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)  # not ASCII, so not empty: ids are not either

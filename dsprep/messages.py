@@ -149,16 +149,24 @@ def _weight(value: Any, path: str) -> float:
     return float(expect(value, (int, float), path, "a number"))
 
 
+def _message_keys(obj: dict[str, Any], spec: FormatSpec) -> dict[str, str]:
+    """Message attribute -> the input key that holds it: the spec's first candidate present with a non-null value."""
+    best: dict[str, tuple[int, str]] = {}
+    aliases = spec.message_aliases
+    for key, value in obj.items():
+        if value is None or key not in aliases:
+            continue
+        for name, rank in aliases[key]:
+            if name not in best or rank < best[name][0]:
+                best[name] = (rank, key)
+    return {name: key for name, (_, key) in best.items()}
+
+
 def parse_message(obj: Any, spec: FormatSpec, path: str) -> Message:
     """One input message as a canonical message dict (see `dsprep.schema.MESSAGE`)."""
     obj = expect(obj, dict, path, "a message object")
-    used: set[str] = set()
-
-    def key(name: str) -> str | None:
-        found = first_key(obj, spec.key_for(name))
-        if found is not None:
-            used.add(found)
-        return found
+    keys = _message_keys(obj, spec)
+    key = keys.get
 
     msg: Message = dict.fromkeys(MESSAGE_FIELDS)
     role_key = key("role")
@@ -190,7 +198,8 @@ def parse_message(obj: Any, spec: FormatSpec, path: str) -> Message:
         msg["train"] = _flag(obj[k], f"{path}.{k}")
     if (k := key("weight")) is not None:
         msg["weight"] = _weight(obj[k], f"{path}.{k}")
-    rest = {k: v for k, v in obj.items() if k not in used and v is not None}
+    used = keys.values()
+    rest = {k: v for k, v in obj.items() if v is not None and k not in used}
     if rest:
         msg["extra"] = json_text(rest, path)
     _check_content(msg, f"{path}.{content_key or spec.key_for('content')[0]}")

@@ -368,6 +368,8 @@ def _write(
     A resumed staging folder's completed pieces are reused; an interrupted run keeps its pieces for the next.
     """
     resumed = 0
+    if staging.replaced and on_note:
+        on_note(f"replaced {len(staging.replaced)} files an interrupted run had published before it stopped")
 
     def done(seq: int) -> BatchResult | None:
         nonlocal resumed

@@ -363,6 +363,10 @@ class BoundedSandboxedEnvironment(ImmutableSandboxedEnvironment):
 
     # -- operators
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "+" and type(left) is str and type(right) is str:  # the common case, checked inline
+            if len(left) + len(right) > self.max_string:
+                self.limits.size(len(left) + len(right), "a concatenation")
+            return left + right
         check = self.limits
         if operator == "*":
             for seq, n in ((left, right), (right, left)):

@@ -141,7 +141,11 @@ def _written_by_dsprep(path: Path) -> bool:
 
 
 class Staging:
-    """The output folder and a staging folder inside it; `publish` moves finished files into place."""
+    """The output folder and a staging folder inside it; `publish` moves finished files into place.
+
+    A folder holding only what a run had published when it stopped (its staging folder still there, the manifest not
+    yet published) is replaced without ``--overwrite``: `replaced` names those files.
+    """
 
     def __init__(self, out: Path, *, overwrite: bool, key: str | None = None) -> None:
         self.out = out
@@ -149,11 +153,14 @@ class Staging:
         if out.exists() and not out.is_dir():
             raise OutputError(f"{out}: exists and is not a folder")
         leftovers = sorted(p for p in out.iterdir() if p.name != STAGING) if out.exists() else []
-        if leftovers and not overwrite:
-            raise OutputError(f"{out}: output folder is not empty; pass --overwrite to replace its contents")
         foreign = [p.name for p in leftovers if not _written_by_dsprep(p)]
+        # the files a run had published when it stopped: staging still there, the manifest (moved last) not yet
+        interrupted = not foreign and (out / STAGING).is_dir() and not (out / MANIFEST).exists()
+        if leftovers and not (overwrite or interrupted):
+            raise OutputError(f"{out}: output folder is not empty; pass --overwrite to replace its contents")
         if foreign:
             raise OutputError(f"{out}: holds files dsprep did not write ({', '.join(foreign[:3])}); use another folder")
+        self.replaced = [p.name for p in leftovers] if interrupted else []
         try:
             for p in leftovers:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()

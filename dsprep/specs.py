@@ -114,6 +114,15 @@ class FormatSpec(_Strict):
         """Candidate input keys for a message attribute, with the OpenAI names as defaults."""
         return self.message.get(name, (name,))
 
+    @functools.cached_property
+    def message_aliases(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """Input key -> the message attributes it may hold, each with its rank among that attribute's candidates."""
+        aliases: dict[str, list[tuple[str, int]]] = {}
+        for name in MESSAGE_KEYS:
+            for rank, key in enumerate(self.key_for(name)):
+                aliases.setdefault(key, []).append((name, rank))
+        return {key: tuple(names) for key, names in aliases.items()}
+
     @property
     def mapped_keys(self) -> frozenset[str]:
         """Every top-level input key this spec reads."""

@@ -4,6 +4,7 @@ byte-identical to an uninterrupted run's."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -13,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from dsprep.config import ConvertConfig
+from dsprep.errors import OutputError
+from dsprep.pipeline import convert
+from dsprep.shards import STAGING, Staging
 from paths import REPO
 
 ROWS = 6000
@@ -87,3 +92,44 @@ def test_a_rerun_with_other_options_starts_over(tmp_path: Path) -> None:
     rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=True)
     assert "resumed" not in rerun.stderr
     assert (out / "manifest.json").is_file()
+
+
+def test_a_convert_stopped_while_publishing_resumes_without_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "chats.jsonl"
+    _corpus(src)
+    out = tmp_path / "out"
+    config = ConvertConfig(inputs=(str(src),), out=out, format="openai", tokenizer="mistral:tekken",
+                           template="chatml", pack=1024, workers=1)  # fmt: skip
+    publish = Staging.publish
+
+    def stopped(self: Staging, names: list[str]) -> None:  # Ctrl-C after two files were moved into place
+        for name in names[:2]:
+            os.replace(self.dir / name, self.out / name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Staging, "publish", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        convert(config)
+    monkeypatch.setattr(Staging, "publish", publish)
+    published = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert len(published) == 2 and "manifest.json" not in published
+
+    notes: list[str] = []
+    convert(config, on_note=notes.append)
+    assert "replaced 2 files an interrupted run had published before it stopped" in notes
+    assert any(n.startswith("resumed: reused ") for n in notes), notes
+    _convert(src, tmp_path / "whole")
+    assert _files(out) == _files(tmp_path / "whole")
+
+
+def test_a_complete_output_still_needs_overwrite(tmp_path: Path) -> None:
+    src = tmp_path / "chats.jsonl"
+    src.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+    out = tmp_path / "out"
+    config = ConvertConfig(inputs=(str(src),), out=out, format="openai")
+    convert(config)
+    (out / STAGING).mkdir()  # even beside a stray staging folder: the manifest says the output is complete
+    with pytest.raises(OutputError, match="not empty; pass --overwrite"):
+        convert(config)
