@@ -69,6 +69,20 @@ def test_generated_text(tekken: Any) -> None:
     _assert_same(tekken, texts)
 
 
+def test_words_the_merges_must_build(tekken: Any) -> None:
+    """Words outside the vocabulary, where the merge order decides the tokens: runs of one character (where a
+    leftmost-first and a rank-first merge order could part), and concatenations of 2 to 5 vocabulary tokens."""
+    rng = random.Random(5)
+    texts = [c * n for c in "=-_*#~.aZ7 \té中😀" for n in range(1, 70)]
+    tokens = [tekken.fast.encoding.decode_single_token_bytes(i).decode("utf-8", "replace") for i in range(1000, 131072)]
+    words = [t for t in tokens if t.isalpha()]
+    marks = [t for t in tokens if t and not any(c.isalnum() or c.isspace() or c == "\ufffd" for c in t)]
+    for _ in range(4000):
+        pool = words if rng.random() < 0.6 else marks
+        texts.append("".join(rng.choice(pool) for _ in range(rng.randint(2, 5))))
+    _assert_same(tekken, texts, positions=3)
+
+
 def test_token_ranges_match(tekken: Any) -> None:
     """Label spans map to the same tokens, including spans that start or end inside a split character."""
     rng = random.Random(11)
