@@ -288,23 +288,27 @@ class Encoder:
     def _tokenize(self, texts: list[str], plans: list[Any]) -> list[Any]:
         """Tokenize all texts of a batch at once; plain-text kinds get the tokenizer's own special tokens (BOS).
 
-        Where the tokenizer has a `fast` encoder (which adds no special tokens of its own, like the tokenizer) that
-        encoder does the work.
+        Where the tokenizer has a `fast` encoder, that encoder does the work, except for texts that take special
+        tokens the tokenizer adds and the encoder does not (`FastEncoder.with_specials`).
         """
         if not texts:
             return []
-        if self.fast is not None:
-            return self.fast.encode_batch(texts)
+        fast = self.fast
+        if fast is not None and fast.with_specials:
+            return fast.encode_batch(texts)
         specials = [p["plain_text"] for p in plans if not isinstance(p, RowError) for _ in p["texts"]]
         out: list[Any] = [None] * len(texts)
         for flag in (False, True):
             index = [i for i, s in enumerate(specials) if s is flag]
-            if index:
-                batch = self.tok.tokenizer(
-                    [texts[i] for i in index], add_special_tokens=flag, return_attention_mask=False
-                )
-                for i, enc in zip(index, batch.encodings, strict=True):
-                    out[i] = enc
+            if not index:
+                continue
+            if fast is not None and not flag:
+                for i in index:
+                    out[i] = fast.encode(texts[i])
+                continue
+            batch = self.tok.tokenizer([texts[i] for i in index], add_special_tokens=flag, return_attention_mask=False)
+            for i, enc in zip(index, batch.encodings, strict=True):
+                out[i] = enc
         return out
 
     def _plan(self, row: Row) -> dict[str, Any]:

@@ -1,8 +1,12 @@
-"""A faster encoder for byte-level BPE tokenizers whose reference implementation is tiktoken.
+"""A faster encoder for byte-level BPE tokenizers whose merges are a tiktoken rank table.
 
 ``mistral:tekken`` is defined by mistral-common's ``tekken_240911.json``, which mistral-common itself encodes with
-tiktoken; the Hugging Face ``tokenizer.json`` dsprep also loads is a conversion of it. `FastEncoder` encodes text the
-way that Hugging Face tokenizer does (same ids, same character offsets) but about four times faster on one core:
+tiktoken; the Hugging Face ``tokenizer.json`` dsprep also loads is a conversion of it. Other tokenizers converted
+from tiktoken ranks the same way (Llama 3's, for one) have a ``tokenizer.json`` that says so: a byte-level BPE that
+looks whole words up first (``ignore_merges``), no normalizer, a regex split then bytes, and as merges every split
+of every token into two tokens, ordered by the merged token's id. `RankedVocab.from_tokenizer_json` checks all of
+that and returns the rank table. `FastEncoder` encodes text the way the Hugging Face tokenizer does (same ids, same
+character offsets) but about four times faster on one core:
 
 - text is cut at the tokenizer's added tokens first (leftmost, longest), as ``tokenizers`` does; each added token is
   its own id and every other piece goes through tiktoken's ``encode_ordinary``;
@@ -26,7 +30,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-__all__ = ["FastEncoder", "FastEncoding", "TekkenVocab", "tekken_encoder"]
+__all__ = ["FastEncoder", "FastEncoding", "RankedVocab", "ranked_encoder"]
+
+# what the ByteLevel pre-tokenizer splits with when it uses its own regex (GPT-2's)
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 class FastEncoding:
@@ -90,12 +97,17 @@ class FastEncoder:
     encoding: a ``tiktoken.Encoding`` whose ranks are the tokenizer's ids.
     added: the added tokens (content -> id) the text is cut at, none of them stripped, normalized or single-word.
     byte_lengths: the length in bytes of every id's text.
+    with_specials: whether it also encodes as the tokenizer does with its special tokens (it adds none of its own);
+        where not, texts that take them go to the tokenizer.
     """
 
-    def __init__(self, encoding: Any, added: Mapping[str, int], byte_lengths: np.ndarray) -> None:
+    def __init__(
+        self, encoding: Any, added: Mapping[str, int], byte_lengths: np.ndarray, *, with_specials: bool = True
+    ) -> None:
         self.encoding = encoding
         self.added = dict(added)
         self.byte_lengths = byte_lengths
+        self.with_specials = with_specials
         self._pattern = _added_pattern(list(added))
         self._first_chars = "".join(sorted({t[0] for t in added}))
 
@@ -134,17 +146,66 @@ class FastEncoder:
         return [self.encode(t) for t in texts]
 
 
+def _byte_decoder() -> dict[str, int]:
+    """The byte-level alphabet's inverse: the character standing for a byte in a byte-level vocabulary -> the byte."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars = {b: chr(b) for b in printable}
+    chars.update((b, chr(256 + n)) for n, b in enumerate(b for b in range(256) if b not in chars))
+    return {c: b for b, c in chars.items()}
+
+
+def _split_pattern(pre: Any) -> str | None:
+    """The regex a pre-tokenizer splits with before mapping bytes, where it is one that tiktoken can run."""
+    if not isinstance(pre, dict):
+        return None
+    if pre.get("type") == "ByteLevel":
+        return GPT2_PATTERN if pre.get("use_regex", True) and not pre.get("add_prefix_space") else None
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    if not isinstance(steps, list) or len(steps) != 2 or not all(isinstance(step, dict) for step in steps):
+        return None
+    split, byte_level = steps
+    regex = split.get("pattern", {}).get("Regex") if isinstance(split.get("pattern"), dict) else None
+    if (
+        split.get("type") != "Split" or not isinstance(regex, str) or split.get("behavior") != "Isolated"
+        or split.get("invert") or byte_level.get("type") != "ByteLevel" or byte_level.get("use_regex", True)
+        or byte_level.get("add_prefix_space")
+    ):  # fmt: skip
+        return None
+    return regex
+
+
+def _post_processor_keeps_offsets(post: Any) -> bool:
+    """Whether the post-processor leaves token offsets as the model made them (it may add special tokens)."""
+    if post is None:
+        return True
+    kind = post.get("type") if isinstance(post, dict) else None
+    if kind == "Sequence":
+        return all(_post_processor_keeps_offsets(p) for p in post.get("processors", []))
+    if kind == "ByteLevel":
+        return not post.get("trim_offsets", True)
+    return kind in ("TemplateProcessing", "BertProcessing", "RobertaProcessing") and not post.get("trim_offsets")
+
+
+def _merge_pair(merge: Any) -> tuple[str, str] | None:
+    if isinstance(merge, str):
+        parts = merge.split(" ")
+        return (parts[0], parts[1]) if len(parts) == 2 else None
+    if isinstance(merge, list) and len(merge) == 2 and all(isinstance(p, str) for p in merge):
+        return merge[0], merge[1]
+    return None
+
+
 @dataclass(frozen=True)
-class TekkenVocab:
-    """A Tekken file's BPE: its pre-tokenizer pattern, how many special ids come first, and each rank's bytes."""
+class RankedVocab:
+    """A byte-level BPE as tiktoken takes it: its pre-tokenizer pattern, the id of the first rank, each rank's bytes."""
 
     pattern: str
-    n_special: int
-    tokens: list[bytes]  # by rank; the id of rank r is r + n_special
+    first_id: int
+    tokens: list[bytes]  # by rank; the id of rank r is r + first_id
 
     @classmethod
-    def read(cls, tekken_json: Path) -> TekkenVocab:
-        """From mistral-common's JSON (base64 token bytes)."""
+    def read(cls, tekken_json: Path) -> RankedVocab:
+        """From mistral-common's Tekken JSON (base64 token bytes; the special tokens take the first ids)."""
         model = orjson.loads(Path(tekken_json).read_bytes())
         config = model["config"]
         n_special = config["default_num_special_tokens"]
@@ -152,14 +213,71 @@ class TekkenVocab:
         assert all(t["rank"] == r for r, t in enumerate(vocab)), "Tekken ranks are the vocabulary's order"
         return cls(config["pattern"], n_special, [base64.b64decode(t["token_bytes"]) for t in vocab])
 
+    @classmethod
+    def from_tokenizer_json(cls, data: Any) -> RankedVocab | None:
+        """The rank table of a Hugging Face ``tokenizer.json`` that encodes as tiktoken does, else None.
+
+        It must be a byte-level BPE without normalizer, dropout or word affixes that looks a whole word up before
+        merging (``ignore_merges``), split by one regex before the bytes are mapped, with its non-added tokens on
+        consecutive ids, every byte a token, and as merges exactly every split of every token into two tokens,
+        ordered by the merged token's id: then merging the lowest-ranked pair (tiktoken) and applying the earliest
+        merge (``tokenizers``) take the same steps.
+        """
+        model = data.get("model") if isinstance(data, dict) else None
+        if not isinstance(model, dict) or model.get("type") != "BPE" or not model.get("ignore_merges"):
+            return None
+        if model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+            return None
+        pattern = _split_pattern(data.get("pre_tokenizer"))
+        if pattern is None or data.get("normalizer") is not None:
+            return None
+        if not _post_processor_keeps_offsets(data.get("post_processor")):
+            return None
+        vocab, merges = model.get("vocab"), model.get("merges")
+        if not isinstance(vocab, dict) or not isinstance(merges, list):
+            return None
+        added = {t.get("id") for t in data.get("added_tokens") or [] if isinstance(t, dict)}
+        decoder = _byte_decoder()
+        ranks: dict[bytes, int] = {}
+        for text, i in vocab.items():
+            if i in added:
+                continue
+            if not isinstance(i, int) or any(c not in decoder for c in text):
+                return None
+            ranks[bytes(decoder[c] for c in text)] = i
+        ids = sorted(ranks.values())
+        if not ids or ids[-1] - ids[0] + 1 != len(ranks) or any(bytes([b]) not in ranks for b in range(256)):
+            return None
+        if not cls._merges_are_every_split(merges, ranks, decoder):
+            return None
+        tokens = sorted(ranks, key=ranks.__getitem__)
+        return cls(pattern, ids[0], tokens)
+
+    @staticmethod
+    def _merges_are_every_split(merges: list[Any], ranks: dict[bytes, int], decoder: dict[str, int]) -> bool:
+        seen: set[tuple[bytes, bytes]] = set()
+        last = -1
+        for merge in merges:
+            pair = _merge_pair(merge)
+            if pair is None or any(c not in decoder for c in pair[0] + pair[1]):
+                return False
+            left, right = bytes(decoder[c] for c in pair[0]), bytes(decoder[c] for c in pair[1])
+            rank = ranks.get(left + right)
+            if rank is None or rank < last or left not in ranks or right not in ranks or (left, right) in seen:
+                return False
+            seen.add((left, right))
+            last = rank
+        splits = sum(1 for token in ranks for k in range(1, len(token)) if token[:k] in ranks and token[k:] in ranks)
+        return splits == len(seen)
+
     def dump(self) -> bytes:
-        """A compact form `load` reads several times faster than the JSON: header, byte lengths, the bytes."""
-        header = orjson.dumps({"pattern": self.pattern, "n_special": self.n_special, "count": len(self.tokens)})
+        """A compact form `load` reads several times faster than JSON: header, byte lengths, the bytes."""
+        header = orjson.dumps({"pattern": self.pattern, "first_id": self.first_id, "count": len(self.tokens)})
         lengths = np.fromiter(map(len, self.tokens), np.uint32, len(self.tokens))
         return b"".join([np.uint32(len(header)).tobytes(), header, lengths.tobytes(), *self.tokens])
 
     @classmethod
-    def load(cls, data: bytes) -> TekkenVocab:
+    def load(cls, data: bytes) -> RankedVocab:
         (size,) = np.frombuffer(data[:4], np.uint32)
         header = orjson.loads(data[4 : 4 + size])
         at = 4 + int(size)
@@ -167,23 +285,23 @@ class TekkenVocab:
         ends = (np.cumsum(lengths, dtype=np.int64) + at + lengths.nbytes).tolist()
         starts = [at + lengths.nbytes, *ends[:-1]]
         if ends and ends[-1] != len(data):
-            raise ValueError("not a dumped Tekken vocabulary")
-        return cls(header["pattern"], header["n_special"], [data[a:b] for a, b in zip(starts, ends, strict=True)])
+            raise ValueError("not a dumped vocabulary")
+        return cls(header["pattern"], header["first_id"], [data[a:b] for a, b in zip(starts, ends, strict=True)])
 
 
-def tekken_encoder(vocab: TekkenVocab, added_tokens: Mapping[str, int], name: str = "tekken") -> FastEncoder:
-    """The encoder of a Tekken vocabulary, with the Hugging Face tokenizer's added tokens (its specials).
-
-    Ids are ranks shifted past the special tokens, as mistral-common and the converted ``tokenizer.json`` number them.
-    """
+def ranked_encoder(
+    vocab: RankedVocab, added_tokens: Mapping[str, int], name: str = "bpe", *, with_specials: bool = True
+) -> FastEncoder:
+    """The encoder of a rank table, with the Hugging Face tokenizer's added tokens (its specials)."""
     import tiktoken
 
-    n_special = vocab.n_special
-    ranks = {token: rank + n_special for rank, token in enumerate(vocab.tokens)}
+    first = vocab.first_id
+    ranks = {token: rank + first for rank, token in enumerate(vocab.tokens)}
     encoding = tiktoken.Encoding(name=f"dsprep-{name}", pat_str=vocab.pattern, mergeable_ranks=ranks,
                                  special_tokens={})  # fmt: skip
-    lengths = np.zeros(n_special + len(vocab.tokens), dtype=np.int64)
-    lengths[n_special:] = np.fromiter(map(len, vocab.tokens), np.int64, len(vocab.tokens))
+    size = max([first + len(vocab.tokens), *(i + 1 for i in added_tokens.values())])
+    lengths = np.zeros(size, dtype=np.int64)
+    lengths[first : first + len(vocab.tokens)] = np.fromiter(map(len, vocab.tokens), np.int64, len(vocab.tokens))
     for content, i in added_tokens.items():
         lengths[i] = len(content.encode("utf-8"))
-    return FastEncoder(encoding, added_tokens, lengths)
+    return FastEncoder(encoding, added_tokens, lengths, with_specials=with_specials)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from dsprep.errors import TokenizerError
 
 if TYPE_CHECKING:
-    from dsprep.fast_bpe import FastEncoder, TekkenVocab
+    from dsprep.fast_bpe import FastEncoder, RankedVocab
 
 __all__ = [
     "BUILTIN",
@@ -108,12 +108,12 @@ class LoadedTokenizer:
 
     @functools.cached_property
     def fast(self) -> FastEncoder | None:
-        """The tiktoken encoder that encodes exactly as `tokenizer` does, where the tokenizer has one (the built-in
-        ``mistral:tekken``), else None."""
+        """The tiktoken encoder that encodes exactly as `tokenizer` does, where the tokenizer has one
+        (``mistral:tekken``, and folders whose ``tokenizer.json`` is a tiktoken rank table: `fast_encoder`)."""
         if self.stored is not None:
-            from dsprep.fast_bpe import tekken_encoder
+            from dsprep.fast_bpe import ranked_encoder
 
-            return tekken_encoder(_tekken_vocab(self.folder), self.stored.added_tokens)
+            return ranked_encoder(_tekken_vocab(self.folder), self.stored.added_tokens, "tekken")
         return fast_encoder(self.name, self.tokenizer, self.folder)
 
     @property
@@ -225,39 +225,78 @@ def fingerprint(tok: Any) -> str:
     return h.hexdigest()
 
 
-FAST_PROBE = "Probe <s>[INST] text, 12 émojis 🦩 and\n\n  spaces [/INST]</s>"
+FAST_PROBE = (
+    "Probe <s>[INST] text, 12 émojis 🦩 and\n\n  spaces [/INST]</s> It's WE'LL 1234567 x=[1, 2]\r\n\t  \u00a0\u3000"
+    "日本語のテキスト e\u0301 ﬁ 👩‍👩‍👧 ====== ---\n    def f(): return {'k': None}  \n"
+)
 
 
 def fast_encoder(name: str, tok: Any, folder: Path) -> FastEncoder | None:
-    """mistral-common's own tiktoken encoder for the built-in ``mistral:tekken``, when it encodes a probe text and adds
-    special tokens exactly as the Hugging Face tokenizer does; None for every other tokenizer."""
-    if name != "mistral:tekken" or getattr(tok, "split_special_tokens", False):
+    """A tiktoken encoder that encodes exactly as the Hugging Face tokenizer `tok` does, or None.
+
+    ``mistral:tekken`` uses mistral-common's own rank table; a folder, the one its ``tokenizer.json`` holds where that
+    file is a tiktoken rank table (`RankedVocab.from_tokenizer_json`). Either is used only when it encodes a probe
+    text to the tokenizer's ids and offsets. Where the tokenizer adds special tokens of its own (a BOS), texts that
+    take them are left to the tokenizer (`FastEncoder.with_specials`).
+    """
+    if getattr(tok, "split_special_tokens", False):
         return None
     added = tok.backend_tokenizer.get_added_tokens_decoder()
     if any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in added.values()):
         return None
-    reference = tok(FAST_PROBE, add_special_tokens=False)
-    if tok(FAST_PROBE)["input_ids"] != reference["input_ids"]:
-        return None  # the tokenizer adds special tokens of its own: keep it
-    from dsprep.fast_bpe import tekken_encoder
+    vocab = _tekken_vocab(folder) if name == "mistral:tekken" else _ranked_vocab(folder)
+    if vocab is None:
+        return None
+    from dsprep.fast_bpe import ranked_encoder
 
-    encoder = tekken_encoder(_tekken_vocab(folder), {t.content: i for i, t in added.items()})
+    reference = tok(FAST_PROBE, add_special_tokens=False)
+    with_specials = tok(FAST_PROBE)["input_ids"] == reference["input_ids"]
+    added_ids = {t.content: i for i, t in added.items()}
+    encoder = ranked_encoder(vocab, added_ids, name.replace(":", "-") if name in BUILTIN else "folder",
+                             with_specials=with_specials)  # fmt: skip
     probe = encoder.encode(FAST_PROBE)
     offsets = list(zip(probe.starts.tolist(), probe.ends.tolist(), strict=True))
     same_offsets = [tuple(o) for o in reference.encodings[0].offsets] == offsets
     return encoder if probe.ids.tolist() == reference["input_ids"] and same_offsets else None
 
 
-def _tekken_vocab(folder: Path) -> TekkenVocab:
+def _tekken_vocab(folder: Path) -> RankedVocab:
     """mistral-common's Tekken vocabulary, from the compact copy beside the built folder (written on first use)."""
-    from dsprep.fast_bpe import TekkenVocab
+    from dsprep.fast_bpe import RankedVocab
 
     try:
-        return TekkenVocab.load(_beside(folder, TEKKEN_VOCAB).read_bytes())
+        return RankedVocab.load(_beside(folder, TEKKEN_VOCAB).read_bytes())
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    vocab = TekkenVocab.read(_mistral_data() / TEKKEN_FILE)
+    vocab = RankedVocab.read(_mistral_data() / TEKKEN_FILE)
     keep_beside(folder, TEKKEN_VOCAB, vocab.dump())
+    return vocab
+
+
+def _ranked_vocab(folder: Path) -> RankedVocab | None:
+    """The rank table of a folder's ``tokenizer.json`` (None where it is not one), worked out once per file content
+    and dsprep version and kept in ``$DSPREP_CACHE/tokenizers/ranked/`` (an empty file: not a rank table)."""
+    import orjson
+
+    from dsprep.fast_bpe import RankedVocab
+    from dsprep.version import __version__
+
+    try:
+        data = (folder / "tokenizer.json").read_bytes()
+    except OSError:
+        return None
+    key = hashlib.sha256(data + f"\0dsprep {__version__}".encode()).hexdigest()
+    kept = cache_dir() / "tokenizers" / "ranked" / f"{key}.vocab"
+    try:
+        stored = kept.read_bytes()
+        return RankedVocab.load(stored) if stored else None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        vocab = RankedVocab.from_tokenizer_json(orjson.loads(data))
+    except orjson.JSONDecodeError:
+        return None
+    _write_atomic(kept, vocab.dump() if vocab is not None else b"")
     return vocab
 
 
@@ -302,7 +341,7 @@ def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER) -> LoadedTokenizer:
     if stored is not None:
         return LoadedTokenizer(name_or_path, path, stored=stored)
     loaded = LoadedTokenizer(name_or_path, path, tokenizer=_load_hf(name_or_path, path))
-    if loaded.fast is not None:
+    if loaded.fast is not None and loaded.fast.with_specials:
         _store_facts(path, loaded.facts)
     return loaded
 
@@ -328,10 +367,14 @@ def write_beside(folder: Path, name: str, value: Any) -> None:
 def keep_beside(folder: Path, name: str, data: bytes) -> None:
     """Write a file beside a built-in tokenizer folder, atomically; where it cannot be written, nothing is kept (the
     next run works it out again)."""
-    target = _beside(folder, name)
+    _write_atomic(_beside(folder, name), data)
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    """Write a file under a temporary name and rename it; where it cannot be written, nothing is kept."""
     with contextlib.suppress(OSError):
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{name}.{os.getpid()}.tmp")
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, target)
 

@@ -57,7 +57,7 @@ def _assert_same(loaded: Any, texts: list[str], positions: int | None = None) ->
             assert fast.char_to_token(pos) == ref.char_to_token(pos), (text[:200], pos)
 
 
-def test_only_tekken_has_a_fast_encoder() -> None:
+def test_sentencepiece_has_no_fast_encoder() -> None:
     assert load_tokenizer("mistral:v3").fast is None
 
 

@@ -112,11 +112,11 @@ def test_other_tokenizers_load_as_before() -> None:
 
 
 def test_the_kept_tekken_vocabulary_is_mistral_commons() -> None:
-    from dsprep.fast_bpe import TekkenVocab
+    from dsprep.fast_bpe import RankedVocab
     from dsprep.tokenizers import TEKKEN_FILE, _mistral_data
 
-    read = TekkenVocab.read(_mistral_data() / TEKKEN_FILE)
-    assert TekkenVocab.load(read.dump()) == read
-    assert len(read.tokens) == 130_072 and read.n_special == 1000
-    with pytest.raises(ValueError, match="not a dumped Tekken vocabulary"):
-        TekkenVocab.load(read.dump()[:-1])
+    read = RankedVocab.read(_mistral_data() / TEKKEN_FILE)
+    assert RankedVocab.load(read.dump()) == read
+    assert len(read.tokens) == 130_072 and read.first_id == 1000
+    with pytest.raises(ValueError, match="not a dumped vocabulary"):
+        RankedVocab.load(read.dump()[:-1])
