@@ -245,7 +245,7 @@ class RankedVocab:
             if not isinstance(i, int) or any(c not in decoder for c in text):
                 return None
             ranks[bytes(decoder[c] for c in text)] = i
-        ids = sorted(ranks.values())
+        ids = sorted(set(ranks.values()))
         if not ids or ids[-1] - ids[0] + 1 != len(ranks) or any(bytes([b]) not in ranks for b in range(256)):
             return None
         if not cls._merges_are_every_split(merges, ranks, decoder):

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dsprep.schema import PACKED
 
@@ -250,6 +249,14 @@ def _positions(example_lengths: np.ndarray, tokens: int) -> np.ndarray:
     return np.cumsum(step, dtype=np.int32)
 
 
+def _flat_list(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """An int32 list column as (offsets as int64, values), whatever its slicing or chunking."""
+    array = column.combine_chunks()
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    values = array.values.to_numpy()
+    return offsets, values
+
+
 def materialize(table: pa.Table, plan: PackPlan, *, first_row: int = 0, rows: int | None = None) -> pa.Table:
     """Packed rows `first_row`… of `plan` from a table of examples with `input_ids` and `labels` (int32 lists)."""
     rows = plan.rows - first_row if rows is None else rows
@@ -257,26 +264,27 @@ def materialize(table: pa.Table, plan: PackPlan, *, first_row: int = 0, rows: in
     lo, hi = int(starts[first_row]), int(starts[first_row + rows])
     order = plan.order[lo:hi]
     counts = plan.row_counts[first_row : first_row + rows]
-    taken = table.take(pa.array(order))
-    ids = taken.column("input_ids").combine_chunks()
-    labels = taken.column("labels").combine_chunks()
-    example_lengths = pc.list_value_length(ids).to_numpy().astype(np.int64)
-    flat_ids = ids.flatten().to_numpy()
-    flat_labels = labels.flatten().to_numpy().astype(np.int32)  # a copy, written below
+    ids = _flat_list(table.column("input_ids"))
+    labels = _flat_list(table.column("labels"))
+    example_lengths = np.diff(ids[0])[order]
     example_starts = np.concatenate([[0], np.cumsum(example_lengths)[:-1]]) if len(order) else np.zeros(0, np.int64)
+    tokens = np.arange(int(example_lengths.sum())) + np.repeat(ids[0][:-1][order] - example_starts, example_lengths)
+    flat_ids = ids[1][tokens]
+    flat_labels = labels[1][tokens]  # a copy, written below
     flat_labels[example_starts[example_lengths > 0]] = IGNORE
     positions = _positions(example_lengths, len(flat_ids))
     example_offsets = np.concatenate([[0], np.cumsum(counts)])
     token_offsets = np.concatenate([[0], np.cumsum(example_lengths)])[example_offsets].astype(np.int32)
     offsets = pa.array(token_offsets, pa.int32())
     seq_offsets = pa.array(example_offsets.astype(np.int32), pa.int32())
+    example_ids = table.column("id").take(pa.array(order)).combine_chunks()
     return pa.Table.from_pydict(
         {
             "input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids, pa.int32())),
             "labels": pa.ListArray.from_arrays(offsets, pa.array(flat_labels, pa.int32())),
             "position_ids": pa.ListArray.from_arrays(offsets, pa.array(positions, pa.int32())),
             "seq_lens": pa.ListArray.from_arrays(seq_offsets, pa.array(example_lengths.astype(np.int32), pa.int32())),
-            "example_ids": pa.ListArray.from_arrays(seq_offsets, taken.column("id").combine_chunks()),
+            "example_ids": pa.ListArray.from_arrays(seq_offsets, example_ids),
             "num_tokens": pa.array(np.diff(token_offsets).astype(np.int32), pa.int32()),
         },
         schema=PACKED,

@@ -252,8 +252,11 @@ def fast_encoder(name: str, tok: Any, folder: Path) -> FastEncoder | None:
     reference = tok(FAST_PROBE, add_special_tokens=False)
     with_specials = tok(FAST_PROBE)["input_ids"] == reference["input_ids"]
     added_ids = {t.content: i for i, t in added.items()}
-    encoder = ranked_encoder(vocab, added_ids, name.replace(":", "-") if name in BUILTIN else "folder",
-                             with_specials=with_specials)  # fmt: skip
+    try:
+        encoder = ranked_encoder(vocab, added_ids, name.replace(":", "-") if name in BUILTIN else "folder",
+                                 with_specials=with_specials)  # fmt: skip
+    except ValueError:  # a split regex tiktoken's engine does not take
+        return None
     probe = encoder.encode(FAST_PROBE)
     offsets = list(zip(probe.starts.tolist(), probe.ends.tolist(), strict=True))
     same_offsets = [tuple(o) for o in reference.encodings[0].offsets] == offsets

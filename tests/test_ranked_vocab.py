@@ -214,3 +214,17 @@ def test_a_convert_through_the_folder_writes_the_builtins_shards(tekken_folder: 
                               tokenizer=tokenizer, template="chatml", pack=512))  # fmt: skip
         shards[name] = {p.name: p.read_bytes() for p in sorted(out.glob("*.parquet"))}
     assert shards["folder"] and shards["folder"] == shards["builtin"]
+
+
+def test_a_split_regex_tiktoken_cannot_run_leaves_the_tokenizer(
+    small_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dsprep.tokenizers as tokenizers
+
+    vocab = tokenizers._ranked_vocab(small_folder)
+    assert vocab is not None
+    monkeypatch.setattr(
+        tokenizers, "_ranked_vocab", lambda folder: RankedVocab("(?<![a-z)", vocab.first_id, vocab.tokens)
+    )
+    loaded = tokenizers.load_tokenizer.__wrapped__(str(small_folder))
+    assert loaded.fast is None
