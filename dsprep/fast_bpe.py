@@ -113,9 +113,9 @@ class FastEncoder:
 
     def _ids(self, text: str) -> list[int]:
         pattern = self._pattern
-        match = None
-        if pattern is not None and any(c in text for c in self._first_chars):
-            match = pattern.search(text)
+        if pattern is None or not any(c in text for c in self._first_chars):
+            return self.encoding.encode_ordinary(text)
+        match = pattern.search(text)
         if match is None:
             return self.encoding.encode_ordinary(text)
         ids: list[int] = []
