@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,7 +114,8 @@ class LoadedTokenizer:
         if self.stored is not None:
             from dsprep.fast_bpe import ranked_encoder
 
-            return ranked_encoder(_tekken_vocab(self.folder), self.stored.added_tokens, "tekken")
+            vocab = _tekken_vocab(self.folder)
+            return ranked_encoder(vocab, self.stored.added_tokens, "tekken") if vocab is not None else None
         return fast_encoder(self.name, self.tokenizer, self.folder)
 
     @property
@@ -263,22 +265,16 @@ def fast_encoder(name: str, tok: Any, folder: Path) -> FastEncoder | None:
     return encoder if probe.ids.tolist() == reference["input_ids"] and same_offsets else None
 
 
-def _tekken_vocab(folder: Path) -> RankedVocab:
+def _tekken_vocab(folder: Path) -> RankedVocab | None:
     """mistral-common's Tekken vocabulary, from the compact copy beside the built folder (written on first use)."""
     from dsprep.fast_bpe import RankedVocab
 
-    try:
-        return RankedVocab.load(_beside(folder, TEKKEN_VOCAB).read_bytes())
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    vocab = RankedVocab.read(_mistral_data() / TEKKEN_FILE)
-    keep_beside(folder, TEKKEN_VOCAB, vocab.dump())
-    return vocab
+    return _kept_vocab(_beside(folder, TEKKEN_VOCAB), lambda: RankedVocab.read(_mistral_data() / TEKKEN_FILE))
 
 
 def _ranked_vocab(folder: Path) -> RankedVocab | None:
     """The rank table of a folder's ``tokenizer.json`` (None where it is not one), worked out once per file content
-    and dsprep version and kept in ``$DSPREP_CACHE/tokenizers/ranked/`` (an empty file: not a rank table)."""
+    and dsprep version and kept in ``$DSPREP_CACHE/tokenizers/ranked/``."""
     import orjson
 
     from dsprep.fast_bpe import RankedVocab
@@ -288,17 +284,27 @@ def _ranked_vocab(folder: Path) -> RankedVocab | None:
         data = (folder / "tokenizer.json").read_bytes()
     except OSError:
         return None
+
+    def work_out() -> RankedVocab | None:
+        try:
+            return RankedVocab.from_tokenizer_json(orjson.loads(data))
+        except orjson.JSONDecodeError:
+            return None
+
     key = hashlib.sha256(data + f"\0dsprep {__version__}".encode()).hexdigest()
-    kept = cache_dir() / "tokenizers" / "ranked" / f"{key}.vocab"
+    return _kept_vocab(cache_dir() / "tokenizers" / "ranked" / f"{key}.vocab", work_out)
+
+
+def _kept_vocab(kept: Path, work_out: Callable[[], RankedVocab | None]) -> RankedVocab | None:
+    """The vocabulary kept at `kept` (an empty file: there is none), else `work_out()`'s, then kept there."""
+    from dsprep.fast_bpe import RankedVocab
+
     try:
         stored = kept.read_bytes()
         return RankedVocab.load(stored) if stored else None
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    try:
-        vocab = RankedVocab.from_tokenizer_json(orjson.loads(data))
-    except orjson.JSONDecodeError:
-        return None
+    vocab = work_out()
     _write_atomic(kept, vocab.dump() if vocab is not None else b"")
     return vocab
 
@@ -363,14 +369,9 @@ def read_beside(folder: Path, name: str) -> Any:
 
 
 def write_beside(folder: Path, name: str, value: Any) -> None:
-    """Keep `value` as JSON beside a built-in tokenizer folder (`keep_beside`)."""
-    keep_beside(folder, name, json.dumps(value, indent=1).encode())
-
-
-def keep_beside(folder: Path, name: str, data: bytes) -> None:
-    """Write a file beside a built-in tokenizer folder, atomically; where it cannot be written, nothing is kept (the
-    next run works it out again)."""
-    _write_atomic(_beside(folder, name), data)
+    """Keep `value` as JSON beside a built-in tokenizer folder, atomically; where it cannot be written, nothing is
+    kept (the next run works it out again)."""
+    _write_atomic(_beside(folder, name), json.dumps(value, indent=1).encode())
 
 
 def _write_atomic(target: Path, data: bytes) -> None:
