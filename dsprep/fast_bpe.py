@@ -183,7 +183,9 @@ def _post_processor_keeps_offsets(post: Any) -> bool:
         return all(_post_processor_keeps_offsets(p) for p in post.get("processors", []))
     if kind == "ByteLevel":
         return not post.get("trim_offsets", True)
-    return kind in ("TemplateProcessing", "BertProcessing", "RobertaProcessing") and not post.get("trim_offsets")
+    if kind == "RobertaProcessing":
+        return not post.get("trim_offsets", True)
+    return kind in ("TemplateProcessing", "BertProcessing")
 
 
 def _merge_pair(merge: Any) -> tuple[str, str] | None:
