@@ -32,6 +32,8 @@ import orjson
 
 __all__ = ["FastEncoder", "FastEncoding", "RankedVocab", "ranked_encoder"]
 
+# how many places an added token could start at before a text is searched by the added-token pattern instead
+FEW_CANDIDATES = 32
 # what the ByteLevel pre-tokenizer splits with when it uses its own regex (GPT-2's)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -111,28 +113,50 @@ class FastEncoder:
         self._pattern = _added_pattern(list(added))
         self._first_chars = "".join(sorted({t[0] for t in added}))
 
-    def _ids(self, text: str) -> list[int]:
+    def _ordinary(self, text: str) -> np.ndarray:
+        """Ids of text without added tokens, straight into an array (no list of Python ints)."""
+        return self.encoding.encode_to_numpy(text, disallowed_special=()).view(np.int32)
+
+    def _search(self, text: str, at: int) -> re.Match[str] | None:
+        """The leftmost added token in `text` from `at`: tried only where a first character of one occurs, which in
+        most texts is a handful of places (`<` in a ChatML render), several times faster than searching every
+        position; a text with many such characters is searched by the pattern."""
         pattern = self._pattern
-        if pattern is None or not any(c in text for c in self._first_chars):
-            return self.encoding.encode_ordinary(text)
-        match = pattern.search(text)
+        assert pattern is not None
+        if sum(text.count(c, at) for c in self._first_chars) > FEW_CANDIDATES:
+            return pattern.search(text, at)
+        best: re.Match[str] | None = None
+        for char in self._first_chars:
+            i = text.find(char, at)
+            while i >= 0 and (best is None or i < best.start()):
+                match = pattern.match(text, i)
+                if match is not None:
+                    best = match
+                    break
+                i = text.find(char, i + 1)
+        return best
+
+    def _ids(self, text: str) -> np.ndarray:
+        if self._pattern is None:
+            return self._ordinary(text)
+        match = self._search(text, 0)
         if match is None:
-            return self.encoding.encode_ordinary(text)
-        ids: list[int] = []
+            return self._ordinary(text)
+        parts: list[np.ndarray] = []
         at = 0
         while match is not None:
             if match.start() > at:
-                ids.extend(self.encoding.encode_ordinary(text[at : match.start()]))
-            ids.append(self.added[match.group()])
+                parts.append(self._ordinary(text[at : match.start()]))
+            parts.append(np.asarray([self.added[match.group()]], np.int32))
             at = match.end()
-            match = pattern.search(text, at)
+            match = self._search(text, at)
         if at < len(text):
-            ids.extend(self.encoding.encode_ordinary(text[at:]))
-        return ids
+            parts.append(self._ordinary(text[at:]))
+        return np.concatenate(parts)
 
     def encode(self, text: str) -> FastEncoding:
         """Ids and character offsets of `text`."""
-        ids = np.asarray(self._ids(text), dtype=np.int32)
+        ids = self._ids(text)
         lengths = self.byte_lengths[ids]
         byte_ends = np.cumsum(lengths)
         byte_starts = byte_ends - lengths
@@ -299,8 +323,11 @@ def ranked_encoder(
 
     first = vocab.first_id
     ranks = {token: rank + first for rank, token in enumerate(vocab.tokens)}
+    # one special token the text is searched for and never allowed: with none, tiktoken's search for specials
+    # matches the empty string at every position (encode_to_numpy, unlike encode_ordinary, runs that search)
+    never = {"<dsprep-no-special-token>": max([first + len(vocab.tokens), *added_tokens.values()]) + 1}
     encoding = tiktoken.Encoding(name=f"dsprep-{name}", pat_str=vocab.pattern, mergeable_ranks=ranks,
-                                 special_tokens={})  # fmt: skip
+                                 special_tokens=never)  # fmt: skip
     size = max([first + len(vocab.tokens), *(i + 1 for i in added_tokens.values())])
     lengths = np.zeros(size, dtype=np.int64)
     lengths[first : first + len(vocab.tokens)] = np.fromiter(map(len, vocab.tokens), np.int64, len(vocab.tokens))

@@ -56,13 +56,21 @@ class ChatTemplate:
 
 
 class _Generation(jinja2.ext.Extension):
-    """``{% generation %}…{% endgeneration %}``: renders its body and, when tracking, records its character span."""
+    """``{% generation %}…{% endgeneration %}``: renders its body and, in an environment that tracks generation
+    (`render_generation_spans`), records its character span. Elsewhere the body is compiled in place, in its own
+    scope as the tracked call block has it, without a macro call per block."""
 
     tags = {"generation"}  # noqa: RUF012 - jinja's extension API
 
-    def parse(self, parser: Any) -> jinja2.nodes.CallBlock:
+    def __init__(self, environment: jinja2.Environment) -> None:
+        super().__init__(environment)
+        environment.extend(track_generation=True)
+
+    def parse(self, parser: Any) -> jinja2.nodes.Node:
         lineno = next(parser.stream).lineno
         body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        if not getattr(self.environment, "track_generation", True):
+            return jinja2.nodes.Scope(body).set_lineno(lineno)
         return jinja2.nodes.CallBlock(self.call_method("_support"), [], [], body).set_lineno(lineno)
 
     def _support(self, caller: Any) -> str:
@@ -118,10 +126,12 @@ class _Dict:
 
 
 @functools.cache
-def _environment() -> BoundedSandboxedEnvironment:
+def _environment(track_generation: bool = False) -> BoundedSandboxedEnvironment:
     env = BoundedSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols]
     )
+    # the attribute _Generation adds (Environment.extend) and reads when it parses
+    env.track_generation = track_generation  # type: ignore[attr-defined]
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
@@ -131,8 +141,8 @@ def _environment() -> BoundedSandboxedEnvironment:
 
 
 @functools.lru_cache(maxsize=64)
-def _compile(text: str) -> jinja2.Template:
-    return _environment().from_string(text)
+def _compile(text: str, track_generation: bool = False) -> jinja2.Template:
+    return _environment(track_generation).from_string(text)
 
 
 @contextmanager
@@ -175,7 +185,7 @@ def render_generation_spans(
     special_tokens: Mapping[str, str] | None = None,
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render and return the character spans wrapped in ``{% generation %}`` tags (empty if the template has none)."""
-    compiled = _compile(template.text)
+    compiled = _compile(template.text, track_generation=True)
     variables = {"messages": messages, "tools": tools, "documents": None, "add_generation_prompt": False}
     with _tracking() as (blocks, spans):
         try:

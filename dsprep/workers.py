@@ -28,12 +28,13 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
 from dsprep.errors import RowError
 from dsprep.normalize import normalize_record, row_id
-from dsprep.schema import NORMALIZED, TOKENIZED
+from dsprep.schema import NORMALIZED, TOKENIZED, TOKENS
 from dsprep.sources import Record
 from dsprep.specs import FormatSpec
 
@@ -218,6 +219,29 @@ def _normalized(src: SourceInput, task: Task, out: _Collector) -> list[tuple[Rec
     return kept
 
 
+def _token_column(values: list[np.ndarray | None]) -> pa.Array:
+    """A ``list<int32>`` column from per-row arrays (None: null) in one concatenation, not value by value."""
+    lengths = np.fromiter((0 if v is None else len(v) for v in values), np.int64, len(values))
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    present = [v for v in values if v is not None]
+    flat = np.concatenate(present).astype(np.int32, copy=False) if present else np.zeros(0, np.int32)
+    mask = None if len(present) == len(values) else pa.array([v is None for v in values])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat), type=TOKENS, mask=mask)
+
+
+def _table(rows: list[Row], schema: pa.Schema) -> pa.Table:
+    """Rows as a table of `schema` (as `pa.Table.from_pylist`, with token columns of arrays taken whole)."""
+    columns = []
+    for f in schema:
+        values = [row.get(f.name) for row in rows]
+        if f.type == TOKENS and all(v is None or isinstance(v, np.ndarray) for v in values):
+            columns.append(_token_column(values))
+        else:
+            columns.append(pa.array(values, type=f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def process(stage: Stage, task: Task) -> BatchResult:
     """Normalize (and encode) one task's records; a pure function of the stage and the task.
 
@@ -246,7 +270,7 @@ def process(stage: Stage, task: Task) -> BatchResult:
                 out.reject(rec, result)
             else:
                 out.keep(rec, result, tokenized=True)
-    table = pa.Table.from_pylist(out.rows, schema=stage.schema)
+    table = _table(out.rows, stage.schema)
     return BatchResult(
         seq=task.seq, input_index=task.input_index, rows_read=len(task.records), rows_kept=out.kept,
         rejects=out.rejects, reasons=dict(out.reasons), failure=out.failure, kinds=dict(out.kinds), methods=methods,

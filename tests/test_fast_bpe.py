@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from dsprep.encode import _token_range
-from dsprep.fast_bpe import FastEncoding
+from dsprep.fast_bpe import FEW_CANDIDATES, FastEncoding
 from dsprep.tokenizers import load_tokenizer
 from paths import SHARED_DATA
 
@@ -67,6 +67,17 @@ def test_generated_text(tekken: Any) -> None:
     for _ in range(1500):
         texts.append("".join(rng.choice(PIECES) for _ in range(rng.randint(1, 40))))
     _assert_same(tekken, texts)
+
+
+def test_texts_with_many_places_an_added_token_could_start(tekken: Any) -> None:
+    """Added tokens are found by trying each `<`/`[` in a text, or by the added-token pattern where a text has many
+    of them; both ways cut the text where the Hugging Face tokenizer does."""
+    rng = random.Random(31)
+    texts = ["".join(rng.choice(PIECES) for _ in range(rng.randint(40, 200))) for _ in range(150)]
+    first = tekken.fast._first_chars
+    counts = [sum(t.count(c) for c in first) for t in texts]
+    assert min(counts) <= FEW_CANDIDATES < max(counts), "the texts must take both ways"
+    _assert_same(tekken, texts, positions=3)
 
 
 def test_words_the_merges_must_build(tekken: Any) -> None:

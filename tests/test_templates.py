@@ -17,6 +17,7 @@ import pytest
 
 from dsprep.errors import TemplateError
 from dsprep.templates import (
+    ChatTemplate,
     load_template,
     render,
     render_generation_spans,
@@ -1022,3 +1023,21 @@ def test_matches_transformers_with_template_variables(
             msgs, tools=tools, chat_template=template.text, tokenize=False, add_generation_prompt=prompt, **variables
         )
         assert ours == theirs
+
+
+def test_generation_block_scope_matches_transformers(hf_tokenizer: Any) -> None:
+    """A ``{% generation %}`` body is its own scope (transformers renders it as a call block): a ``set`` inside it
+    does not leak out, the enclosing loop and namespaces stay reachable. Rendering and span tracking agree."""
+    text = (
+        "{% set ns = namespace(n=0) %}{% set x = 'outer' %}{% for m in messages %}"
+        "{% if m.role == 'assistant' %}{% generation %}{% set x = 'inner' %}{% set ns.n = ns.n + 1 %}"
+        "{{ m.content }}/{{ loop.index }}/{{ x }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}"
+        "|{{ x }}|{% endfor %}{{ ns.n }}"
+    )
+    template = ChatTemplate("scoped", text, "test")
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}] * 2
+    ours = render(template, messages)
+    tracked, spans = render_generation_spans(template, messages)
+    theirs = hf_tokenizer.apply_chat_template(messages, chat_template=text, tokenize=False)
+    assert ours == tracked == theirs == "q|outer|a/2/inner|outer|q|outer|a/4/inner|outer|2"
+    assert [tracked[a:b] for a, b in spans] == ["a/2/inner", "a/4/inner"]

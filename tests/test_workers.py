@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
+import pyarrow as pa
 import pytest
 
 from dsprep.config import ConvertConfig
 from dsprep.pipeline import convert
+from dsprep.schema import TOKENIZED
+from dsprep.workers import _table
 from paths import FIXTURES
 
 
@@ -61,3 +65,23 @@ def test_a_failing_row_stops_a_pool_without_hanging(tmp_path: Path) -> None:
     with pytest.raises(RowFailure, match=r"invalid_rows\.jsonl:"):
         convert(config)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_batch_table_equals_arrow_from_rows() -> None:
+    """A batch's table, built with its token columns taken whole, is the table Arrow builds row by row."""
+    rng = np.random.default_rng(3)
+    rows: list[dict[str, Any]] = []
+    for i in range(40):
+        n = int(rng.integers(0, 50))
+        ids = rng.integers(0, 2**31 - 1, n).astype(np.int32)
+        row: dict[str, Any] = {"id": f"r{i}", "kind": "conversation", "num_tokens": n, "num_trained": n,
+                               "source_file": "a.jsonl", "source_row": i}  # fmt: skip
+        if i % 3 == 0:  # a pair: prompt and continuations, no input_ids
+            row.update(kind="preference", prompt_input_ids=ids, chosen_input_ids=ids[:1], rejected_input_ids=ids[1:])
+        else:
+            row.update(input_ids=ids, labels=np.where(ids % 2 == 0, -100, ids).astype(np.int32))
+        rows.append(row)
+    built = _table(rows, TOKENIZED)
+    assert built.equals(pa.Table.from_pylist(rows, schema=TOKENIZED))
+    assert built.column("input_ids").null_count == 14
+    assert _table([], TOKENIZED).equals(TOKENIZED.empty_table())
