@@ -10,7 +10,8 @@ MEASUREMENT is one of:
   1) the texts are split into N contiguous shares, each tokenized by its own forked process with one thread, and the
   time runs from when all are ready to when the last one ends. With ``--encoder tiktoken`` the encoder is the
   tiktoken one dsprep uses for ``--tokenizer-name`` (``LoadedTokenizer.fast``; this needs dsprep) and each text is
-  one ``encode_ordinary`` call: the rawest form of that encoder, without dsprep's added-token cut or offsets;
+  one ``encode_ordinary`` call (a list of ints), with ``--encoder tiktoken-numpy`` one ``encode_to_numpy`` call (an
+  array, the call dsprep makes): the rawest forms of that encoder, without dsprep's added-token cut or offsets;
 - ``trl``: ``SFTTrainer._prepare_dataset`` (the method ``SFTTrainer.__init__`` calls, here without a model) with
   ``SFTConfig(assistant_only_loss=True, packing=True, packing_strategy="bfd", max_length=L, dataset_num_proc=N)``;
 - ``torchtune``: ``SFTDataset`` (OpenAI messages, ``train_on_input=False``) over a ChatML model tokenizer written the
@@ -79,7 +80,7 @@ def _quiet_datasets() -> Any:
 
 
 def measure_ceiling(args: argparse.Namespace) -> Result:
-    if args.num_proc > 1 or args.encoder == "tiktoken":
+    if args.num_proc > 1 or args.encoder != "hf":
         return _ceiling_processes(args)
     tok = hf_tokenizer(args.tokenizer)
     texts = tok.apply_chat_template(read_corpus(args.corpus, args.rows), tokenize=False)
@@ -91,12 +92,15 @@ def measure_ceiling(args: argparse.Namespace) -> Result:
 
 def _encoder(args: argparse.Namespace, tok: Any) -> Callable[[list[str]], list[int]]:
     """texts -> token counts, with the Hugging Face tokenizer (batches of CEILING_BATCH) or tiktoken."""
-    if args.encoder == "tiktoken":
+    if args.encoder != "hf":
         from dsprep.tokenizers import load_tokenizer
 
         fast = load_tokenizer(args.tokenizer_name).fast
         if fast is None:
             raise SystemExit(f"{args.tokenizer_name} has no tiktoken encoder in dsprep")
+        if args.encoder == "tiktoken-numpy":
+            to_numpy = fast.encoding.encode_to_numpy
+            return lambda texts: [len(to_numpy(t, disallowed_special=())) for t in texts]
         encode_ordinary = fast.encoding.encode_ordinary
         return lambda texts: [len(encode_ordinary(t)) for t in texts]
 
@@ -375,7 +379,9 @@ def main() -> int:
     parser.add_argument("--max-len", type=int, default=4096)
     parser.add_argument("--rows", type=int, default=None, help="use the first N conversations (default: all)")
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes where the library has them")
-    parser.add_argument("--encoder", choices=["hf", "tiktoken"], default="hf", help="ceiling: which encoder")
+    parser.add_argument(
+        "--encoder", choices=["hf", "tiktoken", "tiktoken-numpy"], default="hf", help="ceiling: which encoder"
+    )
     parser.add_argument("--tokenizer-name", default="mistral:tekken", help="ceiling --encoder tiktoken: dsprep name")
     args = parser.parse_args()
     result = MEASUREMENTS[args.measurement](args)

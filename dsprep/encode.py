@@ -35,6 +35,7 @@ from dsprep.tokenizers import LoadedTokenizer
 __all__ = ["EncodeOptions", "Encoder", "TemplateShape", "probe_shape"]
 
 IGNORE = -100
+TOKENIZED_COLUMNS = tuple(TOKENIZED.names)  # the schema's names (pyarrow builds the list on each access)
 TrainOn = Literal["assistant", "all", "last"]
 Overflow = Literal["drop", "truncate-right", "truncate-left", "drop-turns", "split"]
 Row = dict[str, Any]
@@ -425,7 +426,7 @@ class Encoder:
 
     @staticmethod
     def _empty(row: Row) -> Row:
-        out: Row = dict.fromkeys(TOKENIZED.names)
+        out: Row = dict.fromkeys(TOKENIZED_COLUMNS)
         out.update(id=row["id"], kind=row["kind"], num_tokens=0, num_trained=0)
         out.update(source_file=row["source_file"], source_row=row["source_row"])
         return out

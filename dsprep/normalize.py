@@ -19,6 +19,7 @@ from dsprep.transforms import TRANSFORMS
 __all__ = ["REASONS", "normalize_record", "row_id"]
 
 Row = dict[str, Any]
+NORMALIZED_COLUMNS = tuple(NORMALIZED.names)  # the schema's names (pyarrow builds the list on each access)
 Messages = list[dict[str, Any]]
 
 # Every reason code a rejected row can carry, with what it means (documented in README).
@@ -281,7 +282,7 @@ def normalize_record(record: dict[str, Any], spec: FormatSpec) -> Row:
     if spec.transform is not None:
         record = TRANSFORMS[spec.transform](record)
     r = _Reader(record, spec)
-    row: Row = dict.fromkeys(NORMALIZED.names)
+    row: Row = dict.fromkeys(NORMALIZED_COLUMNS)
     row["kind"] = spec.kind
     KIND_READERS[spec.kind](r, row)
     if (found := r.optional("tools")) is not None:
