@@ -26,7 +26,8 @@ from ``wait4`` and its process tree's summed PSS, sampled):
   first --peer-rows conversations.
 
 With --repeat N every measurement (ceilings, start-up, dsprep runs, peers) runs N times and keeps its fastest run,
-which steadies the numbers on a machine whose speed drifts. Throughput is compared per token of input: tok/s = the
+which steadies the numbers on a machine whose speed drifts; dsprep's --workers settings take turns (1, N, 1, N),
+so the drift weighs on both sides of their ratio alike. Throughput is compared per token of input: tok/s = the
 ceiling's token count of the rows a path processed divided by its seconds, so paths that ran on the subsample
 compare with the full-corpus ones. The table also gives each path's
 own token count and whether it matches the ceiling's where the tokenizer and template are the same. It prints
@@ -298,11 +299,15 @@ def main() -> int:
     settings: list[int | None] = sorted({1, opts.workers or n_cores}) if has_workers else [None]
     dsprep_rows: list[Measured] = []
     shard_digests: set[tuple[str, ...]] = set()
+    # the settings take turns (1, N, 1, N, ...) so that this machine's drift in speed weighs on each alike
+    timed: dict[int | None, list[tuple[float, tuple[float, float, dict[str, Any]]]]] = {n: [] for n in settings}
+    for _ in range(max(1, opts.repeat)):
+        for workers in settings:
+            out_dir = workdir / f"out-w{workers or 1}"
+            timed[workers].append(_dsprep_run(dsprep, corpus, out_dir, opts, workers, log, no_cache))
     for workers in settings:
         out_dir = workdir / f"out-w{workers or 1}"
-        wall, rss, manifest = best_of(
-            opts.repeat, lambda out=out_dir, n=workers: _dsprep_run(dsprep, corpus, out, opts, n, log, no_cache)
-        )
+        wall, rss, manifest = min(timed[workers], key=lambda run: run[0])[1]
         packing = manifest["packing"]
         label = f"dsprep convert --workers {workers}" if workers is not None else "dsprep convert (no --workers)"
         m = Measured(
