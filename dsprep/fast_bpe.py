@@ -117,14 +117,11 @@ class FastEncoder:
         """Ids of text without added tokens, straight into an array (no list of Python ints)."""
         return self.encoding.encode_to_numpy(text, disallowed_special=()).view(np.int32)
 
-    def _search(self, text: str, at: int) -> re.Match[str] | None:
-        """The leftmost added token in `text` from `at`: tried only where a first character of one occurs, which in
-        most texts is a handful of places (`<` in a ChatML render), several times faster than searching every
-        position; a text with many such characters is searched by the pattern."""
+    def _search_candidates(self, text: str, at: int) -> re.Match[str] | None:
+        """The leftmost added token in `text` from `at`, tried only where a first character of one occurs: in most
+        texts a handful of places (`<` in a ChatML render), several times faster than searching every position."""
         pattern = self._pattern
         assert pattern is not None
-        if sum(text.count(c, at) for c in self._first_chars) > FEW_CANDIDATES:
-            return pattern.search(text, at)
         best: re.Match[str] | None = None
         for char in self._first_chars:
             i = text.find(char, at)
@@ -137,9 +134,13 @@ class FastEncoder:
         return best
 
     def _ids(self, text: str) -> np.ndarray:
-        if self._pattern is None:
+        pattern = self._pattern
+        if pattern is None:
             return self._ordinary(text)
-        match = self._search(text, 0)
+        # a text with many places an added token could start at is searched by the pattern instead (decided once)
+        crowded = sum(map(text.count, self._first_chars)) > FEW_CANDIDATES
+        search = pattern.search if crowded else self._search_candidates
+        match = search(text, 0)
         if match is None:
             return self._ordinary(text)
         parts: list[np.ndarray] = []
@@ -149,7 +150,7 @@ class FastEncoder:
                 parts.append(self._ordinary(text[at : match.start()]))
             parts.append(np.asarray([self.added[match.group()]], np.int32))
             at = match.end()
-            match = self._search(text, at)
+            match = search(text, at)
         if at < len(text):
             parts.append(self._ordinary(text[at:]))
         return np.concatenate(parts)
@@ -205,9 +206,7 @@ def _post_processor_keeps_offsets(post: Any) -> bool:
     kind = post.get("type") if isinstance(post, dict) else None
     if kind == "Sequence":
         return all(_post_processor_keeps_offsets(p) for p in post.get("processors", []))
-    if kind == "ByteLevel":
-        return not post.get("trim_offsets", True)
-    if kind == "RobertaProcessing":
+    if kind in ("ByteLevel", "RobertaProcessing"):  # both trim offsets unless told not to
         return not post.get("trim_offsets", True)
     return kind in ("TemplateProcessing", "BertProcessing")
 
