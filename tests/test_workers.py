@@ -85,3 +85,21 @@ def test_batch_table_equals_arrow_from_rows() -> None:
     assert built.equals(pa.Table.from_pylist(rows, schema=TOKENIZED))
     assert built.column("input_ids").null_count == 14
     assert _table([], TOKENIZED).equals(TOKENIZED.empty_table())
+
+
+def test_an_inline_run_leaves_the_callers_objects_collectable(tmp_path: Path) -> None:
+    """One worker runs in the caller's process: the heap it freezes for the run thaws after, and a heap the caller
+    froze itself stays as the caller left it."""
+    import gc
+
+    inputs = [FIXTURES / "formats"]
+    assert gc.get_freeze_count() == 0
+    _convert(tmp_path / "a", inputs, 1, tokenizer="mistral:tekken", template="chatml")
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        _convert(tmp_path / "b", inputs, 1, tokenizer="mistral:tekken", template="chatml")
+        assert 0 < gc.get_freeze_count() <= frozen  # neither thawed nor frozen further (a frozen object may be freed)
+    finally:
+        gc.unfreeze()
