@@ -385,8 +385,9 @@ class Encoder:
 
     def _finish_pair(self, row: Row, plan: dict[str, Any], encs: list[Any]) -> Row:
         cut = plan["cut"]
-        splits = [self._split(plan, enc, text, cut) for enc, text in zip(encs, plan["texts"], strict=True)]
-        if splits[0] is None or any(s is None or not np.array_equal(s[0], splits[0][0]) for s in splits):
+        found = [self._split(plan, enc, text, cut) for enc, text in zip(encs, plan["texts"], strict=True)]
+        splits = [s for s in found if s is not None]
+        if len(splits) < len(found) or any(not np.array_equal(s[0], splits[0][0]) for s in splits):
             if not plan["plain_text"]:
                 raise RowError(plan["sides"][0], "prompt_boundary_merge",
                                "the rendered prompt and its continuation share a token")  # fmt: skip

@@ -16,6 +16,7 @@ as an Arrow table, its reject lines and counts. Ray is imported only here, behin
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -51,9 +52,9 @@ def _run_window(todo: list[dict[str, Any]], stage: Stage) -> dict[int, BatchResu
 
     if not todo:
         return {}
-    dataset = ray.data.from_items(todo, override_num_blocks=len(todo))
-    dataset = dataset.map_batches(_process_batch, batch_size=1, fn_args=(stage,))
-    return {int(row["seq"]): pickle.loads(row["result"]) for row in dataset.iter_rows()}
+    tasks = ray.data.from_items(todo, override_num_blocks=len(todo))
+    results = tasks.map_batches(functools.partial(_process_batch, stage=stage), batch_size=1)
+    return {int(row["seq"]): pickle.loads(row["result"]) for row in results.iter_rows()}
 
 
 def _connect(ray: Any, address: str | None, workers: int) -> bool:

@@ -31,10 +31,10 @@ import re
 import string
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import jinja2.compiler
@@ -233,7 +233,7 @@ class BoundedTemplate(jinja2.Template):
 
     def generate(self, *args: Any, **kwargs: Any) -> Iterator[str]:
         env = self.environment
-        pieces = super().generate(*args, **kwargs)
+        pieces = cast(Generator[str, None, None], super().generate(*args, **kwargs))
         produced = 0
         try:
             while True:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 
@@ -121,10 +121,12 @@ def _hf_listing(source: Path, key: str, field: str | None) -> list[str]:
         raise InputError(f"{source}: not a JSON object as `datasets` writes it") from None
     if not isinstance(value, list):
         raise InputError(f"{source}: {key!r} must be a list")
-    names = [item.get(field) if field and isinstance(item, dict) else item for item in value]
-    for name in names:
+    names: list[str] = []
+    for item in value:
+        name = item.get(field) if field and isinstance(item, dict) else item
         if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
             raise InputError(f"{source}: {name!r} is not a plain file or folder name inside {source.parent}")
+        names.append(name)
     return names
 
 
@@ -216,7 +218,7 @@ def _open_binary(f: InputFile, progress: Progress | None) -> Iterator[IO[bytes]]
     counted = io.BufferedReader(_Counting(raw, progress), buffer_size=1 << 20)
     stream: IO[bytes]
     if f.compression == "gzip":
-        stream = gzip.GzipFile(fileobj=counted)
+        stream = cast(IO[bytes], gzip.GzipFile(fileobj=counted))
     elif f.compression == "bz2":
         stream = bz2.BZ2File(counted)
     elif f.compression == "xz":

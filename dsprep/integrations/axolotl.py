@@ -96,6 +96,7 @@ def write_dataset(shards: str | Path, model: str | Path, data: str | Path) -> tu
     """
     manifest, paths = prepared_shards(shards, _load_tokenizer(Path(model)))
     stage = manifest["stage"]
+    columns: tuple[str, ...]
     if stage == "packed":
         mode: Mode = "packed"
         columns, names, sequence_len = PACKED_COLUMNS, PACKED_COLUMNS, int(manifest["packing"]["max_len"])

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -161,9 +162,10 @@ def packed_shards(
     folders = [source] if isinstance(source, str | os.PathLike) else list(source)
     if not folders:
         raise DsprepError("packed_shards: `source` names no shard folder")
-    tables, pack_len = [], 0
+    tables: list[pa.Table] = []
+    pack_len = 0
     for folder in folders:
-        manifest, paths = prepared_shards(folder, hf_tokenizer)
+        manifest, paths = prepared_shards(Path(folder), hf_tokenizer)
         if manifest.get("stage") != "packed":
             raise DsprepError(
                 f"{folder}: holds {manifest.get('stage')} shards, not packed ones; re-run dsprep convert with --pack L"

@@ -122,7 +122,9 @@ def dpo_trainer(
     """A DPOTrainer over a `dpo_dataset`, which it takes as already tokenized; `config` goes to `DPOConfig`."""
     trl = _trl()
 
-    class PretokenizedDPOTrainer(trl.DPOTrainer):
+    base: Any = trl.DPOTrainer  # a class known only at run time
+
+    class PretokenizedDPOTrainer(base):
         def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
             return dataset  # already `prompt_ids`, `chosen_ids`, `rejected_ids`; DPOTrainer has no option to skip this
 

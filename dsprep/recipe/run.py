@@ -14,12 +14,13 @@ rows the tokenizer stage rejected.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import pyarrow as pa
@@ -56,7 +57,7 @@ def _deriver(source: Source, label: str) -> Callable[[FormatSpec], FormatSpec] |
     """A function applying the source's field/message/role overrides to a spec, or None without overrides."""
     if not (source.fields or source.message or source.roles):
         return None
-    overrides = {
+    overrides: dict[str, dict[str, Any]] = {
         "fields": source.fields or {},
         "message": source.message or {},
         "roles": {k: v if isinstance(v, str) else v.model_dump() for k, v in (source.roles or {}).items()},
@@ -207,7 +208,7 @@ class _RecipeRun:
     # --- stage 2 ------------------------------------------------------------------------------------------------
     def plans(self) -> list[SourcePlan]:
         by = self.recipe.dedup.by
-        mode = "prompt" if by == "prompt" else "conversation"
+        mode: Literal["conversation", "prompt"] = "prompt" if by == "prompt" else "conversation"
         out = []
         for src in self.sources:
             s = src.source
@@ -265,7 +266,7 @@ class _RecipeRun:
                 feeds.append((report, src.take(picks, flags[i])))
             config = self._split_config(split, train_on)
             result = convert_rows(config, feeds, location=self._locate(),
-                                  on_result=lambda r, rows, s=split: self._count(s, r, rows))  # fmt: skip
+                                  on_result=functools.partial(self._count, split))  # fmt: skip
             splits[split] = {"path": split, "stage": result.manifest["stage"],
                              "rows": sum(s["rows"] for s in result.manifest["shards"]),
                              "examples": sum(r.rows_kept for r in result.inputs),

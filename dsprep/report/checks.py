@@ -145,8 +145,8 @@ def _part_text(value: Any) -> str | None:
 
 def lenient_messages(record: dict[str, Any], spec: FormatSpec) -> list[Message] | None:
     """The turns of a raw record as the spec maps them, without validation; None when they cannot be found."""
+    out: list[Message] = []
     if spec.turns:
-        out = []
         for turn in spec.turns:
             texts = [record[s] for s in turn.sources if isinstance(record.get(s), str)]
             if texts or not turn.optional:
@@ -162,7 +162,6 @@ def lenient_messages(record: dict[str, Any], spec: FormatSpec) -> list[Message] 
     if not isinstance(value, list):
         return None
     role_keys, content_keys = spec.key_for("role"), spec.key_for("content")
-    out = []
     for m in value:
         if not isinstance(m, dict):
             return None

@@ -113,7 +113,9 @@ def _choose(f: InputFile, fmt: str, sample_rows: int) -> tuple[FormatSpec | None
         if len(sample) >= sample_rows:
             break
     sample = sample[:sample_rows]
-    empty = {"name": None, "origin": None, "detected": True, "confidence": None, "mapping": [], "unmapped": []}
+    empty: dict[str, Any] = {
+        "name": None, "origin": None, "detected": True, "confidence": None, "mapping": [], "unmapped": [],
+    }  # fmt: skip
     if not sample:
         return None, {**empty, "spec": None, "error": "no parseable rows to detect a format from"}
     try:

@@ -36,7 +36,9 @@ def _tokenizer(name: str | None) -> Any:
 
 
 def _token_columns(folder: Path, manifest: dict[str, Any], tok: Any, show: int) -> dict[str, Any]:
-    lengths, trained, examples = [], [], []
+    lengths: list[np.ndarray] = []
+    trained: list[np.ndarray] = []
+    examples: list[Any] = []
     for shard in manifest["shards"]:
         table = pq.read_table(folder / shard["file"])
         lengths.append(table.column("num_tokens").to_numpy().astype(np.int64))
