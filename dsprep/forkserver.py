@@ -12,7 +12,6 @@ import contextlib
 import os
 
 import orjson
-import pyarrow as pa
 
 from dsprep.workers import PRELOAD_ENV, EncodeSpec, die_with_parent, encoder_for
 
@@ -21,4 +20,3 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 if os.environ.get(PRELOAD_ENV):
     with contextlib.suppress(Exception):  # a worker that cannot load it reports why
         encoder_for(EncodeSpec(**orjson.loads(os.environ[PRELOAD_ENV]))).fast  # noqa: B018 - built before forking
-pa.array([0])  # pyarrow's first conversion of Python values imports pandas (0.2 s): once here, not in every worker
