@@ -325,6 +325,9 @@ def start_server(spec: EncodeSpec | None) -> None:
     _context()
     with _preload_encoder(spec):
         forkserver.ensure_running()
+    # pyarrow imports pandas on its first array (0.2 s): here that runs beside the server's start-up, which the first
+    # tasks wait for anyway, rather than in the packing after the workers, which waits for it
+    pa.array(np.zeros(1, np.int32))
 
 
 def _context() -> multiprocessing.context.BaseContext:
