@@ -47,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -197,9 +197,14 @@ def run_dsprep(
     return wall, rss, json.loads((out / "manifest.json").read_text())
 
 
+def fastest(runs: Iterable[tuple[float, T]]) -> T:
+    """The result of the run with the fewest seconds (each run: seconds, result)."""
+    return min(runs, key=lambda run: run[0])[1]
+
+
 def best_of(repeat: int, measure: Callable[[], tuple[float, T]]) -> T:
     """Run `measure` `repeat` times and keep the run with the fewest seconds (its first value)."""
-    return min((measure() for _ in range(max(1, repeat))), key=lambda run: run[0])[1]
+    return fastest(measure() for _ in range(max(1, repeat)))
 
 
 def clip_sums(lengths: list[int], max_len: int) -> dict[str, int]:
@@ -307,7 +312,7 @@ def main() -> int:
             timed[workers].append(_dsprep_run(dsprep, corpus, out_dir, opts, workers, log, no_cache))
     for workers in settings:
         out_dir = workdir / f"out-w{workers or 1}"
-        wall, rss, manifest = min(timed[workers], key=lambda run: run[0])[1]
+        wall, rss, manifest = fastest(timed[workers])
         packing = manifest["packing"]
         label = f"dsprep convert --workers {workers}" if workers is not None else "dsprep convert (no --workers)"
         m = Measured(

@@ -28,14 +28,13 @@ import numpy as np
 
 from dsprep.errors import RowError, TemplateError
 from dsprep.fast_bpe import FastEncoder, FastEncoding
-from dsprep.schema import TOKENIZED
+from dsprep.schema import TOKENIZED_COLUMNS
 from dsprep.templates import ChatTemplate, render, template_messages, template_tools
 from dsprep.tokenizers import LoadedTokenizer
 
 __all__ = ["EncodeOptions", "Encoder", "TemplateShape", "probe_shape"]
 
 IGNORE = -100
-TOKENIZED_COLUMNS = tuple(TOKENIZED.names)  # the schema's names (pyarrow builds the list on each access)
 TrainOn = Literal["assistant", "all", "last"]
 Overflow = Literal["drop", "truncate-right", "truncate-left", "drop-turns", "split"]
 Row = dict[str, Any]

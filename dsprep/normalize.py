@@ -12,14 +12,13 @@ from typing import Any
 
 from dsprep.errors import RowError
 from dsprep.messages import expect, first_key, json_text, maybe_json, parse_messages, parse_tools
-from dsprep.schema import NORMALIZED
+from dsprep.schema import NORMALIZED_COLUMNS
 from dsprep.specs import FormatSpec
 from dsprep.transforms import TRANSFORMS
 
 __all__ = ["REASONS", "normalize_record", "row_id"]
 
 Row = dict[str, Any]
-NORMALIZED_COLUMNS = tuple(NORMALIZED.names)  # the schema's names (pyarrow builds the list on each access)
 Messages = list[dict[str, Any]]
 
 # Every reason code a rejected row can carry, with what it means (documented in README).

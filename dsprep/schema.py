@@ -26,11 +26,13 @@ __all__ = [
     "KINDS",
     "MESSAGE",
     "NORMALIZED",
+    "NORMALIZED_COLUMNS",
     "PACKED",
     "REJECT_FIELDS",
     "ROLES",
     "SCHEMA_VERSION",
     "TOKENIZED",
+    "TOKENIZED_COLUMNS",
     "TOOL_CALL",
 ]
 
@@ -84,6 +86,7 @@ NORMALIZED = pa.schema(
     ],
     metadata={"dsprep.schema_version": str(SCHEMA_VERSION)},
 )
+NORMALIZED_COLUMNS = tuple(NORMALIZED.names)  # the names as a tuple: pyarrow builds `.names` anew on each access
 
 TOKENS = pa.list_(pa.int32())
 
@@ -109,6 +112,7 @@ TOKENIZED = pa.schema(
     ],
     metadata={"dsprep.schema_version": str(SCHEMA_VERSION)},
 )
+TOKENIZED_COLUMNS = tuple(TOKENIZED.names)
 
 # Packed rows (`dsprep convert --pack L`): examples concatenated into rows of at most L tokens, not padded.
 # `position_ids` restart at 0 for each example, `seq_lens` are the examples' lengths in order, and each example's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,6 @@ def test_batch_table_equals_arrow_from_rows() -> None:
 def test_an_inline_run_leaves_the_callers_objects_collectable(tmp_path: Path) -> None:
     """One worker runs in the caller's process: the heap it freezes for the run thaws after, and a heap the caller
     froze itself stays as the caller left it."""
-    import gc
-
     inputs = [FIXTURES / "formats"]
     assert gc.get_freeze_count() == 0
     _convert(tmp_path / "a", inputs, 1, tokenizer="mistral:tekken", template="chatml")
