@@ -5,49 +5,43 @@ the lengths (each row's ``num_tokens``, carried by the workers' results: a few b
 are written in chunks of ``chunk_rows`` rows, and each shard is a run of whole chunks fixed by the plan (at most about
 ``--shard-size``, estimated from its tokens; a multiple of `SHARD_MULTIPLE` of them, so that threads, and a
 trainer's data-parallel ranks splitting the shards between them, get equal shares), so several shards are written at
-once — as many as there are workers, one thread each — and the output is the same for any number of them:
+once — as many as there are workers, one thread each — and the output is the same for any number of them.
 
-- one streaming pass over the pieces, split between as many threads as keep at most `ROUTE_FILES` bucket files
-  open, routes each example to the bucket file of the chunk its row lands in (at most `MAX_BUCKETS` buckets, a
-  bounded buffer in front of them);
-- each chunk is materialized from its bucket alone (the next one while the one before is written).
-
-Memory holds the lengths and, per thread, a bucket, two chunks and its share of the routing buffer, whatever the
-size of the input.
+A chunk reads exactly its examples' bytes from the piece files: the pieces are uncompressed Arrow IPC files, so
+where each example's tokens and id lie is known once from each file's layout (`_Locations`: a few more bytes per
+example), and each example's tokens are read straight into their place in the chunk (`_Chunks`). Memory holds the
+lengths, those locations and, per thread, two chunks, whatever the size of the input.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import shutil
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+import os
+import resource
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from dsprep.pack import PackPlan, PackReport, materialize, plan_packing
-from dsprep.pieces import load_piece, piece_table
-from dsprep.schema import PACKED, TOKENIZED
-from dsprep.shards import ShardFile, ShardWriter, parquet_options, shard_name, writing
+from dsprep.errors import OutputError
+from dsprep.pack import PackPlan, PackReport, packed_table, plan_packing
+from dsprep.pieces import load_piece, piece_path, piece_table
+from dsprep.schema import PACKED
+from dsprep.shards import ShardFile, ShardWriter, parquet_options, shard_name
 from dsprep.workers import BatchResult
 
 __all__ = ["CHUNK_TOKENS", "write_packed", "write_unpacked"]
 
 CHUNK_TOKENS = 1 << 21  # tokens per materialized chunk of packed rows (at most)
-MAX_BUCKETS = 512  # a bucket holds one chunk up to 512 chunks (1G packed tokens), a few beyond
-ROUTE_FILES = 512  # bucket files open at once, all routing threads together (a common limit is 1024 files)
-ROUTE_BUFFER_BYTES = 64 << 20  # shared by the routing threads
 SHARD_MULTIPLE = 8  # shards come in multiples of 8: 2, 4 or 8 threads or data-parallel ranks get equal shares
 PACKED_BYTES_PER_TOKEN = 2.5  # about what a token takes in a packed shard (zstd; 2.3 measured with a 131k vocabulary)
-ROUTED = ["id", "input_ids", "labels"]
-AHEAD = 1  # pieces read and sorted ahead of the one being routed, per thread
-T = TypeVar("T")
+OPEN_FILES = 1024  # piece files a writing thread keeps open at most (all threads: at most half the process's limit)
+TOKEN_BYTES = 4  # int32 token ids and labels
 
 
 def write_unpacked(pieces: Path, results: Sequence[BatchResult], writer: ShardWriter) -> list[dict[str, Any]]:
@@ -69,11 +63,10 @@ def _lengths(results: Sequence[BatchResult]) -> list[np.ndarray]:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where packed rows go: chunks of `chunk_rows` rows, `per_bucket` chunks per bucket, shards of whole chunks."""
+    """Where packed rows go: chunks of `chunk_rows` rows, shards of whole chunks."""
 
     chunk_rows: int
     chunks: int
-    per_bucket: int
     shard_starts: np.ndarray  # the first chunk of each shard, then `chunks`
 
     @classmethod
@@ -82,64 +75,125 @@ class _Layout:
         them where there are enough chunks, as even as whole chunks allow."""
         chunk_rows = max(1, CHUNK_TOKENS // plan.max_len)
         chunks = math.ceil(plan.rows / chunk_rows)
-        per_bucket = max(1, math.ceil(chunks / MAX_BUCKETS))
         estimate = int(plan.lengths.sum()) * PACKED_BYTES_PER_TOKEN
         shards = SHARD_MULTIPLE * math.ceil(estimate / shard_bytes / SHARD_MULTIPLE)
         shards = max(1, min(chunks, shards))
-        return cls(chunk_rows, chunks, per_bucket, np.arange(shards + 1) * chunks // shards)
-
-    @property
-    def buckets(self) -> int:
-        return math.ceil(self.chunks / self.per_bucket)
+        return cls(chunk_rows, chunks, np.arange(shards + 1) * chunks // shards)
 
 
-class _Router:
-    """Appends example rows to per-bucket Arrow stream files through one bounded buffer."""
+@dataclass(frozen=True)
+class _Locations:
+    """Where each example's input_ids, labels and id lie in the piece files, as byte offsets (examples numbered in
+    piece order)."""
 
-    def __init__(self, folder: Path, buckets: int, schema: pa.Schema, buffer_bytes: int) -> None:
-        self.folder = folder
-        self.schema = schema
-        self.buffer_bytes = buffer_bytes
-        with writing(folder):
-            folder.mkdir(parents=True, exist_ok=True)
-            self.writers = [pa.ipc.new_stream(str(folder / f"{b:05d}.arrow"), schema) for b in range(buckets)]
-        self.buffer: list[list[pa.Table]] = [[] for _ in range(buckets)]
-        self.buffered = 0
+    files: list[str]
+    piece: np.ndarray  # int32: each example's file
+    ids_at: np.ndarray  # int64: offset of its first token id
+    labels_at: np.ndarray  # int64: offset of its first label
+    id_at: np.ndarray  # int64: offset of its id (UTF-8)
+    id_len: np.ndarray  # int32: bytes of its id
 
-    def add(self, bucket: int, table: pa.Table) -> None:
-        self.buffer[bucket].append(table)
-        self.buffered += table.nbytes
-        if self.buffered >= self.buffer_bytes:
-            self.flush()
 
-    def flush(self) -> None:
-        with writing(self.folder):
-            for writer, tables in zip(self.writers, self.buffer, strict=True):
-                if tables:
-                    writer.write_table(pa.concat_tables(tables).combine_chunks())
-                    tables.clear()
-        self.buffered = 0
+def _list_starts(column: pa.ListArray, base: int) -> tuple[np.ndarray, np.ndarray]:
+    """The file offset of each row's first value in an int32 list column of a memory-mapped record batch, and each
+    row's number of values."""
+    values = column.values
+    data = values.buffers()[1]
+    assert column.null_count == 0 and values.type == pa.int32() and data is not None
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    return data.address - base + (values.offset + offsets[:-1]) * TOKEN_BYTES, np.diff(offsets)
+
+
+def _locate_piece(path: Path, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ids_at, labels_at, id_at, id_len) of a piece's rows, from its file's layout (read without copying); the rows'
+    token counts must be `lengths`."""
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    counted: list[np.ndarray] = []
+    with pa.memory_map(str(path)) as source:
+        size = source.size()
+        base = source.read_buffer(1).address
+        reader = pa.ipc.open_file(source)
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            ids_at, ids_len = _list_starts(batch.column("input_ids"), base)
+            labels_at, labels_len = _list_starts(batch.column("labels"), base)
+            names = batch.column("id")
+            offsets = np.frombuffer(names.buffers()[1], np.int32)[names.offset : names.offset + len(names) + 1]
+            id_at = names.buffers()[2].address - base + offsets[:-1].astype(np.int64)
+            parts.append((ids_at, labels_at, id_at, np.diff(offsets).astype(np.int32)))
+            counted += [ids_len, labels_len - ids_len]
+            del batch, names, offsets
+        del reader
+    ids_at, labels_at, id_at, id_len = (np.concatenate(c) for c in zip(*parts, strict=True)) if parts else _NOWHERE
+    ids_len, differ = (np.concatenate(counted[k::2]) for k in (0, 1)) if counted else (_NOWHERE[0], _NOWHERE[0])
+    inside = all(a.min(initial=0) >= 0 and a.max(initial=0) < size for a in (ids_at, labels_at, id_at))
+    if not inside or not np.array_equal(ids_len, lengths) or differ.any():
+        raise OutputError(f"{path}: this staged piece does not hold the {len(lengths)} rows its result counts")
+    return ids_at, labels_at, id_at, id_len
+
+
+_NOWHERE = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
+
+
+def _locate(pieces: Path, kept: Sequence[BatchResult], lengths: Sequence[np.ndarray]) -> _Locations:
+    """The locations of every example of the pieces `kept` (whose rows have `lengths`)."""
+    files = [str(piece_path(pieces, r.seq)) for r in kept]
+    found = [_locate_piece(Path(f), n) for f, n in zip(files, lengths, strict=True)]
+    ids_at, labels_at, id_at, id_len = (np.concatenate(c) for c in zip(*found, strict=True)) if found else _NOWHERE
+    piece = np.repeat(np.arange(len(kept), dtype=np.int32), [len(n) for n in lengths])
+    return _Locations(files, piece, ids_at, labels_at, id_at, id_len)
+
+
+class _Files:
+    """Piece files open for reading on one thread, at most `capacity` at once (the least recently used closes)."""
+
+    def __init__(self, files: Sequence[str], capacity: int) -> None:
+        self.files = files
+        self.capacity = max(1, capacity)
+        self.open: OrderedDict[int, int] = OrderedDict()
+
+    def read(self, piece: int, into: memoryview, offset: int) -> None:
+        fd = self.open.get(piece)
+        if fd is None:
+            if len(self.open) >= self.capacity:
+                os.close(self.open.popitem(last=False)[1])
+            fd = self.open[piece] = os.open(self.files[piece], os.O_RDONLY)
+        else:
+            self.open.move_to_end(piece)
+        if os.preadv(fd, [into], offset) != len(into):
+            raise OSError(f"{self.files[piece]}: a staged piece is shorter than its layout says")
 
     def close(self) -> None:
-        self.flush()
-        with writing(self.folder):
-            for writer in self.writers:
-                writer.close()
-
-    def read(self, bucket: int) -> pa.Table:
-        with pa.memory_map(str(self.folder / f"{bucket:05d}.arrow")) as source:
-            return pa.ipc.open_stream(source).read_all()
+        while self.open:
+            os.close(self.open.popitem()[1])
 
 
-def _in_order(pool: ThreadPoolExecutor, jobs: Iterator[Callable[[], T]]) -> Iterator[T]:
-    """Run `jobs` on `pool`, at most AHEAD of them ahead of the one whose result is yielded, in job order."""
-    pending: deque[Future[T]] = deque()
-    for job in jobs:
-        pending.append(pool.submit(job))
-        if len(pending) > AHEAD:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+def _chunk(loc: _Locations, lengths: np.ndarray, order: np.ndarray, counts: np.ndarray, files: _Files) -> pa.Table:
+    """The packed rows of `order` (examples in row order, `counts` per row), each example's bytes read into place."""
+    example_lengths = lengths[order]
+    at = np.concatenate([[0], np.cumsum(example_lengths)]) * TOKEN_BYTES
+    id_len = loc.id_len[order]
+    id_offsets = np.concatenate([[0], np.cumsum(id_len, dtype=np.int64)])
+    if id_offsets[-1] >= 1 << 31:
+        raise OutputError("the example ids of one chunk of packed rows pass 2 GiB")
+    flat_ids = np.empty(int(example_lengths.sum()), np.int32)
+    flat_labels = np.empty_like(flat_ids)
+    names = np.empty(int(id_offsets[-1]), np.uint8)
+    ids_view, labels_view, names_view = (a.data.cast("B") for a in (flat_ids, flat_labels, names))
+    visit = np.argsort(loc.piece[order], kind="stable")  # piece by piece: each file opened once per chunk at most
+    picked = order[visit]
+    for j, piece, ids_at, labels_at, id_at in zip(
+        visit.tolist(), loc.piece[picked].tolist(), loc.ids_at[picked].tolist(), loc.labels_at[picked].tolist(),
+        loc.id_at[picked].tolist(), strict=True,
+    ):  # fmt: skip
+        lo, hi = int(at[j]), int(at[j + 1])
+        files.read(piece, ids_view[lo:hi], ids_at)
+        files.read(piece, labels_view[lo:hi], labels_at)
+        files.read(piece, names_view[int(id_offsets[j]) : int(id_offsets[j + 1])], id_at)
+    example_ids = pa.StringArray.from_buffers(
+        len(order), pa.py_buffer(id_offsets.astype(np.int32)), pa.py_buffer(names)
+    )
+    return packed_table(flat_ids, flat_labels, example_lengths, counts, example_ids)
 
 
 class _Behind:
@@ -173,65 +227,32 @@ class _Behind:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _route(
-    readers: ThreadPoolExecutor, pieces: Path, kept: Sequence[BatchResult], firsts: np.ndarray, bucket_of: np.ndarray,
-    router: _Router,
-) -> None:  # fmt: skip
-    """Append every example of the pieces `kept` to its bucket, reading and sorting pieces on `readers`.
-
-    firsts: the index of each piece's first example.
-    """
-    buckets = len(router.writers)
-
-    def routed(k: int) -> tuple[pa.Table, np.ndarray]:
-        """Piece k's examples sorted by bucket (stable), with each bucket's bounds."""
-        table = piece_table(pieces, kept[k].seq).select(ROUTED)
-        first = int(firsts[k])
-        target = bucket_of[first : first + table.num_rows]
-        order = np.argsort(target, kind="stable")
-        table = table.take(pa.array(order)).append_column("example", pa.array(order + first))
-        return table, np.searchsorted(target[order], np.arange(buckets + 1))
-
-    for table, bounds in _in_order(readers, (functools.partial(routed, k) for k in range(len(kept)))):
-        for b in np.flatnonzero(np.diff(bounds)):
-            router.add(int(b), table.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b])))
-    router.close()
-
-
-class _Buckets:
-    """The routed examples of one bucket at a time (every thread's part of it), found by example index."""
-
-    def __init__(self, routers: Sequence[_Router]) -> None:
-        self.routers = routers
-        self.index = -1
-        self.table = pa.table({})
-        self.examples = np.zeros(0, np.int64)
-        self.sorter = np.zeros(0, np.int64)
-
-    def rows_of(self, bucket: int, wanted: np.ndarray) -> tuple[pa.Table, np.ndarray]:
-        """Bucket `bucket`'s table and the positions in it of the examples `wanted`."""
-        if bucket != self.index:
-            self.table = pa.concat_tables([router.read(bucket) for router in self.routers])
-            self.examples = self.table.column("example").combine_chunks().to_numpy()
-            self.sorter = np.argsort(self.examples)
-            self.index = bucket
-        return self.table, self.sorter[np.searchsorted(self.examples, wanted, sorter=self.sorter)]
-
-
 def _write_shard(
-    folder: Path, index: int, options: dict[str, Any], routers: Sequence[_Router], plan: PackPlan, layout: _Layout
+    folder: Path, index: int, options: dict[str, Any], loc: _Locations, plan: PackPlan, layout: _Layout, capacity: int
 ) -> dict[str, Any]:
-    """Write shard `index` (its chunks of packed rows, each built from its bucket) and return its manifest entry."""
+    """Write shard `index` (its chunks of packed rows, each read from the pieces) and return its manifest entry."""
     shard = ShardFile(folder / shard_name("part", index), PACKED, options)
     starts = np.concatenate([[0], np.cumsum(plan.row_counts)])
-    buckets = _Buckets(routers)
-    with _Behind(shard.write) as behind:
-        for c in range(int(layout.shard_starts[index]), int(layout.shard_starts[index + 1])):
-            lo_row, hi_row = c * layout.chunk_rows, min((c + 1) * layout.chunk_rows, plan.rows)
-            table, local = buckets.rows_of(c // layout.per_bucket, plan.order[starts[lo_row] : starts[hi_row]])
-            chunk = PackPlan(plan.max_len, local, plan.row_counts[lo_row:hi_row], plan.lengths)
-            behind.write(materialize(table, chunk))
+    files = _Files(loc.files, capacity)
+    try:
+        with _Behind(shard.write) as behind:
+            for c in range(int(layout.shard_starts[index]), int(layout.shard_starts[index + 1])):
+                lo_row, hi_row = c * layout.chunk_rows, min((c + 1) * layout.chunk_rows, plan.rows)
+                order = plan.order[starts[lo_row] : starts[hi_row]]
+                behind.write(_chunk(loc, plan.lengths, order, plan.row_counts[lo_row:hi_row], files))
+    except OSError as exc:
+        raise OutputError(f"cannot read the staged pieces: {exc.strerror or exc}") from None
+    finally:
+        files.close()
     return shard.close()
+
+
+def _open_files_each(threads: int) -> int:
+    """How many piece files each of `threads` threads may keep open: at most half the process's limit in all."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY or limit <= 0:
+        limit = 1 << 16
+    return max(8, min(OPEN_FILES, limit // (2 * max(1, threads))))
 
 
 def write_packed(
@@ -241,42 +262,24 @@ def write_packed(
     """Plan packing from the pieces' lengths, then write the packed rows' shards into `folder`, `threads` shards at a
     time; returns the packing report with the shard list.
 
-    The worker processes have ended by now: pieces are read and sorted, and chunks built, on helper threads (Arrow,
-    NumPy and Parquet release the GIL) while other threads route or write.
+    The worker processes have ended by now: chunks are read and built on helper threads (file reads, NumPy and
+    Parquet release the GIL) while other threads write.
     """
     per_piece = _lengths(results)
     lengths = np.concatenate(per_piece) if per_piece else np.zeros(0, np.int64)
-    firsts = np.cumsum([0, *(len(part) for part in per_piece)])
-    del per_piece
     plan = plan_packing(lengths, max_len)
     if shuffle_seed is not None:
         plan = plan.shuffled(shuffle_seed)
     layout = _Layout.of(plan, shard_bytes)
-    row_of = np.empty(len(lengths), np.int64)
-    row_of[plan.order] = np.repeat(np.arange(plan.rows, dtype=np.int64), plan.row_counts)
-    bucket_of = row_of // (layout.chunk_rows * layout.per_bucket)
-    del row_of
-    kept = [r for r in results if r.rows_kept]
-    routing_threads = min(threads, len(kept), ROUTE_FILES // max(1, layout.buckets))  # each keeps its buckets open
-    parts = np.array_split(np.arange(len(kept)), max(1, routing_threads))
-    scratch = pieces.parent / "buckets"
-    schema = pa.schema([*(TOKENIZED.field(name) for name in ROUTED), pa.field("example", pa.int64())])
-    buffer = ROUTE_BUFFER_BYTES // len(parts)
-    routers = [_Router(scratch / f"{t:03d}", layout.buckets, schema, buffer) for t in range(len(parts))]
+    loc = _locate(pieces, [r for r in results if r.rows_kept], per_piece)
+    del per_piece
     options = parquet_options(PACKED)
-    with ThreadPoolExecutor(threads, "dsprep-assemble") as pool, ThreadPoolExecutor(threads, "dsprep-read") as readers:
-        routing = [
-            pool.submit(_route, readers, pieces, [kept[k] for k in part], firsts[part], bucket_of, router)
-            for part, router in zip(parts, routers, strict=True)
-        ]  # fmt: skip
-        for job in routing:
-            job.result()
-        del bucket_of
+    capacity = _open_files_each(threads)
+    with ThreadPoolExecutor(threads, "dsprep-assemble") as pool:
         shard_jobs = [
-            pool.submit(_write_shard, folder, s, options, routers, plan, layout)
+            pool.submit(_write_shard, folder, s, options, loc, plan, layout, capacity)
             for s in range(len(layout.shard_starts) - 1)
         ]  # fmt: skip
         shards = [job.result() for job in shard_jobs]
-    shutil.rmtree(scratch, ignore_errors=True)
     report = asdict(PackReport.of(plan))
     return {"max_len": max_len, "shuffle_seed": shuffle_seed, **report, "shards": shards}

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from dsprep.schema import PACKED
 
-__all__ = ["PackPlan", "PackReport", "materialize", "plan_packing"]
+__all__ = ["PackPlan", "PackReport", "materialize", "packed_table", "plan_packing"]
 
 IGNORE = -100
 REPAIR_MAX_EXAMPLES = 50_000_000  # the repair visits every row left with slack; beyond this best fit alone is used
@@ -263,21 +263,30 @@ def materialize(table: pa.Table, plan: PackPlan, *, first_row: int = 0, rows: in
     starts = np.concatenate([[0], np.cumsum(plan.row_counts)])
     lo, hi = int(starts[first_row]), int(starts[first_row + rows])
     order = plan.order[lo:hi]
-    counts = plan.row_counts[first_row : first_row + rows]
     ids = _flat_list(table.column("input_ids"))
     labels = _flat_list(table.column("labels"))
     example_lengths = np.diff(ids[0])[order]
     example_starts = np.concatenate([[0], np.cumsum(example_lengths)[:-1]]) if len(order) else np.zeros(0, np.int64)
     tokens = np.arange(int(example_lengths.sum())) + np.repeat(ids[0][:-1][order] - example_starts, example_lengths)
-    flat_ids = ids[1][tokens]
-    flat_labels = labels[1][tokens]  # a copy, written below
+    example_ids = table.column("id").take(pa.array(order)).combine_chunks()
+    counts = plan.row_counts[first_row : first_row + rows]
+    return packed_table(ids[1][tokens], labels[1][tokens], example_lengths, counts, example_ids)
+
+
+def packed_table(
+    flat_ids: np.ndarray, flat_labels: np.ndarray, example_lengths: np.ndarray, counts: np.ndarray,
+    example_ids: pa.Array,
+) -> pa.Table:  # fmt: skip
+    """Packed rows from their examples' tokens laid end to end (int32, in row order): `counts` examples per row, of
+    `example_lengths` tokens each. `flat_labels` is changed in place: each example's first label becomes -100."""
+    example_lengths = np.asarray(example_lengths, np.int64)
+    example_starts = np.concatenate([[0], np.cumsum(example_lengths)[:-1]]) if len(example_lengths) else example_lengths
     flat_labels[example_starts[example_lengths > 0]] = IGNORE
     positions = _positions(example_lengths, len(flat_ids))
     example_offsets = np.concatenate([[0], np.cumsum(counts)])
     token_offsets = np.concatenate([[0], np.cumsum(example_lengths)])[example_offsets].astype(np.int32)
     offsets = pa.array(token_offsets, pa.int32())
     seq_offsets = pa.array(example_offsets.astype(np.int32), pa.int32())
-    example_ids = table.column("id").take(pa.array(order)).combine_chunks()
     return pa.Table.from_pydict(
         {
             "input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids, pa.int32())),

@@ -17,7 +17,7 @@ import pyarrow as pa
 from dsprep.shards import writing
 from dsprep.workers import BatchResult
 
-__all__ = ["load_piece", "piece_table", "store_piece"]
+__all__ = ["load_piece", "piece_path", "piece_table", "store_piece"]
 
 
 def _name(seq: int) -> str:
@@ -50,7 +50,12 @@ def load_piece(folder: Path, seq: int) -> BatchResult | None:
     return BatchResult(**meta)
 
 
+def piece_path(folder: Path, seq: int) -> Path:
+    """The file of a piece's rows: one uncompressed Arrow IPC file."""
+    return (folder / _name(seq)).with_suffix(".arrow")
+
+
 def piece_table(folder: Path, seq: int) -> pa.Table:
     """A complete piece's rows, memory-mapped."""
-    source = pa.memory_map(str((folder / _name(seq)).with_suffix(".arrow")))
+    source = pa.memory_map(str(piece_path(folder, seq)))
     return pa.ipc.open_file(source).read_all()

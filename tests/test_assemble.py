@@ -1,5 +1,5 @@
-"""Packed rows written chunk by chunk from bucket files equal the rows packed from every example held at once, in
-shards of whole chunks that are the same whatever number of threads writes them."""
+"""Packed rows written chunk by chunk, each read from the piece files, equal the rows packed from every example held
+at once, in shards of whole chunks that are the same whatever number of threads writes them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import dsprep.assemble
+import dsprep.pipeline
 from dsprep.config import ConvertConfig
 from dsprep.pack import materialize, plan_packing
 from dsprep.pipeline import convert
@@ -24,7 +25,7 @@ def _read(out: Path) -> pa.Table:
 
 
 @pytest.mark.parametrize(("seed", "workers"), [(None, 1), (3, 1), (None, 2), (3, 3)])
-def test_bucketed_packing_equals_packing_in_memory(
+def test_packing_from_pieces_equals_packing_in_memory(
     tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch, seed: int | None, workers: int
 ) -> None:
     inputs = (str(shared_data / "alpaca" / "llamafactory__alpaca_en_demo.json"), str(FIXTURES / "formats"))
@@ -39,8 +40,8 @@ def test_bucketed_packing_equals_packing_in_memory(
     expected = materialize(examples, plan)
 
     monkeypatch.setattr(dsprep.assemble, "CHUNK_TOKENS", 7 * L)  # chunks of 7 rows
-    monkeypatch.setattr(dsprep.assemble, "MAX_BUCKETS", 4)  # several chunks per bucket
-    monkeypatch.setattr(dsprep.assemble, "ROUTE_BUFFER_BYTES", 1 << 16)  # many flushes
+    monkeypatch.setattr(dsprep.assemble, "OPEN_FILES", 1)  # every read from another piece closes a file first
+    monkeypatch.setattr(dsprep.pipeline, "TASK_ROWS", 16)  # many pieces
     shard_bytes = 7 * L * 5  # about two chunks per shard (PACKED_BYTES_PER_TOKEN = 2.5)
     for threads in sorted({1, workers}):
         out = tmp_path / f"packed-{threads}"
