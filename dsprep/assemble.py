@@ -135,10 +135,20 @@ def _locate_piece(path: Path, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarr
 _NOWHERE = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
 
 
+def _located(path: Path, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_locate_piece`, with a piece that cannot be read reported in one line."""
+    try:
+        return _locate_piece(path, lengths)
+    except (OSError, pa.ArrowException) as exc:
+        raise OutputError(
+            f"{path}: cannot read this staged piece ({exc}); delete {path.parent.parent} to start the run over"
+        ) from None
+
+
 def _locate(pieces: Path, kept: Sequence[BatchResult], lengths: Sequence[np.ndarray]) -> _Locations:
     """The locations of every example of the pieces `kept` (whose rows have `lengths`)."""
     files = [str(piece_path(pieces, r.seq)) for r in kept]
-    found = [_locate_piece(Path(f), n) for f, n in zip(files, lengths, strict=True)]
+    found = [_located(Path(f), n) for f, n in zip(files, lengths, strict=True)]
     ids_at, labels_at, id_at, id_len = (np.concatenate(c) for c in zip(*found, strict=True)) if found else _NOWHERE
     piece = np.repeat(np.arange(len(kept), dtype=np.int32), [len(n) for n in lengths])
     return _Locations(files, piece, ids_at, labels_at, id_at, id_len)

@@ -6,15 +6,21 @@ spec for ``--format auto``), the tokenizer's files, the template text, every opt
 the file system allows, else copies) and ``cache.json`` with the components and each file's size and mtime; an entry
 whose files changed since is dropped, never served. The same key names a run's staging folder, so a rerun resumes
 only its own pieces (`dsprep.pieces`).
+
+The cache is bounded: after each store, the least recently used entries (a hit counts as a use) are evicted until
+the bytes held by the cache alone fit its limit. A file still linked from an output folder costs the cache nothing
+and counts as nothing; it starts to count once that output is deleted or overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,10 @@ from dsprep.shards import file_sha256
 from dsprep.sources import InputFile
 from dsprep.version import __version__
 
-__all__ = ["OutputCache", "cache_key", "changes", "components", "default_cache_dir", "describe", "link_or_copy"]
+__all__ = [
+    "Evicted", "OutputCache", "cache_key", "changes", "components", "default_cache_dir", "describe", "link_or_copy",
+    "size_text",
+]  # fmt: skip
 
 ENTRY = "cache.json"
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx")
@@ -136,11 +145,30 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-class OutputCache:
-    """Finished outputs by key in `folder`."""
+@dataclass(frozen=True)
+class Evicted:
+    """Entries `prune` removed and the bytes that freed."""
 
-    def __init__(self, folder: Path) -> None:
+    entries: int
+    bytes: int
+
+
+def size_text(n: float) -> str:
+    """Bytes in binary units: '512 B', '3.4 MiB', '50.0 GiB'."""
+    units = ("B", "KiB", "MiB", "GiB")
+    step = 0
+    while n >= 1024 and step < len(units) - 1:
+        n /= 1024
+        step += 1
+    return f"{n:.0f} B" if step == 0 else f"{n:.1f} {units[step]}"
+
+
+class OutputCache:
+    """Finished outputs by key in `folder`, at most `max_bytes` of them held by the cache alone (see the module doc)."""
+
+    def __init__(self, folder: Path, max_bytes: int | None = None) -> None:
         self.folder = folder
+        self.max_bytes = max_bytes
 
     def lookup(self, key: str) -> list[Path] | None:
         """The entry's files (manifest last) if it holds `key` unchanged, else None (a changed entry is dropped)."""
@@ -157,6 +185,8 @@ class OutputCache:
         if not intact:
             shutil.rmtree(entry, ignore_errors=True)
             return None
+        with contextlib.suppress(OSError):
+            os.utime(entry / ENTRY)  # its last use: entries leave least recently used first
         return files
 
     def _entries(self) -> Iterator[dict[str, Any]]:
@@ -200,3 +230,36 @@ class OutputCache:
             os.replace(tmp, entry)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def prune(self, keep: str) -> Evicted:
+        """Evict the least recently used entries, never `keep`, until the bytes only the cache holds fit `max_bytes`."""
+        if self.max_bytes is None:
+            return Evicted(0, 0)
+        entries: list[tuple[float, Path, int]] = []
+        for meta_path in self.folder.glob(f"*/{ENTRY}"):
+            with contextlib.suppress(OSError):
+                entries.append((meta_path.stat().st_mtime, meta_path.parent, _own_bytes(meta_path.parent)))
+        total = sum(size for _, _, size in entries)
+        evicted = Evicted(0, 0)
+        for _, entry, size in sorted(entries, key=lambda e: (e[0], e[1].name)):
+            if total <= self.max_bytes:
+                break
+            if entry.name == keep or not size:
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            total -= size
+            evicted = Evicted(evicted.entries + 1, evicted.bytes + size)
+        return evicted
+
+
+def _own_bytes(entry: Path) -> int:
+    """The bytes of an entry's output files that no other folder links to (what evicting it frees; its small
+    ``cache.json`` aside)."""
+    total = 0
+    for path in entry.iterdir():
+        if path.name == ENTRY:
+            continue
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            total += st.st_size if st.st_nlink == 1 else 0
+    return total

@@ -188,6 +188,13 @@ def _progress(quiet: bool, total: int) -> tuple[Callable[[int], None] | None, Ca
     type=click.Path(path_type=Path),
     help="Where cached outputs live (default: $DSPREP_CACHE/outputs, else ~/.cache/dsprep/outputs).",
 )
+@click.option(
+    "--cache-max-size",
+    default="50GB",
+    show_default=True,
+    help="Keep the cache under this size: the least recently used outputs go first (files an output folder still "
+    "holds count as nothing).",
+)
 @click.option("--explain-cache", is_flag=True, help="Print the cache key's components and, on a miss, what changed.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def convert(
@@ -212,6 +219,7 @@ def convert(
     ray_address: str | None,
     cache: bool,
     cache_dir: Path | None,
+    cache_max_size: str,
     explain_cache: bool,
     quiet: bool,
 ) -> None:
@@ -258,6 +266,7 @@ def convert(
         ray_address=ray_address,
         cache=cache,
         cache_dir=cache_dir,
+        cache_max_bytes=parse_size(cache_max_size),
     )
     say = (lambda _msg: None) if quiet else click.echo
 
@@ -305,7 +314,8 @@ def _convert_recipe(
 ) -> None:
     """`dsprep convert --recipe`: the recipe's values, overridden by the options given on the command line.
 
-    Recipe runs do not use the output cache: --cache, --cache-dir and --explain-cache are refused, --no-cache accepted.
+    Recipe runs do not use the output cache: --cache, --cache-dir, --cache-max-size and --explain-cache are refused,
+    --no-cache accepted.
     """
     from click.core import ParameterSource
 
@@ -316,7 +326,7 @@ def _convert_recipe(
         raise click.UsageError("INPUTS and --recipe exclude each other: list the inputs as the recipe's sources")
     if ctx.get_parameter_source("fmt") == ParameterSource.COMMANDLINE:
         raise click.UsageError("--format applies per source with --recipe: set 'format' on the recipe's sources")
-    for name in ("cache", "cache_dir", "explain_cache"):
+    for name in ("cache", "cache_dir", "cache_max_size", "explain_cache"):
         if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE and ctx.params[name]:
             raise click.UsageError(f"--{name.replace('_', '-')}: recipe runs do not use the output cache")
     overrides = {}

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 __all__ = ["RUN_ONLY", "ConvertConfig"]
 
-RUN_ONLY = ("workers", "engine", "ray_address", "cache", "cache_dir")  # how a run is carried out, never what it writes
+# how a run is carried out, never what it writes
+RUN_ONLY = ("workers", "engine", "ray_address", "cache", "cache_dir", "cache_max_bytes")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +36,7 @@ class ConvertConfig:
     ray_address: the Ray cluster to join with the ray engine (None: start a local Ray with `workers` CPUs).
     cache: reuse a finished output with the same cache key (`dsprep.cache`), and store this run's.
     cache_dir: where cached outputs live (None: ``$DSPREP_CACHE/outputs``, default ``~/.cache/dsprep/outputs``).
+    cache_max_bytes: after storing, the least recently used entries go until the bytes only the cache holds fit.
     """
 
     inputs: tuple[str, ...]
@@ -58,6 +60,7 @@ class ConvertConfig:
     ray_address: str | None = None
     cache: bool = False
     cache_dir: Path | None = None
+    cache_max_bytes: int = 50 << 30
 
     def __post_init__(self) -> None:
         if self.pack is not None:

@@ -26,7 +26,16 @@ import orjson
 import pyarrow as pa
 
 from dsprep.assemble import write_packed, write_unpacked
-from dsprep.cache import OutputCache, cache_key, changes, components, default_cache_dir, describe, link_or_copy
+from dsprep.cache import (
+    OutputCache,
+    cache_key,
+    changes,
+    components,
+    default_cache_dir,
+    describe,
+    link_or_copy,
+    size_text,
+)
 from dsprep.config import ConvertConfig
 from dsprep.detect import Detection, detect_format
 from dsprep.errors import InputError, RejectedRowsError, RowFailure, TemplateError
@@ -277,7 +286,7 @@ def convert(
     """
     files = discover(config.inputs)
     cacheable = config.cache and derive_spec is None
-    cache = OutputCache(config.cache_dir or default_cache_dir()) if cacheable else None
+    cache = OutputCache(config.cache_dir or default_cache_dir(), config.cache_max_bytes) if cacheable else None
     workers = config.workers or default_workers()
     server = config.engine == "local" and workers > 1 and sum(map(_size, files)) > SERVER_MIN_BYTES
     if server and (cache is None or not cache.may_hold([f.display for f in files])):
@@ -312,6 +321,12 @@ def convert(
     result, names = _write(config, stage, tasks, reports, staging, encoded, on_input=on_input, on_note=on_note)
     if cache is not None:
         cache.store(key, parts, config.out, names)
+        evicted = cache.prune(keep=key)
+        if evicted.entries and on_note:
+            on_note(
+                f"cache: evicted the {evicted.entries} least recently used entr{'ies' if evicted.entries > 1 else 'y'} "
+                f"({size_text(evicted.bytes)}) to stay under {size_text(config.cache_max_bytes)}"
+            )
     return result
 
 

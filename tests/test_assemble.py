@@ -4,6 +4,7 @@ at once, in shards of whole chunks that are the same whatever number of threads 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -13,6 +14,7 @@ import pytest
 import dsprep.assemble
 import dsprep.pipeline
 from dsprep.config import ConvertConfig
+from dsprep.errors import OutputError
 from dsprep.pack import materialize, plan_packing
 from dsprep.pipeline import convert
 from paths import FIXTURES
@@ -58,3 +60,21 @@ def test_packing_from_pieces_equals_packing_in_memory(
         one, many = (sorted((tmp_path / f"packed-{t}").glob("*")) for t in (1, workers))
         assert [p.name for p in one] == [p.name for p in many]
         assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, many, strict=True))
+
+
+def test_an_unreadable_piece_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_packed = dsprep.pipeline.write_packed
+
+    def damaged(pieces: Path, *args: Any, **kwargs: Any) -> Any:
+        first = sorted(pieces.glob("*.arrow"))[0]
+        first.write_bytes(first.read_bytes()[:100])  # cut short after the workers wrote it
+        return write_packed(pieces, *args, **kwargs)
+
+    monkeypatch.setattr(dsprep.pipeline, "write_packed", damaged)
+    config = ConvertConfig(inputs=(str(FIXTURES / "formats"),), out=tmp_path / "out", tokenizer="mistral:tekken",
+                           template="chatml", pack=L, workers=1)  # fmt: skip
+    with pytest.raises(OutputError) as caught:
+        convert(config)
+    message = str(caught.value)
+    assert "\n" not in message and "000000000.arrow: cannot read this staged piece" in message
+    assert "to start the run over" in message

@@ -1,5 +1,6 @@
 """The output cache: an identical rerun is a hit (no row processed, same bytes); any changed component is a miss
-that names it; a result made with another tokenizer is never reused."""
+that names it; a result made with another tokenizer is never reused; beyond its size limit the least recently used
+entries go, counting only the bytes the cache alone holds."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 import dsprep.workers
+from dsprep.cache import size_text
 from dsprep.config import ConvertConfig
 from dsprep.pipeline import ConvertResult, convert
 from dsprep.templates import load_template
@@ -30,14 +33,16 @@ class Runner:
         self.inputs = inputs
         self.runs = 0
         self.explained: list[str] = []
+        self.notes: list[str] = []
 
     def __call__(self, **options: Any) -> tuple[ConvertResult, Path]:
         out = self.root / f"out{self.runs}"
         self.runs += 1
         self.explained = []
+        self.notes = []
         options = {"tokenizer": "mistral:tekken", "template": "chatml", "workers": 1, "cache": True, **options}
         config = ConvertConfig(inputs=tuple(str(i) for i in self.inputs), out=out, **options)
-        return convert(config, explain=self.explained.append), out
+        return convert(config, explain=self.explained.append, on_note=self.notes.append), out
 
     @property
     def verdict(self) -> str:
@@ -126,3 +131,53 @@ def test_no_cache_stores_nothing(run: Runner, output_cache: Path) -> None:
     assert not output_cache.exists()
     result, _ = run()
     assert not result.cached and output_cache.is_dir()
+
+
+def _entries(folder: Path) -> dict[int | None, int]:
+    """The cache's entries by their max_len option, with the bytes of output files each holds alone (one link)."""
+    entries = {}
+    for entry in folder.iterdir():
+        if (entry / "cache.json").is_file():
+            meta = orjson.loads((entry / "cache.json").read_bytes())
+            files = [entry / name for name in meta["files"]]
+            own = sum(p.stat().st_size for p in files if p.stat().st_nlink == 1)
+            entries[meta["components"]["options"]["max_len"]] = own
+    return entries
+
+
+def test_beyond_its_limit_the_least_recently_used_entries_go(run: Runner, tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    _, out_a = run(cache_dir=folder, max_len=None)
+    _, out_b = run(cache_dir=folder, max_len=3000)
+    shutil.rmtree(out_a)
+    shutil.rmtree(out_b)  # now only the cache holds their files
+    hit, out_hit = run(cache_dir=folder, max_len=None)  # a hit: entry A is now the more recently used
+    assert hit.cached
+    shutil.rmtree(out_hit)
+    sizes = _entries(folder)
+    assert set(sizes) == {None, 3000} and all(sizes.values())
+    _, out_c = run(cache_dir=folder, max_len=2000, cache_max_bytes=sizes[None] + sizes[3000] - 1)
+    assert set(_entries(folder)) == {None, 2000}  # B went: the least recently used; C is kept, A fits beside it
+    limit = size_text(sizes[None] + sizes[3000] - 1)
+    assert run.notes == [
+        f"cache: evicted the 1 least recently used entry ({size_text(sizes[3000])}) to stay under {limit}"
+    ]
+    assert (out_c / "manifest.json").is_file()
+
+
+def test_files_an_output_still_holds_count_as_nothing(run: Runner, tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    _, out_a = run(cache_dir=folder, max_len=None)
+    run(cache_dir=folder, max_len=3000)
+    run(cache_dir=folder, max_len=2000, cache_max_bytes=1)
+    assert set(_entries(folder)) == {None, 3000, 2000} and not run.notes  # every entry's files are in an output too
+    shutil.rmtree(out_a)
+    run(cache_dir=folder, max_len=1000, cache_max_bytes=1)
+    assert set(_entries(folder)) == {3000, 2000, 1000}  # only A held bytes of its own
+    assert run.notes and run.notes[0].startswith("cache: evicted the 1 least recently used entry")
+
+
+def test_sizes_read_in_binary_units() -> None:
+    assert [size_text(n) for n in (0, 1023, 1024, 3 << 20, 50 << 30, 5 << 40)] == [
+        "0 B", "1023 B", "1.0 KiB", "3.0 MiB", "50.0 GiB", "5120.0 GiB",
+    ]  # fmt: skip

@@ -157,7 +157,8 @@ def test_any_number_of_workers_writes_the_same_bytes_and_rejects_a_row_once(tmp_
 
 
 def test_recipe_runs_refuse_the_output_cache_options(tmp_path: Path) -> None:
-    for option in (["--cache"], ["--cache-dir", str(tmp_path / "c")], ["--explain-cache"]):
+    refused = (["--cache"], ["--cache-dir", str(tmp_path / "c")], ["--cache-max-size", "1GB"], ["--explain-cache"])
+    for option in refused:
         result = run_cli("--recipe", str(MIX), "--out", str(tmp_path / "o"), *option)
         assert result.exit_code == 2 and "recipe runs do not use the output cache" in result.output
     assert not (tmp_path / "o").exists()
