@@ -9,7 +9,7 @@ once — as many as there are workers, one thread each — and the output is the
 
 A chunk reads exactly its examples' bytes from the piece files: the pieces are uncompressed Arrow IPC files, so
 where each example's tokens and id lie is known once from each file's layout (`_Locations`: a few more bytes per
-example), and each example's tokens are read straight into their place in the chunk (`_Chunks`). Memory holds the
+example), and each example's tokens are read straight into their place in the chunk (`_chunk`). Memory holds the
 lengths, those locations and, per thread, two chunks, whatever the size of the input.
 """
 
@@ -88,9 +88,9 @@ class _Locations:
 
     files: list[str]
     piece: np.ndarray  # int32: each example's file
-    ids_at: np.ndarray  # int64: offset of its first token id
-    labels_at: np.ndarray  # int64: offset of its first label
-    id_at: np.ndarray  # int64: offset of its id (UTF-8)
+    ids_at: np.ndarray  # uint32 (int64 for a piece of 4 GiB or more): offset of its first token id
+    labels_at: np.ndarray  # the same: offset of its first label
+    id_at: np.ndarray  # the same: offset of its id (UTF-8)
     id_len: np.ndarray  # int32: bytes of its id
 
 
@@ -146,11 +146,23 @@ def _located(path: Path, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _locate(pieces: Path, kept: Sequence[BatchResult], lengths: Sequence[np.ndarray]) -> _Locations:
-    """The locations of every example of the pieces `kept` (whose rows have `lengths`)."""
+    """The locations of every example of the pieces `kept` (whose rows have `lengths`), filled in piece by piece;
+    offsets take 4 bytes where every piece file is under 4 GiB (as they are: a piece holds `TASK_ROWS` records)."""
     files = [str(piece_path(pieces, r.seq)) for r in kept]
-    found = [_located(Path(f), n) for f, n in zip(files, lengths, strict=True)]
-    ids_at, labels_at, id_at, id_len = (np.concatenate(c) for c in zip(*found, strict=True)) if found else _NOWHERE
-    piece = np.repeat(np.arange(len(kept), dtype=np.int32), [len(n) for n in lengths])
+    try:
+        largest = max((os.stat(f).st_size for f in files), default=0)
+    except OSError as exc:
+        raise OutputError(f"{exc.filename}: cannot read this staged piece ({exc.strerror})") from None
+    offset = np.uint32 if largest < 1 << 32 else np.int64
+    n = sum(len(part) for part in lengths)
+    ids_at, labels_at, id_at = (np.empty(n, offset) for _ in range(3))
+    id_len = np.empty(n, np.int32)
+    at = 0
+    for f, part in zip(files, lengths, strict=True):
+        for column, values in zip((ids_at, labels_at, id_at, id_len), _located(Path(f), part), strict=True):
+            column[at : at + len(part)] = values
+        at += len(part)
+    piece = np.repeat(np.arange(len(kept), dtype=np.int32), [len(part) for part in lengths])
     return _Locations(files, piece, ids_at, labels_at, id_at, id_len)
 
 
