@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -166,6 +165,22 @@ def _locate(pieces: Path, kept: Sequence[BatchResult], lengths: Sequence[np.ndar
     return _Locations(files, piece, ids_at, labels_at, id_at, id_len)
 
 
+def _preadv_at(fd: int, into: memoryview, offset: int) -> int:
+    """Read into `into` from `offset` of file `fd` without moving its position; returns the bytes read."""
+    return os.preadv(fd, [into], offset)
+
+
+def _seek_read_at(fd: int, into: memoryview, offset: int) -> int:
+    """`_preadv_at` where there is no ``preadv`` (each thread has its own descriptors: nobody else moves this one)."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    data = os.read(fd, len(into))
+    into[: len(data)] = data
+    return len(data)
+
+
+_read_at = _preadv_at if hasattr(os, "preadv") else _seek_read_at
+
+
 class _Files:
     """Piece files open for reading on one thread, at most `capacity` at once (the least recently used closes)."""
 
@@ -179,10 +194,10 @@ class _Files:
         if fd is None:
             if len(self.open) >= self.capacity:
                 os.close(self.open.popitem(last=False)[1])
-            fd = self.open[piece] = os.open(self.files[piece], os.O_RDONLY)
+            fd = self.open[piece] = os.open(self.files[piece], os.O_RDONLY | getattr(os, "O_BINARY", 0))
         else:
             self.open.move_to_end(piece)
-        if os.preadv(fd, [into], offset) != len(into):
+        if _read_at(fd, into, offset) != len(into):
             raise OSError(f"{self.files[piece]}: a staged piece is shorter than its layout says")
 
     def close(self) -> None:
@@ -271,9 +286,14 @@ def _write_shard(
 
 def _open_files_each(threads: int) -> int:
     """How many piece files each of `threads` threads may keep open: at most half the process's limit in all."""
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if limit == resource.RLIM_INFINITY or limit <= 0:
-        limit = 1 << 16
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if limit == resource.RLIM_INFINITY or limit <= 0:
+            limit = 1 << 16
+    except ImportError:  # pragma: no cover - not on Unix
+        limit = 512
     return max(8, min(OPEN_FILES, limit // (2 * max(1, threads))))
 
 

@@ -78,3 +78,23 @@ def test_an_unreadable_piece_is_one_line_naming_it(tmp_path: Path, monkeypatch: 
     message = str(caught.value)
     assert "\n" not in message and "000000000.arrow: cannot read this staged piece" in message
     assert "to start the run over" in message
+
+
+@pytest.mark.parametrize("read_at", [dsprep.assemble._preadv_at, dsprep.assemble._seek_read_at])
+def test_both_ways_of_reading_a_piece_read_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_at: Any
+) -> None:
+    path = tmp_path / "piece"
+    path.write_bytes(bytes(range(256)) * 4)
+    monkeypatch.setattr(dsprep.assemble, "_read_at", read_at)
+    files = dsprep.assemble._Files([str(path)], capacity=1)
+    into = bytearray(10)
+    try:
+        files.read(0, memoryview(into), 300)
+        assert bytes(into) == bytes(range(44, 54))
+        files.read(0, memoryview(into)[:4], 1020)
+        assert bytes(into[:4]) == bytes(range(252, 256))
+        with pytest.raises(OSError, match="shorter than its layout says"):
+            files.read(0, memoryview(into), 1020)  # 4 bytes left, 10 wanted
+    finally:
+        files.close()
