@@ -15,7 +15,8 @@ from ``wait4`` and its process tree's summed PSS, sampled):
   own thread pool (TOKENIZERS_PARALLELISM=true), and in one single-threaded process per core, each on a share of
   the rows; the faster of the two is the ceiling the ratio uses. Where dsprep encodes the tokenizer with tiktoken
   (``mistral:tekken``), that encoder alone in one process per core too, through ``encode_ordinary`` and through
-  ``encode_to_numpy`` (the call dsprep makes); the faster of those is the ceiling of a ratio of its own;
+  ``encode_to_numpy`` (the call dsprep makes); the faster of those is the ceiling of a ratio of its own; and
+  ``encode_to_numpy`` in a single process, for how far the encoder alone scales from one core to N;
 - dsprep: ``dsprep convert corpus.jsonl --tokenizer T --template chatml --pack L --out DIR`` as the CLI, with
   ``--workers 1`` and ``--workers N`` (N = the cores this process may use) when the installed dsprep has --workers,
   plus a one-row convert for the fixed start-up (imports, tokenizer and template load, output); steady state =
@@ -270,6 +271,8 @@ def main() -> int:
     runs = [("hf", num_proc) for num_proc in sorted({1, n_cores})]
     if has_fast_encoder(opts.tokenizer):
         runs += [("tiktoken", n_cores), ("tiktoken-numpy", n_cores)]
+        if n_cores > 1:  # how far the bare encoder itself scales here, beside dsprep's --workers 1 vs N
+            runs.append(("tiktoken-numpy", 1))
     for encoder, num_proc in runs:
         cmd = [sys.executable, base[0], "ceiling", *base[1:], "--num-proc", str(num_proc), "--encoder", encoder,
                "--tokenizer-name", opts.tokenizer]  # fmt: skip
@@ -278,11 +281,14 @@ def main() -> int:
             raise SystemExit("the ceiling's token counts differ between its runs")
         lengths = ceiling["lengths"]
         full, sub = clip_sums(lengths, opts.max_len), clip_sums(lengths[: opts.peer_rows], opts.max_len)
-        how = f"{n_cores} threads" if num_proc == 1 else f"{num_proc} processes"
+        how = f"{num_proc} process{'es' * (num_proc > 1)}"
+        if encoder == "hf" and num_proc == 1:
+            how = f"{n_cores} threads"
         what = {"hf": "tokenizer", "tiktoken": "tiktoken encoder", "tiktoken-numpy": "tiktoken to arrays"}[encoder]
         m = Measured(f"ceiling: {what}, {how}", opts.rows, full["all"], ceiling["seconds"], rss)
         m.own_tokens = ceiling["tokens"]
         m.extra["encoder"] = encoder
+        m.extra["num_proc"] = num_proc
         ceilings.append(m)
         results.append(m)
     print(
@@ -436,6 +442,10 @@ def main() -> int:
     if len(settings) > 1:
         speedup = dsprep_rows[0].seconds / dsprep_rows[-1].seconds
         print(f"workers {settings[-1]} vs 1: {speedup:.2f}x; shards byte-identical: {identical}")
+        alone = {m.extra["num_proc"]: m.seconds for m in ceilings if m.extra["encoder"] == "tiktoken-numpy"}
+        if 1 in alone and n_cores in alone:
+            scaling = alone[1] / alone[n_cores]
+            print(f"  (the bare tiktoken encoder, 1 vs {n_cores} processes on the same rows: {scaling:.2f}x)")
     if best.seconds < 2 * startup:  # the start-up (a separate, noisy measurement) would dominate the difference
         print(f"steady state: n/a, the run took less than twice the start-up; use more --rows ({opts.rows})")
         return 0
