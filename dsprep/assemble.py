@@ -53,9 +53,8 @@ def write_unpacked(pieces: Path, results: Sequence[BatchResult], writer: ShardWr
     return writer.close()
 
 
-def _lengths(results: Sequence[BatchResult]) -> list[np.ndarray]:
+def _lengths(kept: Sequence[BatchResult]) -> list[np.ndarray]:
     """Each piece's example lengths, as its result carries them (a kept record may have become several rows)."""
-    kept = [r for r in results if r.rows_kept]
     assert all(r.lengths for r in kept), "a tokenized piece's result carries its rows' lengths"
     return [np.asarray(r.lengths, np.int64) for r in kept]
 
@@ -105,9 +104,8 @@ def _list_starts(column: pa.ListArray, base: int) -> tuple[np.ndarray, np.ndarra
 
 def _locate_piece(path: Path, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(ids_at, labels_at, id_at, id_len) of a piece's rows, from its file's layout (read without copying); the rows'
-    token counts must be `lengths`."""
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    counted: list[np.ndarray] = []
+    token counts, and their labels', must be `lengths`."""
+    parts: list[tuple[np.ndarray, ...]] = []
     with pa.memory_map(str(path)) as source:
         size = source.size()
         base = source.read_buffer(1).address
@@ -119,19 +117,16 @@ def _locate_piece(path: Path, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarr
             names = batch.column("id")
             offsets = np.frombuffer(names.buffers()[1], np.int32)[names.offset : names.offset + len(names) + 1]
             id_at = names.buffers()[2].address - base + offsets[:-1].astype(np.int64)
-            parts.append((ids_at, labels_at, id_at, np.diff(offsets).astype(np.int32)))
-            counted += [ids_len, labels_len - ids_len]
+            parts.append((ids_at, labels_at, id_at, np.diff(offsets).astype(np.int32), ids_len, labels_len))
             del batch, names, offsets
         del reader
-    ids_at, labels_at, id_at, id_len = (np.concatenate(c) for c in zip(*parts, strict=True)) if parts else _NOWHERE
-    ids_len, differ = (np.concatenate(counted[k::2]) for k in (0, 1)) if counted else (_NOWHERE[0], _NOWHERE[0])
+    if not parts:
+        raise OutputError(f"{path}: this staged piece does not hold the {len(lengths)} rows its result counts")
+    ids_at, labels_at, id_at, id_len, ids_len, labels_len = (np.concatenate(c) for c in zip(*parts, strict=True))
     inside = all(a.min(initial=0) >= 0 and a.max(initial=0) < size for a in (ids_at, labels_at, id_at))
-    if not inside or not np.array_equal(ids_len, lengths) or differ.any():
+    if not inside or not np.array_equal(ids_len, lengths) or not np.array_equal(labels_len, lengths):
         raise OutputError(f"{path}: this staged piece does not hold the {len(lengths)} rows its result counts")
     return ids_at, labels_at, id_at, id_len
-
-
-_NOWHERE = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
 
 
 def _located(path: Path, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -307,13 +302,14 @@ def write_packed(
     The worker processes have ended by now: chunks are read and built on helper threads (file reads, NumPy and
     Parquet release the GIL) while other threads write.
     """
-    per_piece = _lengths(results)
+    kept = [r for r in results if r.rows_kept]
+    per_piece = _lengths(kept)
     lengths = np.concatenate(per_piece) if per_piece else np.zeros(0, np.int64)
     plan = plan_packing(lengths, max_len)
     if shuffle_seed is not None:
         plan = plan.shuffled(shuffle_seed)
     layout = _Layout.of(plan, shard_bytes)
-    loc = _locate(pieces, [r for r in results if r.rows_kept], per_piece)
+    loc = _locate(pieces, kept, per_piece)
     del per_piece
     options = parquet_options(PACKED)
     capacity = _open_files_each(threads)
