@@ -39,32 +39,72 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 
 
 class FastEncoding:
-    """One text's tokens: ``ids`` and the character span of each token."""
+    """One text's tokens: ``ids``, and the character span of each token (``starts``, ``ends``).
 
-    __slots__ = ("ends", "ids", "starts")
+    It keeps where each token ends in the text's UTF-8 bytes; the character spans are worked out from those only
+    when asked for (`token_range` needs none of them: it turns its two character positions into byte positions).
+    """
 
-    def __init__(self, ids: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+    __slots__ = ("_ends", "_starts", "byte_ends", "ids", "text")
+
+    def __init__(self, ids: np.ndarray, byte_ends: np.ndarray, text: str | None) -> None:
+        """text: the encoded text, or None where it is ASCII (a character is then a byte)."""
         self.ids = ids
-        self.starts = starts
-        self.ends = ends
+        self.byte_ends = byte_ends
+        self.text = text
+        self._starts: np.ndarray | None = None
+        self._ends: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _char_spans(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._starts is None or self._ends is None:
+            byte_ends = self.byte_ends
+            byte_starts = np.concatenate([np.zeros(min(1, len(byte_ends)), byte_ends.dtype), byte_ends[:-1]])
+            if self.text is None:
+                self._starts, self._ends = byte_starts, byte_ends
+            else:  # not ASCII, so not empty: ids are not either
+                raw = np.frombuffer(self.text.encode("utf-8"), dtype=np.uint8)
+                char_of_byte = np.cumsum((raw & 0xC0) != 0x80) - 1  # the character each byte belongs to
+                self._starts, self._ends = char_of_byte[byte_starts], char_of_byte[byte_ends - 1] + 1
+        return self._starts, self._ends
+
+    @property
+    def starts(self) -> np.ndarray:
+        """The first character of each token."""
+        return self._char_spans()[0]
+
+    @property
+    def ends(self) -> np.ndarray:
+        """One past the last character of each token (tokens that share a multi-byte character all cover it)."""
+        return self._char_spans()[1]
+
     def char_to_token(self, pos: int) -> int | None:
         """The first token that covers character `pos`, or None."""
-        i = int(np.searchsorted(self.ends, pos, side="right"))
-        return i if i < len(self.ids) and self.starts[i] <= pos else None
+        starts, ends = self._char_spans()
+        i = int(np.searchsorted(ends, pos, side="right"))
+        return i if i < len(self.ids) and starts[i] <= pos else None
 
     def token_to_chars(self, i: int) -> tuple[int, int]:
-        return int(self.starts[i]), int(self.ends[i])
+        starts, ends = self._char_spans()
+        return int(starts[i]), int(ends[i])
+
+    def _byte_at(self, pos: int) -> int:
+        return pos if self.text is None else len(self.text[:pos].encode("utf-8"))
 
     def token_range(self, start: int, end: int) -> tuple[int, int] | None:
-        """Indices [a, b) of the tokens overlapping characters [start, end), or None if none do."""
-        if start >= end:
+        """Indices [a, b) of the tokens overlapping characters [start, end), or None if none do.
+
+        A token overlaps them when it ends after the byte where character `start` begins and begins before the byte
+        where character `end` begins; a token begins where the one before it ends (every token has a byte).
+        """
+        n = len(self.ids)
+        if start >= end or n == 0:
             return None
-        a = int(np.searchsorted(self.ends, start, side="right"))
-        b = int(np.searchsorted(self.starts, end, side="left"))
+        byte_ends = self.byte_ends
+        a = int(np.searchsorted(byte_ends, self._byte_at(start), side="right"))
+        b = 1 + min(int(np.searchsorted(byte_ends, self._byte_at(end), side="left")), n - 1)
         return (a, b) if a < b else None
 
 
@@ -158,14 +198,7 @@ class FastEncoder:
     def encode(self, text: str) -> FastEncoding:
         """Ids and character offsets of `text`."""
         ids = self._ids(text)
-        lengths = self.byte_lengths[ids]
-        byte_ends = np.cumsum(lengths)
-        byte_starts = byte_ends - lengths
-        if text.isascii():
-            return FastEncoding(ids, byte_starts, byte_ends)
-        raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)  # not ASCII, so not empty: ids are not either
-        char_of_byte = np.cumsum((raw & 0xC0) != 0x80) - 1  # the character each byte belongs to
-        return FastEncoding(ids, char_of_byte[byte_starts], char_of_byte[byte_ends - 1] + 1)
+        return FastEncoding(ids, np.cumsum(self.byte_lengths.take(ids)), None if text.isascii() else text)
 
     def encode_batch(self, texts: Sequence[str]) -> list[FastEncoding]:
         return [self.encode(t) for t in texts]

@@ -149,23 +149,42 @@ def _weight(value: Any, path: str) -> float:
     return float(expect(value, (int, float), path, "a number"))
 
 
-def _message_keys(obj: dict[str, Any], spec: FormatSpec) -> dict[str, str]:
-    """Message attribute -> the input key that holds it: the spec's first candidate present with a non-null value."""
-    best: dict[str, tuple[int, str]] = {}
+MEMO_SHAPES = 256  # message shapes (their non-null keys) whose key mapping is remembered, per spec
+MEMO_SPECS = 64  # specs whose shapes are remembered
+# id(spec.message_aliases) -> (those aliases, kept alive so the id stays theirs; shape -> `_message_keys`' answer)
+_MEMO: dict[int, tuple[Any, dict[tuple[str, ...], tuple[dict[str, str], bool]]]] = {}
+
+
+def _message_keys(obj: dict[str, Any], spec: FormatSpec) -> tuple[dict[str, str], bool]:
+    """(message attribute -> the input key that holds it: the spec's first candidate present with a non-null value;
+    whether those keys are all the message's non-null keys). Remembered per set of keys: most inputs have a few."""
     aliases = spec.message_aliases
-    for key, value in obj.items():
-        if value is None or key not in aliases:
-            continue
-        for name, rank in aliases[key]:
+    entry = _MEMO.get(id(aliases))
+    if entry is None:
+        if len(_MEMO) >= MEMO_SPECS:
+            _MEMO.clear()
+        entry = _MEMO[id(aliases)] = (aliases, {})
+    memo = entry[1]
+    shape = tuple(key for key, value in obj.items() if value is not None)
+    found = memo.get(shape)
+    if found is not None:
+        return found
+    best: dict[str, tuple[int, str]] = {}
+    for key in shape:
+        for name, rank in aliases.get(key, ()):
             if name not in best or rank < best[name][0]:
                 best[name] = (rank, key)
-    return {name: key for name, (_, key) in best.items()}
+    keys = {name: key for name, (_, key) in best.items()}
+    found = (keys, len(set(keys.values())) == len(shape))
+    if len(memo) < MEMO_SHAPES:
+        memo[shape] = found
+    return found
 
 
 def parse_message(obj: Any, spec: FormatSpec, path: str) -> Message:
     """One input message as a canonical message dict (see `dsprep.schema.MESSAGE`)."""
     obj = expect(obj, dict, path, "a message object")
-    keys = _message_keys(obj, spec)
+    keys, all_used = _message_keys(obj, spec)
     key = keys.get
 
     msg: Message = dict.fromkeys(MESSAGE_FIELDS)
@@ -198,16 +217,17 @@ def parse_message(obj: Any, spec: FormatSpec, path: str) -> Message:
         msg["train"] = _flag(obj[k], f"{path}.{k}")
     if (k := key("weight")) is not None:
         msg["weight"] = _weight(obj[k], f"{path}.{k}")
-    used = keys.values()
-    rest = {k: v for k, v in obj.items() if v is not None and k not in used}
-    if rest:
+    if not all_used:
+        used = set(keys.values())
+        rest = {k: v for k, v in obj.items() if v is not None and k not in used}
         msg["extra"] = json_text(rest, path)
     _check_content(msg, f"{path}.{content_key or spec.key_for('content')[0]}")
     return msg
 
 
 def _check_content(msg: Message, path: str) -> None:
-    empty = msg["content"] is None or not msg["content"].strip()
+    content = msg["content"]
+    empty = content is None or not content or content.isspace()
     if not empty:
         return
     if msg["role"] in CONTENT_REQUIRED or (

@@ -80,9 +80,14 @@ class _Deadline(BaseException):
 class _Watchdog:
     """One daemon thread that raises `_Deadline` into threads whose render has run past its deadline.
 
-    It sleeps until the earliest deadline it knows of (renders usually end long before theirs, so it wakes rarely)
-    and is woken early only when a render starts with a deadline earlier than that.
+    While renders keep coming it wakes every `TICK` seconds at most (or at the earliest deadline, where that is
+    sooner), so a render that starts with a deadline past its next wake-up registers it without waking the thread:
+    a render costs a lock and a dict entry, not a thread switch. After `IDLE` seconds without a render it sleeps
+    until the next one starts.
     """
+
+    TICK = 1.0
+    IDLE = 30.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -90,7 +95,8 @@ class _Watchdog:
         self._deadlines: dict[int, tuple[int, float]] = {}  # thread id -> (token, deadline)
         self._tokens = itertools.count()
         self._thread: threading.Thread | None = None
-        self._next_check = math.inf
+        self._next_check = math.inf  # when the thread wakes next (inf: only when woken)
+        self._last_render = -math.inf
 
     def reset_after_fork(self) -> None:
         """In a forked child: the parent's watchdog thread is gone and its lock may have been held; start afresh."""
@@ -99,6 +105,7 @@ class _Watchdog:
         self._deadlines = {}
         self._thread = None
         self._next_check = math.inf
+        self._last_render = -math.inf
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -113,7 +120,9 @@ class _Watchdog:
                     if now >= deadline:
                         del self._deadlines[tid]
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(_Deadline))
-                self._next_check = min((d for _, d in self._deadlines.values()), default=math.inf)
+                earliest = min((d for _, d in self._deadlines.values()), default=math.inf)
+                busy = self._deadlines or now - self._last_render < self.IDLE
+                self._next_check = min(earliest, now + self.TICK) if busy else math.inf
                 self._wake.wait(None if self._next_check == math.inf else self._next_check - now)
 
     @contextmanager
@@ -123,12 +132,14 @@ class _Watchdog:
         token = next(self._tokens)
         with self._lock:
             outer = self._deadlines.get(tid)
-            deadline = time.monotonic() + seconds
+            now = time.monotonic()
+            deadline = now + seconds
             if outer is not None:  # a nested render keeps the outer (earlier) deadline
                 deadline = min(deadline, outer[1])
             self._deadlines[tid] = (token, deadline)
-            self._ensure_thread()
-            if deadline < self._next_check:
+            self._last_render = now
+            if deadline < self._next_check:  # the thread would wake too late (or is not running): wake it now
+                self._ensure_thread()
                 self._next_check = deadline
                 self._wake.notify()
         try:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from dsprep import templates
 from dsprep.errors import TemplateError
-from dsprep.sandbox import BoundedSandboxedEnvironment, render_bounded
+from dsprep.sandbox import _WATCHDOG, BoundedSandboxedEnvironment, render_bounded
 
 SECRET = "dsprep-secret-8c1f0e"
 MESSAGES = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
@@ -211,6 +211,33 @@ def test_time_limit_interrupts_a_loop_that_calls_nothing() -> None:
         render_bounded(text, "slow", environment=env)
     assert time.monotonic() - start < 3
     assert render_bounded("{{ 1 }}", "after", environment=env) == "1"  # the watchdog left nothing pending
+
+
+def test_time_limit_holds_between_frequent_renders() -> None:
+    """Renders that come often do not wake the watchdog one by one, yet a slow one is still stopped on time, also
+    with a limit longer than the watchdog's tick (a deadline it does not hear about when the render starts)."""
+    env = _environment(render_seconds=1.5)
+    wakes = 0
+    wake = _WATCHDOG._wake
+    notify = wake.notify
+
+    def counting_notify(n: int = 1) -> None:
+        nonlocal wakes
+        wakes += 1
+        notify(n)
+
+    wake.notify = counting_notify  # type: ignore[method-assign]
+    try:
+        for i in range(500):
+            assert render_bounded("{{ n }}", "quick", environment=env, n=i) == str(i)
+    finally:
+        del wake.notify
+    assert wakes <= 3, f"the watchdog was woken {wakes} times for 500 renders"
+    text = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    start = time.monotonic()
+    with pytest.raises(TemplateError, match=r"rendering took longer than 1\.5 s"):
+        render_bounded(text, "slow", environment=env)
+    assert 1.4 < time.monotonic() - start < 1.5 + _WATCHDOG.TICK + 1
 
 
 def test_output_limit() -> None:
