@@ -32,7 +32,6 @@ import string
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, cast
 
@@ -125,9 +124,12 @@ class _Watchdog:
                 self._next_check = min(earliest, now + self.TICK) if busy else math.inf
                 self._wake.wait(None if self._next_check == math.inf else self._next_check - now)
 
-    @contextmanager
-    def limit(self, seconds: float) -> Iterator[None]:
-        """Run the body with a wall-clock limit; `_Deadline` is raised inside it once `seconds` have passed."""
+    def limit(self, seconds: float) -> _Limited:
+        """A context in which `_Deadline` is raised once `seconds` have passed."""
+        return _Limited(self, seconds)
+
+    def start(self, seconds: float) -> tuple[int, int, tuple[int, float] | None]:
+        """Register the calling thread's deadline; returns what `end` needs to remove it."""
         tid = threading.get_ident()
         token = next(self._tokens)
         with self._lock:
@@ -142,15 +144,34 @@ class _Watchdog:
                 self._ensure_thread()
                 self._next_check = deadline
                 self._wake.notify()
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._deadlines.get(tid, (None,))[0] == token:
-                    if outer is not None:
-                        self._deadlines[tid] = outer
-                    else:
-                        del self._deadlines[tid]
+        return tid, token, outer
+
+    def end(self, tid: int, token: int, outer: tuple[int, float] | None) -> None:
+        with self._lock:
+            if self._deadlines.get(tid, (None,))[0] == token:
+                if outer is not None:
+                    self._deadlines[tid] = outer
+                else:
+                    del self._deadlines[tid]
+
+
+class _Limited:
+    """`_Watchdog.limit` as a plain context manager (a render enters one per piece it yields)."""
+
+    __slots__ = ("_started", "seconds", "watchdog")
+
+    def __init__(self, watchdog: _Watchdog, seconds: float) -> None:
+        self.watchdog = watchdog
+        self.seconds = seconds
+        self._started: tuple[int, int, tuple[int, float] | None] | None = None
+
+    def __enter__(self) -> None:
+        self._started = self.watchdog.start(self.seconds)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._started is not None:
+            started, self._started = self._started, None
+            self.watchdog.end(*started)
 
 
 _WATCHDOG = _Watchdog()
@@ -234,7 +255,7 @@ class BoundedTemplate(jinja2.Template):
         env = self.environment
         pieces: list[str] = []
         produced = 0
-        with _converted(env), _WATCHDOG.limit(env.render_seconds):
+        with _Converted(env), _WATCHDOG.limit(env.render_seconds):
             for piece in super().generate(*args, **kwargs):
                 produced += len(piece)
                 if produced > env.max_output:
@@ -248,7 +269,7 @@ class BoundedTemplate(jinja2.Template):
         produced = 0
         try:
             while True:
-                with _converted(env), _WATCHDOG.limit(env.render_seconds):
+                with _Converted(env), _WATCHDOG.limit(env.render_seconds):
                     try:
                         piece = next(pieces)
                     except StopIteration:
@@ -261,21 +282,28 @@ class BoundedTemplate(jinja2.Template):
             pieces.close()
 
 
-@contextmanager
-def _converted(env: BoundedSandboxedEnvironment) -> Iterator[None]:
+class _Converted:
     """Turn a deadline, deep recursion, exhaustion or any non-jinja exception into a `TemplateLimitError`."""
-    try:
-        yield
-    except _Deadline:
-        raise TemplateLimitError(f"rendering took longer than {env.render_seconds:g} s") from None
-    except jinja2.exceptions.TemplateError:
-        raise
-    except RecursionError:
-        raise TemplateLimitError("recursion too deep") from None
-    except MemoryError:
-        raise TemplateLimitError("out of memory while rendering") from None
-    except Exception as exc:
-        raise TemplateLimitError(f"{type(exc).__name__}: {exc}") from None
+
+    __slots__ = ("env",)
+
+    def __init__(self, env: BoundedSandboxedEnvironment) -> None:
+        self.env = env
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if kind is None or issubclass(kind, jinja2.exceptions.TemplateError):
+            return
+        if issubclass(kind, _Deadline):
+            raise TemplateLimitError(f"rendering took longer than {self.env.render_seconds:g} s") from None
+        if issubclass(kind, RecursionError):
+            raise TemplateLimitError("recursion too deep") from None
+        if issubclass(kind, MemoryError):
+            raise TemplateLimitError("out of memory while rendering") from None
+        if issubclass(kind, Exception):
+            raise TemplateLimitError(f"{kind.__name__}: {exc}") from None
 
 
 class BoundedSandboxedEnvironment(ImmutableSandboxedEnvironment):
