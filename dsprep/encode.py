@@ -29,6 +29,7 @@ import numpy as np
 from dsprep.errors import RowError, TemplateError
 from dsprep.fast_bpe import FastEncoder, FastEncoding
 from dsprep.schema import TOKENIZED_COLUMNS
+from dsprep.skeleton import SkeletonRenderer
 from dsprep.templates import ChatTemplate, render, template_messages, template_tools
 from dsprep.tokenizers import LoadedTokenizer
 
@@ -113,6 +114,10 @@ def _token_range(enc: Any, start: int, end: int, n_chars: int) -> tuple[int, int
 
 def _labels(ids: np.ndarray, enc: Any, spans: Sequence[Span], n_chars: int) -> np.ndarray:
     labels = np.full_like(ids, IGNORE)
+    if isinstance(enc, FastEncoding):
+        for a, b in enc.token_ranges([(start, min(end, n_chars)) for start, end in spans]):
+            labels[a:b] = ids[a:b]
+        return labels
     for start, end in spans:
         found = _token_range(enc, start, end, n_chars)
         if found is not None:
@@ -129,6 +134,7 @@ class Encoder:
         self.options = options
         self.special = tokenizer.special_tokens
         self.shape = probe_shape(template, self.special)
+        self.skeletons = SkeletonRenderer(template, self.special)
         self.eos_id = tokenizer.eos_token_id
         self.method_counts = {"span": 0, "prefix": 0}
 
@@ -139,6 +145,12 @@ class Encoder:
 
     # --- rendering -------------------------------------------------------------------------------------------
     def render(self, messages: Sequence[dict[str, Any]], tools: Any, *, generation_prompt: bool = False) -> str:
+        """The template's text for a conversation: from its shape's skeleton where the template allows
+        (`dsprep.skeleton`), else rendered in full."""
+        if tools is None:
+            text = self.skeletons.render(messages, generation_prompt=generation_prompt)
+            if text is not None:
+                return text
         return render(self.template, messages, tools=tools, add_generation_prompt=generation_prompt,
                       special_tokens=self.special)  # fmt: skip
 

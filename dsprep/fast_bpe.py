@@ -94,18 +94,29 @@ class FastEncoding:
         return pos if self.text is None else len(self.text[:pos].encode("utf-8"))
 
     def token_range(self, start: int, end: int) -> tuple[int, int] | None:
-        """Indices [a, b) of the tokens overlapping characters [start, end), or None if none do.
+        """Indices [a, b) of the tokens overlapping characters [start, end), or None if none do."""
+        found = self.token_ranges([(start, end)])
+        return found[0] if found else None
 
-        A token overlaps them when it ends after the byte where character `start` begins and begins before the byte
-        where character `end` begins; a token begins where the one before it ends (every token has a byte).
+    def token_ranges(self, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """For each character span [start, end), the indices [a, b) of the tokens overlapping it; spans that no token
+        overlaps are left out.
+
+        A token overlaps a span when it ends after the byte where character `start` begins and begins before the
+        byte where character `end` begins; a token begins where the one before it ends (every token has a byte).
         """
         n = len(self.ids)
-        if start >= end or n == 0:
-            return None
+        kept = [(start, end) for start, end in spans if start < end]
+        if n == 0 or not kept:
+            return []
+        if self.text is None:
+            bounds = np.array(kept, np.int64)
+        else:
+            bounds = np.array([[self._byte_at(start), self._byte_at(end)] for start, end in kept], np.int64)
         byte_ends = self.byte_ends
-        a = int(np.searchsorted(byte_ends, self._byte_at(start), side="right"))
-        b = 1 + min(int(np.searchsorted(byte_ends, self._byte_at(end), side="left")), n - 1)
-        return (a, b) if a < b else None
+        firsts = byte_ends.searchsorted(bounds[:, 0], side="right").tolist()
+        lasts = np.minimum(byte_ends.searchsorted(bounds[:, 1], side="left"), n - 1).tolist()
+        return [(a, b + 1) for a, b in zip(firsts, lasts, strict=True) if a < b + 1]
 
 
 def _trie(words: Sequence[str]) -> str:

@@ -33,6 +33,7 @@ from dsprep.sandbox import BoundedSandboxedEnvironment
 __all__ = [
     "ChatTemplate",
     "load_template",
+    "parse_template",
     "render",
     "shipped_template_names",
     "template_messages",
@@ -143,6 +144,14 @@ def _environment(track_generation: bool = False) -> BoundedSandboxedEnvironment:
 @functools.lru_cache(maxsize=64)
 def _compile(text: str, track_generation: bool = False) -> jinja2.Template:
     return _environment(track_generation).from_string(text)
+
+
+def parse_template(text: str) -> jinja2.nodes.Template:
+    """A template's syntax tree, as `render` compiles it."""
+    try:
+        return _environment().parse(text)
+    except jinja2.exceptions.TemplateSyntaxError as exc:
+        raise TemplateError(f"template line {exc.lineno}: {exc.message}") from None
 
 
 @contextmanager
