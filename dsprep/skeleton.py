@@ -39,7 +39,7 @@ CAPTURING = (nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.AssignBlock,
 DICT_ATTRIBUTES = frozenset(dir(dict))  # a message's methods (items(), values() ...) would expose its content
 MESSAGE_KEYS = frozenset({"role", "content", "name"})
 MAX_SHAPES = 4096
-MAX_TEXT = min(MAX_STRING, MAX_OUTPUT)  # no value a render builds from contents is longer than its output
+MAX_TEXT = min(MAX_STRING, MAX_OUTPUT)  # no value a proven template builds from contents is longer than its output
 OPEN, CLOSE = "\ue000", "\ue001"  # private-use characters around a placeholder: <OPEN>dsprep <word> <i><CLOSE>
 # two spellings: a skeleton must come out the same with either (no template can forge both)
 PLACEHOLDER_WORDS = ("content", "message")
@@ -166,8 +166,10 @@ class _Proof:
 
     def _misuse(self, node: nodes.Node, kind: str) -> str | None:
         parent, field = self.parents[id(node)]
+        if kind == _CONTENT and isinstance(node, (nodes.Add, nodes.Concat)):
+            return self._written(node)
         if isinstance(parent, (nodes.Not, nodes.If)) and field in ("node", "test"):
-            return None  # truth: a list or a message is never empty here, a content's emptiness is in the shape
+            return None  # truth: a list's length and a content's emptiness are in the shape; a message has a role
         if isinstance(parent, (nodes.CondExpr, nodes.For)) and field == "test":
             return None
         if isinstance(parent, nodes.Test) and field == "node" and parent.name in TYPE_TESTS:
@@ -175,7 +177,9 @@ class _Proof:
         if kind == _FIELD:
             return None  # a role or a name: part of the shape, so any use is fine
         if isinstance(parent, nodes.Assign) and field == "node" and isinstance(parent.target, nodes.Name):
-            return None  # the variable is followed like the value (`_bindings`)
+            if kind != _CONTENT or isinstance(node, (nodes.Name, nodes.Getattr, nodes.Getitem, nodes.Call)):
+                return None  # the variable is followed like the value (`_bindings`); a content only as read
+            return "a value chosen from a message's content is stored in a variable"
         if kind == _LIST:
             if isinstance(parent, nodes.For) and field == "iter" and isinstance(parent.target, nodes.Name):
                 return None
@@ -204,6 +208,18 @@ class _Proof:
         if isinstance(parent, nodes.Output):
             return self._captured(parent)
         return f"a message's content goes into {type(parent).__name__.lower()}, not straight to the output"
+
+    def _written(self, node: nodes.Node) -> str | None:
+        """A string built from a content (``+``, ``~``) must be written out whole: then no value a render builds is
+        longer than its output, and the sandbox's size limits fail a skeleton render exactly when they fail the full
+        one (`MAX_TEXT`)."""
+        parent, field = self.parents[id(node)]
+        while isinstance(parent, (nodes.Add, nodes.Concat)) or (isinstance(parent, nodes.CondExpr) and field != "test"):
+            node = parent
+            parent, field = self.parents[id(node)]
+        if isinstance(parent, nodes.Output):
+            return self._captured(parent)
+        return f"a string built from a message's content goes into {type(parent).__name__.lower()}, not to the output"
 
     def _captured(self, output: nodes.Output) -> str | None:
         node: nodes.Node = output
@@ -251,15 +267,12 @@ class SkeletonRenderer:
             if not MESSAGE_KEYS.issuperset(m):
                 return None
             role, name, content = m.get("role"), m.get("name"), m.get("content")
-            if (
-                not isinstance(role, str)
-                or OPEN in role
-                or (name is not None and (type(name) is not str or OPEN in name))
-            ):
+            if type(role) is not str or OPEN in role or (name is not None and (type(name) is not str or OPEN in name)):
                 return None
             if content is not None and type(content) is not str:
                 return None
-            shape.append((role, name, "content" in m, bool(content)))
+            # a template may tell an absent field from a None one, and a None content from an empty one
+            shape.append((role, "name" in m, name, "content" in m, content if not content else True))
             contents.append(content or "")
         key = tuple(shape)
         parts = self._shapes.get(key)

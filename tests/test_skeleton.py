@@ -115,6 +115,12 @@ REFUSED = {
     "{{ strftime_now('%Y') }}{% for m in messages %}{{ m.content }}{% endfor %}": "strftime_now",
     "{% set x = messages %}{% set x = messages[0].content %}{{ x }}": "holds a",
     "{{ '\\ue000' }}{% for m in messages %}{{ m.content }}{% endfor %}": "placeholder",
+    # strings built from contents but not written out: their size could pass a limit the output does not
+    "{% for m in messages %}{% if m.content + m.content %}x{% endif %}{% endfor %}": "goes into if",
+    "{% for m in messages %}{{ (m.content ~ m.content) and 'x' }}{% endfor %}": "goes into and",
+    "{% for m in messages %}{{ ((m.content + 'a') if m.role else 'b') or 'x' }}{% endfor %}": "goes into or",
+    "{% set ns = namespace() %}{% for m in messages %}{% set x = m.content + 'a' %}{% endfor %}": "goes into assign",
+    "{% for m in messages %}{% set x = m.content or 'a' %}{{ x }}{% endfor %}": "stored in a variable",
 }
 
 
@@ -165,6 +171,28 @@ def test_messages_with_other_fields_or_odd_values_are_rendered_in_full() -> None
     assert skeletons.render([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]) is None
     assert skeletons.render([{"role": "user\ue000", "content": "hi"}]) is None
     assert skeletons.render([{"role": "user", "name": 3, "content": "hi"}]) is None
+
+
+def test_absent_none_and_empty_fields_are_different_shapes() -> None:
+    text = (
+        "{% for m in messages %}{{ m.role }}:{% if m.content is none %}none{% elif m.content is defined %}"
+        "[{{ m.content }}]{% else %}absent{% endif %}{% if 'name' in m %}({{ m.name }}){% endif %};{% endfor %}"
+    )
+    template = ChatTemplate("fields", text, "test")
+    assert opaque_content(template) is None
+    skeletons = SkeletonRenderer(template, SPECIAL)
+    variants = [
+        {"role": "user", "content": ""},
+        {"role": "user", "content": None},
+        {"role": "user"},
+        {"role": "user", "content": "x"},
+        {"role": "user", "content": "", "name": None},
+        {"role": "user", "content": "", "name": "a"},
+    ]
+    for message in variants * 2:  # the second time, each comes from its skeleton
+        assert skeletons.render([message]) == render(template, [message]), message
+    assert skeletons.pasted == 2 * len(variants)
+    assert len(skeletons._shapes) == len(variants)
 
 
 def test_a_conversation_longer_than_the_size_limits_is_rendered_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
