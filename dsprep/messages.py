@@ -188,18 +188,6 @@ def parse_message(obj: Any, spec: FormatSpec, path: str) -> Message:
     key = keys.get
 
     msg: Message = dict.fromkeys(MESSAGE_FIELDS)
-    if all_used and len(keys) == 2 and "content" in keys and "role" in keys:  # the usual {"role", "content"}
-        role_value, content = obj[keys["role"]], obj[keys["content"]]
-        target = (spec.roles or CANONICAL_ROLES).get(role_value) if type(role_value) is str else None
-        if (
-            target is not None
-            and target.content != "tool_call"
-            and type(content) is str
-            and content
-            and not content.isspace()
-        ):
-            msg["role"], msg["content"] = target.role, content
-            return msg
     role_key = key("role")
     if role_key is None:
         raise RowError(f"{path}.{spec.key_for('role')[0]}", "missing_field", "every message needs a role")
@@ -215,6 +203,11 @@ def parse_message(obj: Any, spec: FormatSpec, path: str) -> Message:
         )
     msg["role"] = target.role
     content_key = key("content")
+    if all_used and len(keys) == 2 and content_key is not None and target.content == "text":
+        content = obj[content_key]  # the usual {"role", "content"} with text: nothing else to read or check
+        if type(content) is str and content and not content.isspace():
+            msg["content"] = content
+            return msg
     if content_key is not None:
         if target.content == "tool_call":
             msg["tool_calls"] = _tool_calls(obj[content_key], f"{path}.{content_key}")

@@ -122,8 +122,8 @@ class _Proof:
             if inner == _MESSAGE and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
                 return _CONTENT if node.arg.value == "content" else _FIELD
             return None
-        if isinstance(node, nodes.Call) and self._message_get(node) is not None:
-            return _CONTENT if self._message_get(node) == "content" else _FIELD
+        if isinstance(node, nodes.Call) and (key := self._message_get(node)) is not None:
+            return _CONTENT if key == "content" else _FIELD
         if isinstance(node, (nodes.Add, nodes.Concat, nodes.And, nodes.Or, nodes.CondExpr)):
             operands = [c for f, c in _children(node) if not (isinstance(node, nodes.CondExpr) and f == "test")]
             if any(self.kind(c) == _CONTENT for c in operands):
