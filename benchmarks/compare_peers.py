@@ -16,7 +16,9 @@ from ``wait4`` and its process tree's summed PSS, sampled):
   the rows; the faster of the two is the ceiling the ratio uses. Where dsprep encodes the tokenizer with tiktoken
   (``mistral:tekken``), that encoder alone in one process per core too, through ``encode_ordinary`` and through
   ``encode_to_numpy`` (the call dsprep makes); the faster of those is the ceiling of a ratio of its own; and
-  ``encode_to_numpy`` in a single process, for how far the encoder alone scales from one core to N;
+  ``encode_to_numpy`` in a single process, for how far the encoder alone scales from one core to N; and that
+  encoder plus writing its arrays as dsprep's packed Parquet, one process per core (the floor of tokenizing and
+  writing the shards, reported for information);
 - dsprep: ``dsprep convert corpus.jsonl --tokenizer T --template chatml --pack L --out DIR`` as the CLI, with
   ``--workers 1`` and ``--workers N`` (N = the cores this process may use) when the installed dsprep has --workers,
   plus a one-row convert for the fixed start-up (imports, tokenizer and template load, output); steady state =
@@ -27,10 +29,10 @@ from ``wait4`` and its process tree's summed PSS, sampled):
   first --peer-rows conversations.
 
 With --repeat N every measurement (ceilings, start-up, dsprep runs, peers) runs N times and keeps its fastest run,
-which steadies the numbers on a machine whose speed drifts; dsprep's --workers settings take turns (1, N, 1, N),
-so the drift weighs on both sides of their ratio alike. Throughput is compared per token of input: tok/s = the
-ceiling's token count of the rows a path processed divided by its seconds, so paths that ran on the subsample
-compare with the full-corpus ones. The table also gives each path's
+which steadies the numbers on a machine whose speed drifts; the tiktoken measurements and dsprep's --workers
+settings take turns (tiktoken, 1, N, tiktoken, 1, N, ...), so the drift weighs on both sides of their ratios alike.
+Throughput is compared per token of input: tok/s = the ceiling's token count of the rows a path processed divided by
+its seconds, so paths that ran on the subsample compare with the full-corpus ones. The table also gives each path's
 own token count and whether it matches the ceiling's where the tokenizer and template are the same. It prints
 ``dsprep/ceiling`` (target >= 0.8) and ``dsprep/best TRL`` (target >= 3) with PASS/FAIL, both on dsprep's steady
 state (the ceiling's and the peers' seconds exclude their start-up as well), plus the end-to-end ratio to TRL; the
@@ -266,37 +268,21 @@ def main() -> int:
 
     # ceiling: the tokenizer's own threads, one single-threaded process per core, and dsprep's tiktoken encoder
     n_cores = len(os.sched_getaffinity(0))
-    ceilings: list[Measured] = []
-    lengths: list[int] = []
     runs = [("hf", num_proc) for num_proc in sorted({1, n_cores})]
+    fast_runs: list[tuple[str, int]] = []
     if has_fast_encoder(opts.tokenizer):
-        runs += [("tiktoken", n_cores), ("tiktoken-numpy", n_cores)]
+        fast_runs = [("tiktoken", n_cores), ("tiktoken-numpy", n_cores)]
         if n_cores > 1:  # how far the bare encoder itself scales here, beside dsprep's --workers 1 vs N
-            runs.append(("tiktoken-numpy", 1))
-    for encoder, num_proc in runs:
-        cmd = [sys.executable, base[0], "ceiling", *base[1:], "--num-proc", str(num_proc), "--encoder", encoder,
-               "--tokenizer-name", opts.tokenizer]  # fmt: skip
-        ceiling, rss = best_of(opts.repeat, lambda cmd=cmd: _ceiling_run(cmd, log))
-        if lengths and ceiling["lengths"] != lengths:
-            raise SystemExit("the ceiling's token counts differ between its runs")
-        lengths = ceiling["lengths"]
-        full, sub = clip_sums(lengths, opts.max_len), clip_sums(lengths[: opts.peer_rows], opts.max_len)
-        how = f"{num_proc} process{'es' * (num_proc > 1)}"
-        if encoder == "hf" and num_proc == 1:
-            how = f"{n_cores} threads"
-        what = {"hf": "tokenizer", "tiktoken": "tiktoken encoder", "tiktoken-numpy": "tiktoken to arrays"}[encoder]
-        m = Measured(f"ceiling: {what}, {how}", opts.rows, full["all"], ceiling["seconds"], rss)
-        m.own_tokens = ceiling["tokens"]
-        m.extra["encoder"] = encoder
-        m.extra["num_proc"] = num_proc
-        ceilings.append(m)
-        results.append(m)
-    print(
-        f"rendered lengths: mean {full['all'] / len(lengths):.0f}, max {max(lengths)} tokens; "
-        f"{full['over']} of {opts.rows} rows longer than {opts.max_len} ({sub['over']} in the first "
-        f"{opts.peer_rows})",
-        flush=True,
-    )
+            fast_runs.append(("tiktoken-numpy", 1))
+        fast_runs.append(("tiktoken-parquet", n_cores))  # the floor of tokenizing and writing the shards alone
+
+    def ceiling_cmd(encoder: str, num_proc: int) -> list[str]:
+        return [sys.executable, base[0], "ceiling", *base[1:], "--num-proc", str(num_proc), "--encoder", encoder,
+                "--tokenizer-name", opts.tokenizer]  # fmt: skip
+
+    ceiling_runs: dict[tuple[str, int], list[tuple[float, tuple[dict[str, Any], float]]]] = {}
+    for run in runs:
+        ceiling_runs[run] = [_ceiling_run(ceiling_cmd(*run), log) for _ in range(max(1, opts.repeat))]
 
     # dsprep
     dsprep = dsprep_cmd()
@@ -308,14 +294,47 @@ def main() -> int:
     one_out, one_workers = workdir / "out-one", 1 if has_workers else None
     startup, _, _ = best_of(opts.repeat, lambda: _dsprep_run(dsprep, one, one_out, opts, one_workers, log, no_cache))
     settings: list[int | None] = sorted({1, opts.workers or n_cores}) if has_workers else [None]
-    dsprep_rows: list[Measured] = []
-    shard_digests: set[tuple[str, ...]] = set()
-    # the settings take turns (1, N, 1, N, ...) so that this machine's drift in speed weighs on each alike
+    # rounds: the bare encoder's runs and dsprep's --workers settings take turns (1, N, 1, N, ...), so that this
+    # machine's drift in speed weighs on both sides of each ratio alike
     timed: dict[int | None, list[tuple[float, tuple[float, float, dict[str, Any]]]]] = {n: [] for n in settings}
+    for run in fast_runs:
+        ceiling_runs[run] = []
     for _ in range(max(1, opts.repeat)):
+        for run in fast_runs:
+            ceiling_runs[run].append(_ceiling_run(ceiling_cmd(*run), log))
         for workers in settings:
             out_dir = workdir / f"out-w{workers or 1}"
             timed[workers].append(_dsprep_run(dsprep, corpus, out_dir, opts, workers, log, no_cache))
+
+    ceilings: list[Measured] = []
+    lengths: list[int] = []
+    for (encoder, num_proc), done in ceiling_runs.items():
+        ceiling, rss = fastest(done)
+        if lengths and ceiling["lengths"] != lengths:
+            raise SystemExit("the ceiling's token counts differ between its runs")
+        lengths = ceiling["lengths"]
+        how = f"{num_proc} process{'es' * (num_proc > 1)}"
+        if encoder == "hf" and num_proc == 1:
+            how = f"{n_cores} threads"
+        what = {"hf": "tokenizer", "tiktoken": "tiktoken encoder", "tiktoken-numpy": "tiktoken to arrays",
+                "tiktoken-parquet": "tiktoken + Parquet"}[encoder]  # fmt: skip
+        full = clip_sums(lengths, opts.max_len)
+        m = Measured(f"ceiling: {what}, {how}", opts.rows, full["all"], ceiling["seconds"], rss)
+        m.own_tokens = ceiling["tokens"]
+        m.extra["encoder"] = encoder
+        m.extra["num_proc"] = num_proc
+        ceilings.append(m)
+        results.append(m)
+    full, sub = clip_sums(lengths, opts.max_len), clip_sums(lengths[: opts.peer_rows], opts.max_len)
+    print(
+        f"rendered lengths: mean {full['all'] / len(lengths):.0f}, max {max(lengths)} tokens; "
+        f"{full['over']} of {opts.rows} rows longer than {opts.max_len} ({sub['over']} in the first "
+        f"{opts.peer_rows})",
+        flush=True,
+    )
+
+    dsprep_rows: list[Measured] = []
+    shard_digests: set[tuple[str, ...]] = set()
     for workers in settings:
         out_dir = workdir / f"out-w{workers or 1}"
         wall, rss, manifest = fastest(timed[workers])
@@ -455,7 +474,7 @@ def main() -> int:
         f"{verdict(r_ceiling >= TARGET_CEILING)}; against the faster Hugging Face tokenizer ceiling ({top.name}), "
         "the encoder every peer runs"
     )
-    fast_ceilings = [m for m in ceilings if m.extra["encoder"] != "hf"]
+    fast_ceilings = [m for m in ceilings if m.extra["encoder"] in ("tiktoken", "tiktoken-numpy")]
     if fast_ceilings:
         m = max(fast_ceilings, key=lambda m: m.base_tokens / m.seconds)
         r_fast = best.extra["steady"] / (m.base_tokens / m.seconds)
@@ -463,6 +482,16 @@ def main() -> int:
             f"ratio dsprep/{m.name.removeprefix('ceiling: ')} = {r_fast:.2f}  (steady state; target >= "
             f"{TARGET_CEILING}) {verdict(r_fast >= TARGET_CEILING)}; dsprep encodes with this encoder, so its "
             "raw speed (the faster of its two calls) bounds dsprep's tokenizing alone"
+        )
+    floors = [m for m in ceilings if m.extra["encoder"] == "tiktoken-parquet"]
+    if floors and fast_ceilings:
+        floor = floors[0]
+        write_share = m.seconds / floor.seconds
+        print(
+            f"ratio dsprep/{floor.name.removeprefix('ceiling: ')} = "
+            f"{best.extra['steady'] / (floor.base_tokens / floor.seconds):.2f}  (steady state; for information: "
+            "that encoder plus writing its arrays as packed Parquet, the least any path to these shards does); "
+            f"it reaches {write_share:.2f}x the encoder's ceiling, which no path that writes these shards can pass"
         )
     trl = [m for m in results if m.name.startswith("TRL")]
     if trl:

@@ -11,7 +11,11 @@ MEASUREMENT is one of:
   time runs from when all are ready to when the last one ends. With ``--encoder tiktoken`` the encoder is the
   tiktoken one dsprep uses for ``--tokenizer-name`` (``LoadedTokenizer.fast``; this needs dsprep) and each text is
   one ``encode_ordinary`` call (a list of ints), with ``--encoder tiktoken-numpy`` one ``encode_to_numpy`` call (an
-  array, the call dsprep makes): the rawest forms of that encoder, without dsprep's added-token cut or offsets;
+  array, the call dsprep makes): the rawest forms of that encoder, without dsprep's added-token cut or offsets.
+  ``--encoder tiktoken-parquet`` adds what any tool writing these shards must also do: each process lays its rows'
+  arrays end to end into rows of at most L tokens (in order, rows over L left out) and writes them as dsprep's
+  packed Parquet (`dsprep.pack.packed_table`, `dsprep.shards.ShardFile`, same columns and encoding), labels a copy of
+  the ids: the floor of tokenizing and writing alone, without reading, rendering, masks or a packing plan;
 - ``trl``: ``SFTTrainer._prepare_dataset`` (the method ``SFTTrainer.__init__`` calls, here without a model) with
   ``SFTConfig(assistant_only_loss=True, packing=True, packing_strategy="bfd", max_length=L, dataset_num_proc=N)``;
 - ``torchtune``: ``SFTDataset`` (OpenAI messages, ``train_on_input=False``) over a ChatML model tokenizer written the
@@ -42,6 +46,7 @@ import time
 import types
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bench_common import Timer, offline_hf
@@ -101,6 +106,8 @@ def _encoder(args: argparse.Namespace, tok: Any) -> Callable[[list[str]], list[i
         if args.encoder == "tiktoken-numpy":
             to_numpy = fast.encoding.encode_to_numpy
             return lambda texts: [len(to_numpy(t, disallowed_special=())) for t in texts]
+        if args.encoder == "tiktoken-parquet":
+            return _encode_and_write(fast.encoding.encode_to_numpy, args.max_len)
         encode_ordinary = fast.encoding.encode_ordinary
         return lambda texts: [len(encode_ordinary(t)) for t in texts]
 
@@ -112,6 +119,58 @@ def _encoder(args: argparse.Namespace, tok: Any) -> Callable[[list[str]], list[i
         return lengths
 
     return hf
+
+
+FLOOR_CHUNK_TOKENS = 1 << 21  # tokens per written table, as dsprep writes its packed chunks
+
+
+def _encode_and_write(to_numpy: Callable[..., Any], max_len: int) -> Callable[[list[str]], list[int]]:
+    """texts -> token counts: encode into arrays and write them, next-fit into rows of at most `max_len`, as packed
+    Parquet in a temporary folder (removed after). The libraries load now, not while timed."""
+    import numpy as np
+    import pyarrow as pa
+
+    from dsprep.pack import packed_table
+    from dsprep.schema import PACKED
+    from dsprep.shards import ShardFile, parquet_options
+
+    options = parquet_options(PACKED)
+
+    def write(shard: Any, arrays: list[Any], sizes: list[int]) -> None:
+        counts, row, used = [], 0, 0
+        for n in sizes:
+            if used + n > max_len:
+                counts.append(row)
+                row, used = 0, 0
+            row, used = row + 1, used + n
+        counts.append(row)
+        ids = np.concatenate(arrays)
+        names = pa.array([str(k) for k in range(len(arrays))], pa.string())
+        shard.write(packed_table(ids, ids.copy(), np.asarray(sizes, np.int64), np.asarray(counts, np.int64), names))
+
+    def encode(texts: list[str]) -> list[int]:
+        arrays = [to_numpy(t, disallowed_special=()).view(np.int32) for t in texts]
+        lengths = [len(a) for a in arrays]
+        with tempfile.TemporaryDirectory(prefix="ceiling-parquet-") as folder:
+            shard = ShardFile(Path(folder) / "part-00000.parquet", PACKED, options)
+            chunk: list[Any] = []
+            sizes: list[int] = []
+            tokens = 0
+            for a, n in zip(arrays, lengths, strict=True):
+                if not 0 < n <= max_len:
+                    continue
+                chunk.append(a)
+                sizes.append(n)
+                tokens += n
+                if tokens >= FLOOR_CHUNK_TOKENS:
+                    write(shard, chunk, sizes)
+                    chunk, sizes, tokens = [], [], 0
+            if chunk:
+                write(shard, chunk, sizes)
+            shard.close()
+        return lengths
+
+    return encode
 
 
 def _ceiling_processes(args: argparse.Namespace) -> Result:
@@ -379,9 +438,8 @@ def main() -> int:
     parser.add_argument("--max-len", type=int, default=4096)
     parser.add_argument("--rows", type=int, default=None, help="use the first N conversations (default: all)")
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes where the library has them")
-    parser.add_argument(
-        "--encoder", choices=["hf", "tiktoken", "tiktoken-numpy"], default="hf", help="ceiling: which encoder"
-    )
+    encoders = ["hf", "tiktoken", "tiktoken-numpy", "tiktoken-parquet"]
+    parser.add_argument("--encoder", choices=encoders, default="hf", help="ceiling: which encoder")
     parser.add_argument("--tokenizer-name", default="mistral:tekken", help="ceiling --encoder tiktoken: dsprep name")
     args = parser.parse_args()
     result = MEASUREMENTS[args.measurement](args)
