@@ -490,8 +490,8 @@ def main() -> int:
         print(
             f"ratio dsprep/{floor.name.removeprefix('ceiling: ')} = "
             f"{best.extra['steady'] / (floor.base_tokens / floor.seconds):.2f}  (steady state; for information: "
-            "that encoder plus writing its arrays as packed Parquet, the least any path to these shards does); "
-            f"it reaches {write_share:.2f}x the encoder's ceiling, which no path that writes these shards can pass"
+            "that encoder plus writing its arrays as packed Parquet with pyarrow, and nothing else); it reaches "
+            f"{write_share:.2f}x the encoder's ceiling: a path that only encoded and wrote would reach no more"
         )
     trl = [m for m in results if m.name.startswith("TRL")]
     if trl:
