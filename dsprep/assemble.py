@@ -34,7 +34,7 @@ from dsprep.schema import PACKED
 from dsprep.shards import ShardFile, ShardWriter, parquet_options, shard_name
 from dsprep.workers import BatchResult
 
-__all__ = ["CHUNK_TOKENS", "write_packed", "write_unpacked"]
+__all__ = ["CHUNK_TOKENS", "OnWriting", "write_packed", "write_unpacked"]
 
 CHUNK_TOKENS = 1 << 21  # tokens per materialized chunk of packed rows (at most)
 SHARD_MULTIPLE = 8  # shards come in multiples of 8: 2, 4 or 8 threads or data-parallel ranks get equal shares
@@ -43,13 +43,23 @@ OPEN_FILES = 1024  # piece files a writing thread keeps open at most (all thread
 TOKEN_BYTES = 4  # int32 token ids and labels
 
 
-def write_unpacked(pieces: Path, results: Sequence[BatchResult], writer: ShardWriter) -> list[dict[str, Any]]:
-    """Stream the pieces' rows into `writer` in task order; returns the shard list."""
-    for result in results:
-        if result.rows_kept:
-            stored = load_piece(pieces, result.seq)
-            assert stored is not None
-            writer.append(piece_table(pieces, result.seq), stored.approx)
+# told the number of steps in writing the shards when that starts; returns what each finished step is reported to
+OnWriting = Callable[[int], Callable[[int], None]]
+
+
+def write_unpacked(
+    pieces: Path, results: Sequence[BatchResult], writer: ShardWriter, on_writing: OnWriting | None = None
+) -> list[dict[str, Any]]:
+    """Stream the pieces' rows into `writer` in task order; returns the shard list. `on_writing` is told the number of
+    pieces with rows, and each one written."""
+    kept = [result for result in results if result.rows_kept]
+    step = on_writing(len(kept)) if on_writing else None
+    for result in kept:
+        stored = load_piece(pieces, result.seq)
+        assert stored is not None
+        writer.append(piece_table(pieces, result.seq), stored.approx)
+        if step:
+            step(1)
     return writer.close()
 
 
@@ -260,14 +270,22 @@ class _Behind:
 
 
 def _write_shard(
-    folder: Path, index: int, options: dict[str, Any], loc: _Locations, plan: PackPlan, layout: _Layout, capacity: int
-) -> dict[str, Any]:
-    """Write shard `index` (its chunks of packed rows, each read from the pieces) and return its manifest entry."""
+    folder: Path, index: int, options: dict[str, Any], loc: _Locations, plan: PackPlan, layout: _Layout, capacity: int,
+    step: Callable[[int], None] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Write shard `index` (its chunks of packed rows, each read from the pieces; `step` is told of each one written)
+    and return its manifest entry."""
     shard = ShardFile(folder / shard_name("part", index), PACKED, options)
     starts = np.concatenate([[0], np.cumsum(plan.row_counts)])
     files = _Files(loc.files, capacity)
+
+    def write(table: pa.Table) -> None:
+        shard.write(table)
+        if step:
+            step(1)
+
     try:
-        with _Behind(shard.write) as behind:
+        with _Behind(write) as behind:
             for c in range(int(layout.shard_starts[index]), int(layout.shard_starts[index + 1])):
                 lo_row, hi_row = c * layout.chunk_rows, min((c + 1) * layout.chunk_rows, plan.rows)
                 order = plan.order[starts[lo_row] : starts[hi_row]]
@@ -294,10 +312,11 @@ def _open_files_each(threads: int) -> int:
 
 def write_packed(
     pieces: Path, results: Sequence[BatchResult], folder: Path, *, max_len: int, shuffle_seed: int | None,
-    shard_bytes: int, threads: int,
+    shard_bytes: int, threads: int, on_writing: OnWriting | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Plan packing from the pieces' lengths, then write the packed rows' shards into `folder`, `threads` shards at a
-    time; returns the packing report with the shard list.
+    time; returns the packing report with the shard list. `on_writing` is told the number of chunks of packed rows
+    once the plan is made, and each chunk written (from the writing threads).
 
     The worker processes have ended by now: chunks are read and built on helper threads (file reads, NumPy and
     Parquet release the GIL) while other threads write.
@@ -313,9 +332,10 @@ def write_packed(
     del per_piece
     options = parquet_options(PACKED)
     capacity = _open_files_each(threads)
+    step = on_writing(layout.chunks) if on_writing else None
     with ThreadPoolExecutor(threads, "dsprep-assemble") as pool:
         shard_jobs = [
-            pool.submit(_write_shard, folder, s, options, loc, plan, layout, capacity)
+            pool.submit(_write_shard, folder, s, options, loc, plan, layout, capacity, step)
             for s in range(len(layout.shard_starts) - 1)
         ]  # fmt: skip
         shards = [job.result() for job in shard_jobs]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 
-from dsprep.assemble import write_packed, write_unpacked
+from dsprep.assemble import OnWriting, write_packed, write_unpacked
 from dsprep.cache import (
     OutputCache,
     cache_key,
@@ -277,12 +277,16 @@ def convert(
     on_note: Callable[[str], None] | None = None,
     explain: Callable[[str], None] | None = None,
     derive_spec: Callable[[FormatSpec], FormatSpec] | None = None,
+    on_writing: OnWriting | None = None,
 ) -> ConvertResult:
     """Normalize (and with a tokenizer, tokenize) `config.inputs` into shards, rejects and manifest in `config.out`.
 
-    on_note receives one-line notes on cache hits and resumed runs; explain, the cache key's components and, on a
-    miss, what changed since the newest cache entry. derive_spec, when given, adjusts each input's spec (given or
-    detected) before it is used; the cache key cannot cover it, so such a run neither uses the cache nor resumes.
+    on_bytes receives the bytes of input read as they are read; on_writing, once every record is processed, the
+    number of steps in writing the shards (chunks of packed rows, or pieces), and returns the function each written
+    step is reported to (from the writing threads). on_note receives one-line notes on cache hits and resumed runs;
+    explain, the cache key's components and, on a miss, what changed since the newest cache entry. derive_spec, when
+    given, adjusts each input's spec (given or detected) before it is used; the cache key cannot cover it, so such a
+    run neither uses the cache nor resumes.
     """
     files = discover(config.inputs)
     cacheable = config.cache and derive_spec is None
@@ -318,7 +322,9 @@ def convert(
         config.pack is not None,
     )
     tasks = _tasks(plan, on_bytes)
-    result, names = _write(config, stage, tasks, reports, staging, encoded, on_input=on_input, on_note=on_note)
+    result, names = _write(
+        config, stage, tasks, reports, staging, encoded, on_input=on_input, on_note=on_note, on_writing=on_writing
+    )
     if cache is not None:
         cache.store(key, parts, config.out, names)
         evicted = cache.prune(keep=key)
@@ -377,6 +383,7 @@ def _write(
     on_input: Callable[[InputReport], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     on_result: Callable[[BatchResult], None] | None = None,
+    on_writing: OnWriting | None = None,
 ) -> tuple[ConvertResult, list[str]]:
     """Run `tasks` and write their shards, rejects and manifest, then publish them; returns the result and its files.
 
@@ -404,7 +411,7 @@ def _write(
             accounts.finish(upto=len(reports))
         if resumed and on_note:
             on_note(f"resumed: reused {resumed} of {len(accounts.done)} completed pieces of an interrupted run")
-        shard_list, packing = _shards(config, stage, staging, accounts.done)
+        shard_list, packing = _shards(config, stage, staging, accounts.done, on_writing)
         read = sum(r.rows_read for r in reports)
         rejected = sum(r.rows_rejected for r in reports)
         if config.max_rejected is not None and read and rejected / read > config.max_rejected:
@@ -432,16 +439,16 @@ def _write(
 
 
 def _shards(
-    config: ConvertConfig, stage: Stage, staging: Staging, done: list[BatchResult]
+    config: ConvertConfig, stage: Stage, staging: Staging, done: list[BatchResult], on_writing: OnWriting | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Write the completed pieces' rows as shards, packed with `config.pack`; the shard list and packing report."""
     with writing(staging.dir):
         if config.pack is None:
             writer = ShardWriter(staging.dir, stage.schema, shard_bytes=config.shard_bytes)
-            return write_unpacked(staging.pieces, done, writer), None
+            return write_unpacked(staging.pieces, done, writer, on_writing), None
         packing = write_packed(
             staging.pieces, done, staging.dir, max_len=config.pack, shuffle_seed=config.shuffle_seed,
-            shard_bytes=config.shard_bytes, threads=config.workers or default_workers(),
+            shard_bytes=config.shard_bytes, threads=config.workers or default_workers(), on_writing=on_writing,
         )  # fmt: skip
         return packing.pop("shards"), packing
 

@@ -3,6 +3,7 @@ at once, in shards of whole chunks that are the same whatever number of threads 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,32 @@ def test_both_ways_of_reading_a_piece_read_the_same_bytes(
             files.read(0, memoryview(into), 1020)  # 4 bytes left, 10 wanted
     finally:
         files.close()
+
+
+@pytest.mark.parametrize(("pack", "threads"), [(L, 1), (L, 2), (None, 1)])
+def test_writing_reports_each_step_of_its_total(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch, pack: int | None, threads: int
+) -> None:
+    """`on_writing` hears the number of chunks of packed rows (or pieces, unpacked) once, then each one as it is
+    written: what the progress display shows after the last record is read."""
+    monkeypatch.setattr(dsprep.assemble, "CHUNK_TOKENS", 7 * L)  # chunks of 7 rows
+    monkeypatch.setattr(dsprep.pipeline, "TASK_ROWS", 16)  # pieces of at most 16 records
+    totals: list[int] = []
+    steps: list[tuple[int, str]] = []
+
+    def on_writing(total: int) -> Any:
+        totals.append(total)
+        return lambda n: steps.append((n, threading.current_thread().name))
+
+    alpaca = shared_data / "alpaca" / "llamafactory__alpaca_en_demo.json"
+    config = ConvertConfig(inputs=(str(alpaca),), out=tmp_path / "out", tokenizer="mistral:tekken", template="chatml",
+                           pack=pack, shard_bytes=7 * L * 5, workers=threads)  # fmt: skip
+    result = convert(config, on_writing=on_writing)
+    assert len(totals) == 1 and totals[0] > 10
+    assert [n for n, _ in steps] == [1] * totals[0]
+    if pack is None:
+        pieces_at_most = sum(-(-r.rows_read // 16) for r in result.inputs)
+        assert -(-result.rows_kept // 16) <= totals[0] <= pieces_at_most
+    else:
+        assert totals[0] == -(-result.manifest["packing"]["rows"] // 7)
+        assert all(name.startswith("dsprep-shard-writer") for _, name in steps)  # told once a chunk is written

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,26 @@ def test_convert_prints_format_and_accounting(cli: CliRunner, tmp_path: Path) ->
     assert f"{src}: read 11 = kept 2 + rejected 9 (empty_content 1, invalid_json 1," in result.output
     assert "total: read 11 = kept 2 + rejected 9" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "part-00000.parquet", "rejects.jsonl"]
+
+
+@pytest.mark.parametrize("pack", [None, "512"])
+def test_a_terminal_sees_reading_then_writing(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pack: str | None
+) -> None:
+    """On a terminal the progress display follows the bytes read, then the shards' chunks (or pieces) written, so the
+    last phase of a large run is not a full bar that stands still."""
+    import rich.console
+
+    monkeypatch.setattr(rich.console.Console, "is_terminal", property(lambda _: True))
+    args = ["convert", str(FIXTURES / "formats"), "-o", str(tmp_path / "o"), "--tokenizer", "mistral:tekken",
+            "--template", "chatml", "--no-cache", *(["--pack", pack] if pack else [])]  # fmt: skip
+    result = cli.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    size = sum(f.stat().st_size for f in (FIXTURES / "formats").iterdir())
+    assert "converting" in result.output and f"{size / 1000:.1f}/{size / 1000:.1f} kB" in result.output
+    last = result.output.split("writing shards")[-1]
+    done = re.search(r"(?<![\d.])(\d+)/(\d+)(?![\d.])", last)
+    assert done is not None and done[1] == done[2], last  # every chunk (or piece) written
 
 
 def test_quiet_prints_nothing(cli: CliRunner, tmp_path: Path) -> None:
