@@ -318,8 +318,7 @@ def main() -> int:
             how = f"{n_cores} threads"
         what = {"hf": "tokenizer", "tiktoken": "tiktoken encoder", "tiktoken-numpy": "tiktoken to arrays",
                 "tiktoken-parquet": "tiktoken + Parquet"}[encoder]  # fmt: skip
-        full = clip_sums(lengths, opts.max_len)
-        m = Measured(f"ceiling: {what}, {how}", opts.rows, full["all"], ceiling["seconds"], rss)
+        m = Measured(f"ceiling: {what}, {how}", opts.rows, sum(lengths), ceiling["seconds"], rss)
         m.own_tokens = ceiling["tokens"]
         m.extra["encoder"] = encoder
         m.extra["num_proc"] = num_proc
@@ -475,23 +474,22 @@ def main() -> int:
         "the encoder every peer runs"
     )
     fast_ceilings = [m for m in ceilings if m.extra["encoder"] in ("tiktoken", "tiktoken-numpy")]
-    if fast_ceilings:
-        m = max(fast_ceilings, key=lambda m: m.base_tokens / m.seconds)
-        r_fast = best.extra["steady"] / (m.base_tokens / m.seconds)
+    encoder_ceiling = max(fast_ceilings, key=lambda m: m.base_tokens / m.seconds) if fast_ceilings else None
+    if encoder_ceiling is not None:
+        r_fast = best.extra["steady"] / (encoder_ceiling.base_tokens / encoder_ceiling.seconds)
         print(
-            f"ratio dsprep/{m.name.removeprefix('ceiling: ')} = {r_fast:.2f}  (steady state; target >= "
+            f"ratio dsprep/{encoder_ceiling.name.removeprefix('ceiling: ')} = {r_fast:.2f}  (steady state; target >= "
             f"{TARGET_CEILING}) {verdict(r_fast >= TARGET_CEILING)}; dsprep encodes with this encoder, so its "
             "raw speed (the faster of its two calls) bounds dsprep's tokenizing alone"
         )
-    floors = [m for m in ceilings if m.extra["encoder"] == "tiktoken-parquet"]
-    if floors and fast_ceilings:
-        floor = floors[0]
-        write_share = m.seconds / floor.seconds
+    floor = next((m for m in ceilings if m.extra["encoder"] == "tiktoken-parquet"), None)
+    if floor is not None and encoder_ceiling is not None:
         print(
             f"ratio dsprep/{floor.name.removeprefix('ceiling: ')} = "
             f"{best.extra['steady'] / (floor.base_tokens / floor.seconds):.2f}  (steady state; for information: "
             "that encoder plus writing its arrays as packed Parquet with pyarrow, and nothing else); it reaches "
-            f"{write_share:.2f}x the encoder's ceiling: a path that only encoded and wrote would reach no more"
+            f"{encoder_ceiling.seconds / floor.seconds:.2f}x the encoder's ceiling: a path that only encoded and "
+            "wrote would reach no more"
         )
     trl = [m for m in results if m.name.startswith("TRL")]
     if trl:
