@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,60 +68,6 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="dsprep")
 def main() -> None:
     """dsprep: turn raw fine-tuning files into verified, normalized Parquet shards."""
-
-
-def _progress(
-    quiet: bool, total: int
-) -> tuple[Callable[[int], None] | None, Callable[[int], Callable[[int], None]] | None, Callable[[], None]]:
-    """A progress display on stderr when it is a terminal: (what read bytes are reported to, what the start of writing
-    the shards is reported to (with its number of steps, returning what each written step is reported to), stop)."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        Task,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-    from rich.text import Text
-
-    console = Console(stderr=True)
-    if quiet or not console.is_terminal:
-        return None, None, lambda: None
-
-    class Amount(ProgressColumn):
-        """Bytes and their speed for reading; done and total steps for writing."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.size, self.speed, self.count = DownloadColumn(), TransferSpeedColumn(), MofNCompleteColumn()
-
-        def render(self, task: Task) -> Text:
-            if task.fields.get("counted"):
-                return self.count.render(task)
-            return Text.assemble(self.size.render(task), " ", self.speed.render(task))
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        Amount(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-    reading = bar.add_task("converting", total=total)
-    bar.start()
-
-    def writing(steps: int) -> Callable[[int], None]:
-        bar.update(reading, completed=total)
-        task = bar.add_task("writing shards", total=steps, counted=True)
-        return lambda n: bar.advance(task, n)
-
-    return (lambda n: bar.advance(reading, n)), writing, bar.stop
 
 
 @main.command()
@@ -263,6 +208,7 @@ def convert(
     from dsprep.config import ConvertConfig
     from dsprep.pipeline import InputReport
     from dsprep.pipeline import convert as run_convert
+    from dsprep.progress import display
     from dsprep.sources import discover
 
     if recipe is not None:
@@ -314,15 +260,21 @@ def convert(
             + (f" ({reasons})" if reasons else "")
         )
 
-    advance, writing, stop = _progress(quiet, sum(f.size for f in discover(inputs)))
+    shown = display(quiet)
     try:
         note = None if quiet else (lambda msg: click.echo(msg, err=True))
         explain = (lambda msg: click.echo(msg, err=True)) if explain_cache else None
         result = run_convert(
-            config, on_bytes=advance, on_input=on_input, on_note=note, explain=explain, on_writing=writing
+            config,
+            on_bytes=shown.phase("converting", sum(f.size for f in discover(inputs))) if shown else None,
+            on_input=on_input,
+            on_note=note,
+            explain=explain,
+            on_writing=shown.writing("shards") if shown else None,
         )
     finally:
-        stop()
+        if shown:
+            shown.stop()
     shards = result.manifest["shards"]
     if "conformance" in result.manifest:
         c = result.manifest["conformance"]

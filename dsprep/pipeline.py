@@ -342,13 +342,15 @@ def convert_rows(
     *,
     location: Callable[[Row], str],
     on_result: Callable[[BatchResult, pa.Table], None] | None = None,
+    on_writing: OnWriting | None = None,
 ) -> ConvertResult:
     """Tokenize (with `config.tokenizer`) and pack rows that are already normalized, such as a recipe's selection.
 
     `config.inputs` is not read, and the output cache is not used: each source is a report (its identity filled in by
     the caller; the row accounting is added here) and its normalized rows, which keep their `id`, `source_file` and
     `source_row`. `location` names a row in the rejects file; `on_result` sees each task's result, in order, with its
-    kept rows. Shards, rejects and the manifest are written to `config.out` as `convert` writes them.
+    kept rows; `on_writing` is told of writing the shards as in `convert`. Shards, rejects and the manifest are written
+    to `config.out` as `convert` writes them.
     """
     encoded = _encoder(config)
     staging = Staging(config.out, overwrite=config.overwrite)
@@ -357,7 +359,7 @@ def convert_rows(
     stage = Stage(inputs, _encode_spec(config), config.pack is not None)
     seen = None if on_result is None else lambda r: on_result(r, piece_table(staging.pieces, r.seq))
     tasks = _row_tasks(sources, location)
-    return _write(config, stage, tasks, reports, staging, encoded, on_result=seen)[0]
+    return _write(config, stage, tasks, reports, staging, encoded, on_result=seen, on_writing=on_writing)[0]
 
 
 def _row_tasks(sources: Sequence[tuple[InputReport, Iterable[Row]]], location: Callable[[Row], str]) -> Iterator[Task]:

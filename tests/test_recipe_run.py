@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -317,3 +318,58 @@ def test_a_packed_run_reproduces_from_its_manifest_and_counts_unpackable_rows(tm
     assert shard_bytes(tmp_path / "again") == shard_bytes(first)
     examples = [e for split in manifest["_rows"].values() for r in split for e in r["example_ids"]]
     assert len(examples) == len(set(examples)) == sum(s["examples"] for s in manifest["splits"].values())
+
+
+@pytest.mark.parametrize("pack", [None, 512])
+def test_progress_follows_each_stage_to_its_total(tmp_path: Path, pack: int | None) -> None:
+    """Each stage of a recipe run is a phase whose progress adds up to its total: each source's bytes read and its
+    normalized rows written, the rows selection reads, each split's rows tokenized and its shards written."""
+    import threading
+
+    from dsprep.recipe.load import load_recipe
+    from dsprep.recipe.run import run_recipe
+
+    phases: list[dict[str, Any]] = []
+    lock = threading.Lock()  # the shards' steps are reported from the writing threads
+
+    def start(description: str, total: int, *, counted: bool = False) -> Any:
+        phase = {"description": description, "total": total, "counted": counted, "done": 0}
+        phases.append(phase)
+
+        def advance(n: int) -> None:
+            with lock:
+                phase["done"] += n
+
+        return advance
+
+    recipe = load_recipe(MIX).model_copy(update={"pack": pack})
+    manifest = run_recipe(recipe, out=tmp_path / "o", workers=2, progress=start)
+    labels = [s.name for s in recipe.sources]
+    assert [p["description"] for p in phases] == [
+        *(s for label in labels for s in (f"reading {label}", f"writing {label}'s normalized rows")),
+        "selecting", "tokenizing train", "writing train shards", "tokenizing eval", "writing eval shards",
+    ]  # fmt: skip
+    assert all(p["done"] == p["total"] > 0 for p in phases), phases
+    by_name = {p["description"]: p for p in phases}
+    for source in manifest["sources"]:
+        assert by_name[f"reading {source['name']}"]["total"] == sum(i["bytes"] for i in source["inputs"])
+        assert not by_name[f"reading {source['name']}"]["counted"]
+    normalized = sum(i["rows_kept"] for s in manifest["sources"] for i in s["inputs"])
+    assert by_name["selecting"]["total"] == normalized
+    for split in ("train", "eval"):
+        tokenized = sum(s[split]["examples"] + s[split]["rejected"] for s in manifest["sources"])
+        assert by_name[f"tokenizing {split}"]["total"] == tokenized
+        assert by_name[f"writing {split} shards"]["counted"]  # its steps: tests/test_assemble.py
+
+
+def test_a_terminal_sees_the_stages_of_a_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rich.console
+
+    monkeypatch.setattr(rich.console.Console, "is_terminal", property(lambda _: True))
+    result = run_cli("--recipe", str(MIX), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    for stage in ("reading alpaca", "selecting", "tokenizing train", "writing train shards", "writing eval shards"):
+        assert stage in result.output
+    last = result.output.split("writing eval shards")[-1]
+    done = re.search(r"(?<![\d.])(\d+)/(\d+)(?![\d.])", last)
+    assert done is not None and done[1] == done[2], last

@@ -22,6 +22,7 @@ def convert_with_recipe(
     from pydantic import ValidationError
 
     from dsprep.errors import RecipeError
+    from dsprep.progress import display
     from dsprep.recipe.load import load_recipe
     from dsprep.recipe.model import Recipe
     from dsprep.recipe.run import run_recipe
@@ -38,7 +39,13 @@ def convert_with_recipe(
     if target is None:
         raise click.UsageError("the recipe sets no 'out'; pass --out")
     say = (lambda _msg: None) if quiet else click.echo
-    manifest = run_recipe(recipe, out=target, overwrite=overwrite, origin=str(path), say=say, workers=workers)
+    shown = display(quiet)
+    try:
+        manifest = run_recipe(recipe, out=target, overwrite=overwrite, origin=str(path), say=say, workers=workers,
+                              progress=shown.phase if shown else None)  # fmt: skip
+    finally:
+        if shown:
+            shown.stop()
     dedup, as_read, selected = manifest["dedup"], manifest["leakage"]["as_read"], manifest["leakage"]["selected"]
     say(f"dedup ({dedup['by']}): removed {dedup['removed']} rows; eval rows equal to a train row: "
         f"{as_read['eval_rows_in_train']} as read, {selected['eval_rows_in_train']} selected")  # fmt: skip

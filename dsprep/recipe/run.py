@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from dsprep.config import ConvertConfig
 from dsprep.errors import RecipeError, RejectedRowsError, RowFailure
 from dsprep.pipeline import ConvertResult, InputReport, convert, convert_rows
+from dsprep.progress import StartPhase
 from dsprep.recipe.model import Recipe, Source
 from dsprep.recipe.select import Selection, SourcePlan, content_key, leakage, select
 from dsprep.schema import SCHEMA_VERSION
@@ -160,13 +161,18 @@ class _Source:
 
 
 class _RecipeRun:
-    """Drives one recipe run inside a staging folder (`workers`: processes per stage, None: every usable core)."""
+    """Drives one recipe run inside a staging folder (`workers`: processes per stage, None: every usable core;
+    `progress`: where each stage's progress goes, if anywhere)."""
 
-    def __init__(self, recipe: Recipe, staging: Staging, say: Callable[[str], None], workers: int | None) -> None:
+    def __init__(
+        self, recipe: Recipe, staging: Staging, say: Callable[[str], None], workers: int | None,
+        progress: StartPhase | None = None,
+    ) -> None:  # fmt: skip
         self.recipe = recipe
         self.staging = staging
         self.say = say
         self.workers = workers
+        self.progress = progress
         self.sources: list[_Source] = []
         self.rejects = RejectsWriter(staging.dir / REJECTS)
         self.encode_rejected: set[tuple[int, str, int]] = set()  # (source, file, row) the tokenizer stage rejected
@@ -174,19 +180,29 @@ class _RecipeRun:
     def _write(self, entry: dict[str, Any]) -> None:
         self.rejects.write_line(orjson.dumps(entry).decode())
 
+    def _phase(self, description: str, total: int, *, counted: bool = False) -> Callable[[int], None] | None:
+        return None if self.progress is None else self.progress(description, total, counted=counted)
+
+    def _writing(self, what: str) -> Callable[[int], Callable[[int], None]] | None:
+        progress = self.progress
+        return None if progress is None else lambda steps: progress(f"writing {what}", steps, counted=True)
+
     # --- stage 1 ------------------------------------------------------------------------------------------------
     def normalize(self) -> None:
         for i, (source, label) in enumerate(zip(self.recipe.sources, self.recipe.labels(), strict=True)):
             config = ConvertConfig(inputs=source.paths, out=self.staging.dir / "sources" / f"{i:03d}",
                                    format=source.format, on_error=self.recipe.on_error,
                                    workers=self.workers)  # fmt: skip
+            found = discover(source.paths)
             try:
-                result = convert(config, derive_spec=_deriver(source, label))
+                result = convert(config, derive_spec=_deriver(source, label),
+                                 on_bytes=self._phase(f"reading {label}", sum(f.size for f in found)),
+                                 on_writing=self._writing(f"{label}'s normalized rows"))  # fmt: skip
             except RowFailure:  # on_error: fail — the failing row (in the source's rejects) is the one to show
                 self._carry_rejects(config.out, label)
                 raise
             parts = sorted(config.out.glob("part-*.parquet"))
-            files = {f.display: f.line_oriented for f in discover(source.paths)}
+            files = {f.display: f.line_oriented for f in found}
             src = _Source(label, source, result, parts, files)
             for reason in self._carry_rejects(config.out, label):
                 src.rejected[reason] += 1
@@ -209,12 +225,18 @@ class _RecipeRun:
     def plans(self) -> list[SourcePlan]:
         by = self.recipe.dedup.by
         mode: Literal["conversation", "prompt"] = "prompt" if by == "prompt" else "conversation"
+        advance = self._phase("selecting", sum(len(src.files) for src in self.sources), counted=True)
         out = []
         for src in self.sources:
             s = src.source
+            keys: list[bytes] = []
+            for batch in src.batches():
+                keys.extend(content_key(r, mode) for r in batch)
+                if advance is not None:
+                    advance(len(batch))
             split = s.eval or (self.recipe.eval if s.split == "train" else None)
             out.append(SourcePlan(
-                label=src.label, keys=[content_key(r, mode) for b in src.batches() for r in b], split=s.split,
+                label=src.label, keys=keys, split=s.split,
                 eval_fraction=split.fraction if split else None, eval_rows=split.rows if split else None,
                 eval_seed=split.seed if split and split.seed is not None else self.recipe.seed,
                 weight=s.weight, rows=s.rows, seed=self.recipe.seed,
@@ -265,8 +287,10 @@ class _RecipeRun:
                                      format=src.formats, format_origin="recipe", format_sha256="")  # fmt: skip
                 feeds.append((report, src.take(picks, flags[i])))
             config = self._split_config(split, train_on)
-            result = convert_rows(config, feeds, location=self._locate(),
-                                  on_result=functools.partial(self._count, split))  # fmt: skip
+            total = sum(len(sel.train if split == "train" else sel.eval) for sel in selections)
+            count = functools.partial(self._count, split, self._phase(f"tokenizing {split}", total, counted=True))
+            result = convert_rows(config, feeds, location=self._locate(), on_result=count,
+                                  on_writing=self._writing(f"{split} shards"))  # fmt: skip
             splits[split] = {"path": split, "stage": result.manifest["stage"],
                              "rows": sum(s["rows"] for s in result.manifest["shards"]),
                              "examples": sum(r.rows_kept for r in result.inputs),
@@ -279,8 +303,11 @@ class _RecipeRun:
         line_oriented = {f: lo for src in self.sources for f, lo in src.line_oriented.items()}
         return lambda row: _location(row["source_file"], row["source_row"], line_oriented)
 
-    def _count(self, split: str, result: BatchResult, rows: pa.Table) -> None:
-        """Add one task's outcome to its source's counts; each rejected row goes to the rejects once, not per copy."""
+    def _count(self, split: str, advance: Callable[[int], None] | None, result: BatchResult, rows: pa.Table) -> None:
+        """Add one task's outcome to its source's counts (and its rows to `advance`); each rejected row goes to the
+        rejects once, not per copy."""
+        if advance is not None:
+            advance(result.rows_read)
         i = result.input_index
         src = self.sources[i]
         stats = src.split[split]
@@ -345,16 +372,19 @@ def run_recipe(
     origin: str | None = None,
     say: Callable[[str], None] = lambda _msg: None,
     workers: int | None = None,
+    progress: StartPhase | None = None,
 ) -> dict[str, Any]:
     """Run `recipe` into `out` (``train/``, ``eval/``, ``rejects.jsonl``, ``manifest.json``); returns the manifest.
 
     `recipe` must hold absolute paths (see `dsprep.recipe.load.load_recipe`); `origin` names its file. `workers`
-    (None: every usable core) changes nothing in the output. The output cache is not used.
+    (None: every usable core) changes nothing in the output. `progress` is told of each stage as it starts (each
+    source's bytes read and normalized rows written, the rows selected from, each split's rows tokenized and shards
+    written). The output cache is not used.
     """
     effective = recipe.model_copy(update={"out": str(out)})
     staging = Staging(out, overwrite=overwrite)
     try:
-        run = _RecipeRun(effective, staging, say, workers)
+        run = _RecipeRun(effective, staging, say, workers, progress)
         with run.rejects:
             run.normalize()
             plans = run.plans()
