@@ -162,12 +162,13 @@ class BatchResult:
 
 
 class _Collector:
+    """A task's kept rows and rejects; the rejects in the order of their records, whichever stage rejected them."""
+
     def __init__(self, src: SourceInput, locations: dict[int, str] | None) -> None:
         self.src = src
         self.locations = locations
-        self.rejects: list[str] = []
+        self._rejects: list[tuple[int, str, str]] = []  # (record, reject line, one-line message)
         self.reasons: Counter[str] = Counter()
-        self.failure: str | None = None
         self.rows: list[Row] = []
         self.approx: list[int] = []
         self.lengths: list[int] = []
@@ -184,10 +185,17 @@ class _Collector:
         raw = rec.raw.decode("utf-8", "backslashreplace")
         entry = {"source_file": file, "source_row": position, "location": location, "field": error.field,
                  "reason": error.reason, "message": error.message, "raw": raw}  # fmt: skip
-        self.rejects.append(orjson.dumps(entry).decode())
+        self._rejects.append((rec.row, orjson.dumps(entry).decode(), f"{location}: {error}"))
         self.reasons[error.reason] += 1
-        if self.failure is None:
-            self.failure = f"{location}: {error}"
+
+    @property
+    def rejects(self) -> list[str]:
+        return [line for _, line, _ in sorted(self._rejects, key=lambda r: r[0])]
+
+    @property
+    def failure(self) -> str | None:
+        """The first rejected record's message (what `--on-error fail` stops with)."""
+        return min(self._rejects, key=lambda r: r[0])[2] if self._rejects else None
 
     def keep(self, rec: Record, rows: list[Row], *, tokenized: bool = False) -> None:
         self.rows.extend(rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,6 +87,22 @@ def test_empty_file_converts_to_zero_rows(run_convert) -> None:
 def test_on_error_fail_stops_at_the_first_bad_row(run_convert) -> None:
     with pytest.raises(RowFailure, match=r"invalid_rows\.jsonl:2: invalid JSON"):
         run_convert(BAD / "invalid_rows.jsonl", format="openai", on_error="fail")
+
+
+def test_rejects_follow_the_file_whichever_stage_rejected_them(run_convert, tmp_path: Path) -> None:
+    """A row the tokenizer rejects before a row normalization rejects: rejects.jsonl lists them in file order, and
+    --on-error fail stops at the first of them."""
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(
+        '{"messages": [{"role": "user", "content": "a question without an answer"}]}\n'
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+        '{"messages": 5}\n'
+    )
+    options: dict[str, Any] = {"format": "openai", "tokenizer": "mistral:tekken", "template": "chatml", "cache": False}
+    done = run_convert(path, **options)
+    assert [(r["source_row"], r["reason"]) for r in done.rejects] == [(0, "no_trained_tokens"), (2, "wrong_type")]
+    with pytest.raises(RowFailure, match=r"mixed\.jsonl:1: labels: no token"):
+        run_convert(path, on_error="fail", **options)
 
 
 def test_max_rejected_fails_the_run_and_publishes_no_manifest(run_convert, tmp_path: Path) -> None:
