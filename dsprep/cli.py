@@ -285,7 +285,7 @@ def convert(
             f"prefix-stable {'yes' if c['prefix_stable'] else 'no'}; masks: {methods['span']} by span, "
             f"{methods['prefix']} by prefix renders"
         )
-    if "packing" in result.manifest:
+    if "packing" in result.manifest and result.manifest["packing"]["rows"]:
         p = result.manifest["packing"]
         say(
             f"packed {p['tokens']} tokens into {p['rows']} rows of at most {p['max_len']}: efficiency "
@@ -293,6 +293,8 @@ def convert(
             f"{p['examples_per_row_min']}/{p['examples_per_row_mean']:.1f}/{p['examples_per_row_max']} min/mean/max"
         )
     say(f"total: read {result.rows_read} = kept {result.rows_kept} + rejected {result.rows_rejected}")
+    if result.rows_read and not result.rows_kept:
+        click.echo(f"warning: no row was kept; see {out / 'rejects.jsonl'} for each row's reason", err=True)
     say(f"wrote {len(shards)} shard{'s' * (len(shards) != 1)}, rejects.jsonl and manifest.json to {out}")
 
 

@@ -58,6 +58,20 @@ def test_convert_prints_format_and_accounting(cli: CliRunner, tmp_path: Path) ->
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "part-00000.parquet", "rejects.jsonl"]
 
 
+def test_a_run_that_keeps_no_row_warns_and_names_the_rejects(cli: CliRunner, tmp_path: Path) -> None:
+    """Every row over --pack: the run succeeds (exit 0, --max-rejected is the gate) but says nothing was kept and
+    prints no packing line for zero rows."""
+    out = tmp_path / "o"
+    args = ["convert", str(FIXTURES / "formats" / "openai.jsonl"), "-o", str(out), "--tokenizer", "mistral:tekken",
+            "--template", "chatml", "--pack", "4", "--no-cache"]  # fmt: skip
+    result = cli.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"warning: no row was kept; see {out / 'rejects.jsonl'} for each row's reason\n"
+    assert "packed" not in result.stdout and "kept 0 +" in result.stdout
+    kept = cli.invoke(main, [*args[:-3], "--pack", "4096", "--no-cache", "-o", str(tmp_path / "p")])
+    assert kept.exit_code == 0 and kept.stderr == "" and "packed " in kept.stdout
+
+
 @pytest.mark.parametrize("pack", [None, "512"])
 def test_a_terminal_sees_reading_then_writing(
     cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pack: str | None
