@@ -212,15 +212,18 @@ class OutputCache:
         return best
 
     def store(self, key: str, parts: dict[str, Any], out: Path, names: Sequence[str]) -> None:
-        """Add the files `names` of the finished output folder `out` under `key` (atomically; a no-op if present)."""
+        """Add the files `names` of the finished output folder `out` under `key` (atomically; a no-op if present).
+
+        Raises OSError where the cache folder cannot take them (it then holds nothing of this entry).
+        """
         entry = self.folder / key
         if (entry / ENTRY).is_file():
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".{key}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
             for name in names:
                 link_or_copy(out / name, tmp / name)
             files = {name: _stat(tmp / name) for name in names}
@@ -230,6 +233,7 @@ class OutputCache:
             os.replace(tmp, entry)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def prune(self, keep: str) -> Evicted:
         """Evict the least recently used entries, never `keep`, until the bytes only the cache holds fit `max_bytes`."""

@@ -326,7 +326,15 @@ def convert(
         config, stage, tasks, reports, staging, encoded, on_input=on_input, on_note=on_note, on_writing=on_writing
     )
     if cache is not None:
-        cache.store(key, parts, config.out, names)
+        try:
+            cache.store(key, parts, config.out, names)
+        except OSError as exc:  # the output is complete: a cache that cannot take it only costs the next run
+            if on_note:
+                on_note(
+                    f"cache: could not keep this output in {cache.folder} ({exc.strerror or exc}); the output in "
+                    f"{config.out} is complete (--no-cache skips the cache, --cache-dir moves it)"
+                )
+            return result
         evicted = cache.prune(keep=key)
         if evicted.entries and on_note:
             on_note(

@@ -181,3 +181,16 @@ def test_sizes_read_in_binary_units() -> None:
     assert [size_text(n) for n in (0, 1023, 1024, 3 << 20, 50 << 30, 5 << 40)] == [
         "0 B", "1023 B", "1.0 KiB", "3.0 MiB", "50.0 GiB", "5120.0 GiB",
     ]  # fmt: skip
+
+
+def test_a_cache_folder_that_cannot_be_made_costs_only_the_cache(run: Runner, tmp_path: Path) -> None:
+    """The output is complete before the cache takes it: a cache folder that cannot be made (here under a file) is
+    a note, not a failed run, and leaves no partial entry behind."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    result, out = run(cache_dir=blocker / "cache")
+    assert not result.cached and (out / "manifest.json").is_file() and result.rows_kept > 0
+    assert [n for n in run.notes if n.startswith("cache: could not keep this output in")] == run.notes
+    assert f"{blocker / 'cache'} (Not a directory)" in run.notes[0]
+    again, out2 = run(cache_dir=blocker / "cache")
+    assert not again.cached and _files(out2) == _files(out)
