@@ -270,7 +270,7 @@ def convert(
             on_input=on_input,
             on_note=note,
             explain=explain,
-            on_writing=shown.writing("shards") if shown else None,
+            on_writing=shown.starter("writing shards", counted=True) if shown else None,
         )
     finally:
         if shown:

@@ -41,10 +41,9 @@ class Display:
         task_id = self._bar.add_task(description, total=total, counted=counted)
         return lambda n: self._bar.advance(task_id, n)
 
-    def writing(self, what: str) -> Callable[[int], Advance]:
-        """What a run reports the start of writing `what` to (its number of steps), as `pipeline.convert`'s
-        ``on_writing`` takes it."""
-        return lambda steps: self.phase(f"writing {what}", steps, counted=True)
+    def starter(self, description: str, *, counted: bool = False) -> Callable[[int], Advance]:
+        """What a run reports the start of a phase to, with its total (e.g. `pipeline.convert`'s ``on_writing``)."""
+        return lambda total: self.phase(description, total, counted=counted)
 
     def stop(self) -> None:
         self._bar.stop()

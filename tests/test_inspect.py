@@ -250,3 +250,27 @@ def test_tokens_json_validates(tmp_path: Path) -> None:
         if e > 64
     )
     assert len(report["examples"]) == 2 and report["gate"]["passed"] is True
+
+
+def test_the_raw_inputs_bytes_are_reported_as_they_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`build_report` is told the raw inputs' size once and then each byte read, after detection's sample; a
+    terminal shows it as the `inspecting` line."""
+    import rich.console
+
+    from dsprep.report.build import InspectOptions, build_report
+
+    inputs = [FIXTURES / "formats" / "openai.jsonl", FIXTURES / "formats" / "alpaca.jsonl"]
+    size = sum(p.stat().st_size for p in inputs)
+    told: list[int] = []
+    read: list[int] = []
+
+    def start(total: int) -> Any:
+        told.append(total)
+        return read.append
+
+    report = build_report([str(p) for p in inputs], InspectOptions(), on_start=start)
+    assert told == [size] and sum(read) == size and len(read) >= len(inputs)
+    assert report["totals"]["rows_read"] > 0
+    monkeypatch.setattr(rich.console.Console, "is_terminal", property(lambda _: True))
+    code, output, _ = run(*inputs)
+    assert code == 0 and "inspecting" in output and f"{size / 1000:.1f}/{size / 1000:.1f} kB" in output

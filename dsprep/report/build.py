@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,14 @@ class InspectOptions:
     sample_rows: int = 200
 
 
-def build_report(paths: Sequence[str], options: InspectOptions) -> dict[str, Any]:
-    """Inspect every path (raw files, folders, globs, or dsprep output folders) and return the report."""
+def build_report(
+    paths: Sequence[str], options: InspectOptions, *, on_start: Callable[[int], Callable[[int], None]] | None = None
+) -> dict[str, Any]:
+    """Inspect every path (raw files, folders, globs, or dsprep output folders) and return the report.
+
+    on_start, when given, is told the bytes of the raw inputs before they are read, and returns what the bytes read
+    are reported to as they are read.
+    """
     folders = [Path(p) for p in paths if is_output_folder(Path(p))]
     raw_paths = [p for p in paths if not is_output_folder(Path(p))]
     shards = [s for f in folders for s in inspect_output(f, tokenizer=options.tokenizer, show=options.show)]
@@ -48,9 +54,11 @@ def build_report(paths: Sequence[str], options: InspectOptions) -> dict[str, Any
         stats = TokenStats(options.tokenizer, options.template, max_len=options.max_len, overflow=options.overflow,
                            pack=options.pack, train_on=options.train_on, show=options.show)  # fmt: skip
     inspections: list[RawInspection] = []
-    for f in discover(raw_paths) if raw_paths else []:
+    files = discover(raw_paths) if raw_paths else []
+    on_bytes = on_start(sum(f.size for f in files)) if on_start is not None and files else None
+    for f in files:
         ins = inspect_file(f, fmt=options.format, sample_rows=options.sample_rows,
-                           on_rows=stats.add if stats is not None else None)  # fmt: skip
+                           on_rows=stats.add if stats is not None else None, on_bytes=on_bytes)  # fmt: skip
         inspections.append(ins)
     overlaps = [overlap(a, b) for i, b in enumerate(inspections) for a in inspections[:i]]
     inputs = [ins.to_dict() for ins in inspections]

@@ -45,6 +45,7 @@ def inspect_command(ctx: click.Context, paths: tuple[str, ...], fmt: str, tokeni
 
     Exit codes: 0 ok, 2 usage, 3 unreadable input, 7 template, 8 shards fail verification, 11 a --fail-on rule held.
     """
+    from dsprep.progress import display
     from dsprep.report.build import InspectOptions, build_report
     from dsprep.report.gate import evaluate, parse_rules
 
@@ -58,8 +59,13 @@ def inspect_command(ctx: click.Context, paths: tuple[str, ...], fmt: str, tokeni
         raise click.BadParameter(f"{exc}; metrics: {', '.join(METRICS)}", param_hint="--fail-on") from None
     options = InspectOptions(format=fmt, tokenizer=tokenizer, template=template, train_on=train_on, max_len=max_len,
                              overflow=overflow, pack=pack, show=show)  # fmt: skip
+    shown = display(quiet)
     try:
-        report = build_report(paths, options)
+        try:
+            report = build_report(paths, options, on_start=shown.starter("inspecting") if shown else None)
+        finally:
+            if shown:
+                shown.stop()
         if rules:
             report["gate"] = evaluate(rules, report)
     except DsprepError as exc:

@@ -20,7 +20,7 @@ from dsprep.errors import FormatDetectionError, RowError
 from dsprep.normalize import normalize_record, row_id
 from dsprep.report.checks import conversation_findings, lenient_messages, row_messages, row_texts, text_findings
 from dsprep.report.stats import MAX_EXAMPLES, Tally, histogram, summary
-from dsprep.sources import InputFile, read_records
+from dsprep.sources import InputFile, Progress, read_records
 from dsprep.specs import FormatSpec, load_spec
 
 __all__ = ["RawInspection", "inspect_file", "location", "overlap"]
@@ -146,12 +146,13 @@ def _check_row(ins: RawInspection, where: str, row: Row | None, messages: list[R
     ins.chars.append(total)
 
 
-def inspect_file(f: InputFile, *, fmt: str = "auto", sample_rows: int = 200, on_rows: RowsCallback | None = None
-                 ) -> RawInspection:  # fmt: skip
-    """Read `f` once and collect everything the report shows about it; kept rows go to `on_rows` in batches."""
+def inspect_file(f: InputFile, *, fmt: str = "auto", sample_rows: int = 200, on_rows: RowsCallback | None = None,
+                 on_bytes: Progress | None = None) -> RawInspection:  # fmt: skip
+    """Read `f` once and collect everything the report shows about it; kept rows go to `on_rows` in batches, the
+    bytes read (after the format is detected from a sample) to `on_bytes`."""
     spec, fmt_info = _choose(f, fmt, sample_rows)
     ins = RawInspection(f, fmt_info)
-    for batch in read_records(f):
+    for batch in read_records(f, on_bytes):
         kept: list[tuple[str, Row]] = []
         for rec in batch:
             ins.read += 1
