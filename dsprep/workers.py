@@ -52,6 +52,7 @@ __all__ = [
     "default_workers",
     "die_with_parent",
     "encoder_for",
+    "encoder_pool",
     "ordered_results",
     "process",
     "start_server",
@@ -306,13 +307,18 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def _init(stage: Stage, sink: Sink | None) -> None:
-    global _STAGE, _SINK
+def _init_encoding(spec: EncodeSpec | None) -> None:
+    """A worker's start: it dies with its parent, leaves Ctrl-C to it, runs one thread, and loads the encoder."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _settle(spec)
+
+
+def _init(stage: Stage, sink: Sink | None) -> None:
+    global _STAGE, _SINK
     _STAGE, _SINK = stage, sink
-    _settle(stage.encoding)
+    _init_encoding(stage.encoding)
 
 
 def _work(task: Task) -> BatchResult:
@@ -398,19 +404,33 @@ def ordered_results(
                     previous = sink(result) if sink else result
                 yield previous
         return
-    pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init, initargs=(stage, sink))
-    try:
-        with _detached_main(), _preload_encoder(stage.encoding):
-            pending: deque[Future[BatchResult] | BatchResult] = deque()
-            for task in tasks:
-                previous = done(task.seq) if done else None
-                pending.append(previous if previous is not None else pool.submit(_work, task))
-                while len(pending) >= workers * AHEAD or (pending and isinstance(pending[0], BatchResult)):
-                    yield _get(pending.popleft())
-            while pending:
+    with _pool(workers, stage.encoding, _init, (stage, sink)) as pool:
+        pending: deque[Future[BatchResult] | BatchResult] = deque()
+        for task in tasks:
+            previous = done(task.seq) if done else None
+            pending.append(previous if previous is not None else pool.submit(_work, task))
+            while len(pending) >= workers * AHEAD or (pending and isinstance(pending[0], BatchResult)):
                 yield _get(pending.popleft())
+        while pending:
+            yield _get(pending.popleft())
+
+
+@contextlib.contextmanager
+def _pool(
+    workers: int, spec: EncodeSpec | None, initializer: Callable[..., None], initargs: tuple[Any, ...]
+) -> Iterator[ProcessPoolExecutor]:
+    pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=initializer, initargs=initargs)
+    try:
+        with _detached_main(), _preload_encoder(spec):
+            yield pool
     finally:
         _stop(pool)
+
+
+def encoder_pool(workers: int, spec: EncodeSpec) -> contextlib.AbstractContextManager[ProcessPoolExecutor]:
+    """`workers` processes started as convert's are, each with `spec`'s encoder loaded (`encoder_for`), for work
+    other than `process`; stopped when the block ends."""
+    return _pool(workers, spec, _init_encoding, (spec,))
 
 
 PRELOAD_ENV = "DSPREP_FORKSERVER_ENCODER"

@@ -274,3 +274,69 @@ def test_the_raw_inputs_bytes_are_reported_as_they_are_read(tmp_path: Path, monk
     monkeypatch.setattr(rich.console.Console, "is_terminal", property(lambda _: True))
     code, output, _ = run(*inputs)
     assert code == 0 and "inspecting" in output and f"{size / 1000:.1f}/{size / 1000:.1f} kB" in output
+
+
+@pytest.mark.parametrize("overflow", ["drop-turns", "truncate-right"])
+def test_token_statistics_are_the_same_for_any_number_of_workers(
+    shared_data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, overflow: str
+) -> None:
+    """With workers, batches are encoded in other processes and added in order: the report is the same, rows over
+    the limit, encode errors and shown examples included."""
+    import dsprep.report.build
+    import dsprep.report.tokens
+    from dsprep.report.build import InspectOptions, build_report
+
+    pools: list[int] = []
+    real_pool = dsprep.report.tokens.encoder_pool
+
+    def counted_pool(workers: int, spec: Any) -> Any:
+        pools.append(workers)
+        return real_pool(workers, spec)
+
+    monkeypatch.setattr(dsprep.report.build, "POOL_MIN_BYTES", 0)  # the fixtures are small: pool them anyway
+    monkeypatch.setattr(dsprep.report.tokens, "encoder_pool", counted_pool)
+    inputs = [str(p) for p in (
+        shared_data / "alpaca" / "llamafactory__alpaca_en_demo.json",
+        shared_data / "sharegpt" / "llamafactory__glaive_toolcall_en_demo.json",
+        shared_data / "openai" / "llamafactory__reason_tool_use_demo_50.jsonl",
+        FIXTURES / "formats",
+        tmp_path / "unanswered.jsonl",
+    )]  # fmt: skip
+    question = {"messages": [{"role": "user", "content": "a question nobody answers"}]}
+    (tmp_path / "unanswered.jsonl").write_text(json.dumps(question) + "\n")  # no trained token: an encode error
+    options = {"tokenizer": "mistral:tekken", "template": "chatml", "max_len": 300, "overflow": overflow,
+               "pack": 512, "show": 3}  # fmt: skip
+    one = build_report(inputs, InspectOptions(**options, workers=1))
+    assert pools == []
+    two = build_report(inputs, InspectOptions(**options, workers=2))
+    assert pools == [2]
+    assert one == two
+    tokens = one["tokens"]
+    assert tokens["rows_encoded"] > 1000 and tokens["encode_errors"] and len(one["examples"]) == 3
+    assert tokens["overflow"]["rows_over"] > 0
+    assert tokens["overflow"]["rows_dropped" if overflow == "drop-turns" else "tokens_cut"] > 0
+
+
+def test_examples_of_preference_and_kto_rows_are_shown(tmp_path: Path) -> None:
+    """--show renders pair rows as prompt then chosen (or completion) side; a pair's ids are arrays."""
+    inputs = (FIXTURES / "formats" / "preference.jsonl", FIXTURES / "formats" / "kto.jsonl")
+    code, output, report = run(*inputs, "-t", "mistral:tekken", "--template", "chatml", "--show", "8", tmp=tmp_path)
+    assert code == 0, output
+    assert report is not None
+    kinds = {e["kind"] for e in report["examples"]}
+    assert kinds == {"preference", "kto"}
+    for example in report["examples"]:
+        assert example["pieces"] and any(trained for _, trained in example["pieces"])
+
+
+def test_a_failure_while_inspecting_is_not_blamed_on_fail_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dsprep.report.build
+    from dsprep.cli import main
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise ValueError("boom")
+
+    monkeypatch.setattr(dsprep.report.build, "build_report", broken)
+    result = CliRunner().invoke(main, ["inspect", str(FIXTURES / "formats" / "openai.jsonl")])
+    assert result.exit_code == 1 and "internal error: ValueError: boom" in result.output
+    assert "--fail-on" not in result.output

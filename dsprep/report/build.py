@@ -11,10 +11,12 @@ from dsprep.report.raw import RawInspection, inspect_file, overlap
 from dsprep.report.shards import inspect_output, is_output_folder
 from dsprep.sources import discover
 from dsprep.version import __version__
+from dsprep.workers import default_workers
 
 __all__ = ["REPORT_VERSION", "InspectOptions", "build_report"]
 
 REPORT_VERSION = 1
+POOL_MIN_BYTES = 1 << 20  # smaller raw inputs are encoded in this process: starting workers would cost more
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +25,8 @@ class InspectOptions:
 
     format: "auto" or a format name/spec path, as for convert. tokenizer/template/train_on/max_len/overflow/pack:
     as for convert; without a tokenizer no token statistics are computed. show: how many examples to render.
+    workers: the processes that encode rows for the token statistics (None: every usable core; inputs under
+    `POOL_MIN_BYTES` are encoded in this process).
     """
 
     format: str = "auto"
@@ -34,6 +38,7 @@ class InspectOptions:
     pack: int | None = None
     show: int = 0
     sample_rows: int = 200
+    workers: int | None = None
 
 
 def build_report(
@@ -47,19 +52,28 @@ def build_report(
     folders = [Path(p) for p in paths if is_output_folder(Path(p))]
     raw_paths = [p for p in paths if not is_output_folder(Path(p))]
     shards = [s for f in folders for s in inspect_output(f, tokenizer=options.tokenizer, show=options.show)]
+    files = discover(raw_paths) if raw_paths else []
+    size = sum(f.size for f in files)
     stats = None
     if options.tokenizer is not None and raw_paths:
         from dsprep.report.tokens import TokenStats
 
+        workers = (options.workers or default_workers()) if size >= POOL_MIN_BYTES else 1
         stats = TokenStats(options.tokenizer, options.template, max_len=options.max_len, overflow=options.overflow,
-                           pack=options.pack, train_on=options.train_on, show=options.show)  # fmt: skip
+                           pack=options.pack, train_on=options.train_on, show=options.show,
+                           workers=workers)  # fmt: skip
     inspections: list[RawInspection] = []
-    files = discover(raw_paths) if raw_paths else []
-    on_bytes = on_start(sum(f.size for f in files)) if on_start is not None and files else None
-    for f in files:
-        ins = inspect_file(f, fmt=options.format, sample_rows=options.sample_rows,
-                           on_rows=stats.add if stats is not None else None, on_bytes=on_bytes)  # fmt: skip
-        inspections.append(ins)
+    on_bytes = on_start(size) if on_start is not None and files else None
+    try:
+        for f in files:
+            ins = inspect_file(f, fmt=options.format, sample_rows=options.sample_rows,
+                               on_rows=stats.add if stats is not None else None, on_bytes=on_bytes)  # fmt: skip
+            inspections.append(ins)
+        if stats is not None:
+            stats.finish()
+    finally:
+        if stats is not None:
+            stats.close()
     overlaps = [overlap(a, b) for i, b in enumerate(inspections) for a in inspections[:i]]
     inputs = [ins.to_dict() for ins in inspections]
     examples = list(stats.examples) if stats is not None else []

@@ -4,11 +4,20 @@ Rows are encoded exactly as `dsprep convert` would (the same `Encoder`), first w
 them, then — only the rows over the limit — again with the run's `--max-len`/`--overflow`, so what the policy would
 drop or cut is counted, not estimated. Per row only its final lengths are kept (int32 arrays), so memory stays
 bounded; the packing estimate runs `plan_packing` on those lengths.
+
+With more than one worker, batches are measured (`measure_rows`, a pure function) on a pool of processes started as
+convert's are, at most ``workers * AHEAD`` batches in flight, and their outcomes are added in the order the batches
+came: the statistics are the same for any number of workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 from array import array
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,8 +25,9 @@ import numpy as np
 from dsprep.errors import RowError
 from dsprep.report.stats import MAX_EXAMPLES, Tally, histogram, summary
 from dsprep.sources import InputFile
+from dsprep.workers import AHEAD, EncodeSpec, encoder_for, encoder_pool
 
-__all__ = ["TokenStats"]
+__all__ = ["Measured", "TokenStats", "measure_rows"]
 
 IGNORE = -100
 UNPACKABLE = ("preference", "kto")
@@ -36,34 +46,74 @@ def example_pieces(tok: Any, row: Row) -> list[list[Any]]:
     if row.get("input_ids") is not None:
         return token_pieces(tok, row["input_ids"], row["labels"])
     prompt = list(row["prompt_input_ids"])
-    side = list(row.get("chosen_input_ids") or row.get("completion_input_ids") or [])
+    side = row.get("chosen_input_ids")
+    side = list(side if side is not None else row.get("completion_input_ids", []))
     return token_pieces(tok, prompt + side, [IGNORE] * len(prompt) + side)
+
+
+@dataclass
+class Measured:
+    """What one row's encoding adds to the statistics: its error (reason, message), or its tokens, trained tokens,
+    token pieces (for the first rows of a batch, where examples are shown) and, for a row over the limit, the
+    lengths the overflow policy leaves (None: it drops the row)."""
+
+    error: tuple[str, str] | None = None
+    tokens: int = 0
+    trained: int = 0
+    pieces: list[list[Any]] | None = None
+    over: bool = False
+    kept: list[int] | None = None
+
+
+def measure_rows(measure: EncodeSpec, policy: EncodeSpec, rows: Sequence[Row], pieces: int) -> list[Measured]:
+    """Encode `rows` without a limit (`measure`), then those over `policy.max_len` with the policy; the first
+    `pieces` encoded rows also get their token pieces. A pure function of its arguments (run in any process)."""
+    encoder = encoder_for(measure)
+    out: list[Measured] = []
+    for result in encoder.encode(rows):
+        if isinstance(result, RowError):
+            out.append(Measured(error=(result.reason, str(result))))
+            continue
+        m = Measured(tokens=sum(int(r["num_tokens"]) for r in result),
+                     trained=sum(int(r["num_trained"]) for r in result))  # fmt: skip
+        if pieces > 0:
+            m.pieces = example_pieces(encoder.tok.tokenizer, result[0])
+            pieces -= 1
+        m.over = policy.max_len is not None and m.tokens > policy.max_len
+        out.append(m)
+    over = [i for i, m in enumerate(out) if m.over]
+    if over:
+        for i, result in zip(over, encoder_for(policy).encode([rows[i] for i in over]), strict=True):
+            out[i].kept = None if isinstance(result, RowError) else [int(r["num_tokens"]) for r in result]
+    return out
 
 
 class TokenStats:
     """Accumulates token statistics over every kept row of every input.
 
     tokenizer/template: as for `dsprep convert`; max_len/overflow: the length policy to evaluate (with `pack` and
-    no `max_len`, the limit is `pack`); show: how many examples to keep, rendered as token pieces.
+    no `max_len`, the limit is `pack`); show: how many examples to keep, rendered as token pieces; workers: the
+    processes that encode (1: this one). `close` ends them; `finish` adds what is still in flight.
     """
 
     def __init__(self, tokenizer: str, template: str, *, max_len: int | None, overflow: str, pack: int | None,
-                 train_on: str = "assistant", show: int = 0) -> None:  # fmt: skip
+                 train_on: str = "assistant", show: int = 0, workers: int = 1) -> None:  # fmt: skip
         from dsprep.conformance import check_conformance
-        from dsprep.encode import EncodeOptions, Encoder
-        from dsprep.templates import load_template
-        from dsprep.tokenizers import load_tokenizer
 
-        self.loaded = load_tokenizer(tokenizer)
-        tmpl = load_template(template, self.loaded.chat_template)
         self.max_len = max_len if max_len is not None else pack
         self.overflow, self.pack = overflow, pack
-        self.measure = Encoder(self.loaded, tmpl, EncodeOptions(train_on=train_on))  # type: ignore[arg-type]
-        self.conformance = check_conformance(self.measure).to_dict()
-        opts = EncodeOptions(train_on=train_on, max_len=self.max_len, overflow=overflow)  # type: ignore[arg-type]
-        self.policy = Encoder(self.loaded, tmpl, opts)
+        self.specs = (EncodeSpec(tokenizer, template, train_on, None, "drop"),
+                      EncodeSpec(tokenizer, template, train_on, self.max_len, overflow))  # fmt: skip
+        measure = encoder_for(self.specs[0])
+        self.loaded = measure.tok
+        self.conformance = check_conformance(measure).to_dict()
+        tmpl = measure.template
         self.template = {"name": tmpl.name, "origin": tmpl.origin, "sha256": tmpl.sha256}
         self.show = show
+        self.workers = workers
+        self._stack = contextlib.ExitStack()
+        self._pool: Any = None
+        self._pending: deque[tuple[list[tuple[str, Row]], Future[list[Measured]]]] = deque()
         self.examples: list[dict[str, Any]] = []
         self.lengths, self.trained = array("q"), array("q")
         self.final: array[int] = array("q")  # lengths after the overflow policy, packable kinds only
@@ -72,42 +122,52 @@ class TokenStats:
         self.dropped_rows = self.dropped_tokens = self.cut_tokens = self.not_packable = 0
 
     def add(self, f: InputFile, kept: list[tuple[str, Row]]) -> None:
-        """Encode one batch of normalized rows (with their locations)."""
-        results = self.measure.encode([row for _, row in kept])
-        over: list[tuple[str, Row, int]] = []
-        for (where, row), result in zip(kept, results, strict=True):
-            if isinstance(result, RowError):
-                self.errors.setdefault(result.reason, Tally()).add(where, str(result))
-                continue
-            n = sum(int(r["num_tokens"]) for r in result)
-            self.lengths.append(n)
-            self.trained.append(sum(int(r["num_trained"]) for r in result))
-            if len(self.examples) < self.show:
-                self.examples.append({"location": where, "kind": row["kind"], "tokens": n,
-                                      "pieces": example_pieces(self.loaded.tokenizer, result[0])})  # fmt: skip
-            if self.max_len is not None and n > self.max_len:
-                self.over.add(where, f"{n} tokens")
-                over.append((where, row, n))
-            elif row["kind"] in UNPACKABLE:
-                self.not_packable += 1
-            else:
-                self.final.append(n)
-        if over:
-            self._apply_policy(over)
+        """Encode one batch of normalized rows (with their locations), here or on the workers."""
+        rows = [row for _, row in kept]
+        if self.workers <= 1:
+            self._merge(kept, measure_rows(*self.specs, rows, self.show - len(self.examples)))
+            return
+        if self._pool is None:
+            self._pool = self._stack.enter_context(encoder_pool(self.workers, self.specs[0]))
+        self._pending.append((kept, self._pool.submit(measure_rows, *self.specs, rows, self.show)))
+        while len(self._pending) >= self.workers * AHEAD:
+            self._merge(*self._next())
 
-    def _apply_policy(self, over: list[tuple[str, Row, int]]) -> None:
-        results = self.policy.encode([row for _, row, _ in over])
-        for (_, row, n), result in zip(over, results, strict=True):
-            if isinstance(result, RowError):
-                self.dropped_rows += 1
-                self.dropped_tokens += n
+    def _next(self) -> tuple[list[tuple[str, Row]], list[Measured]]:
+        kept, future = self._pending.popleft()
+        return kept, future.result()
+
+    def finish(self) -> None:
+        """Add the batches still being encoded."""
+        while self._pending:
+            self._merge(*self._next())
+
+    def close(self) -> None:
+        """Stop the workers (what is still in flight is dropped)."""
+        self._pending.clear()
+        self._stack.close()
+
+    def _merge(self, kept: list[tuple[str, Row]], measured: list[Measured]) -> None:
+        for (where, row), m in zip(kept, measured, strict=True):
+            if m.error is not None:
+                self.errors.setdefault(m.error[0], Tally()).add(where, m.error[1])
                 continue
-            kept = [int(r["num_tokens"]) for r in result]
-            self.cut_tokens += n - sum(kept)
+            n = m.tokens
+            self.lengths.append(n)
+            self.trained.append(m.trained)
+            if len(self.examples) < self.show and m.pieces is not None:
+                self.examples.append({"location": where, "kind": row["kind"], "tokens": n, "pieces": m.pieces})
+            if m.over:
+                self.over.add(where, f"{n} tokens")
+                if m.kept is None:
+                    self.dropped_rows += 1
+                    self.dropped_tokens += n
+                    continue
+                self.cut_tokens += n - sum(m.kept)
             if row["kind"] in UNPACKABLE:
                 self.not_packable += 1
             else:
-                self.final.extend(kept)
+                self.final.extend(m.kept if m.over and m.kept is not None else [n])
 
     def _packing(self) -> dict[str, Any] | None:
         if self.pack is None:
