@@ -373,3 +373,17 @@ def test_a_terminal_sees_the_stages_of_a_recipe(tmp_path: Path, monkeypatch: pyt
     last = result.output.split("writing eval shards")[-1]
     done = re.search(r"(?<![\d.])(\d+)/(\d+)(?![\d.])", last)
     assert done is not None and done[1] == done[2], last
+
+
+def test_a_recipe_whose_train_split_keeps_no_row_warns(tmp_path: Path) -> None:
+    """Every row over max_len: the run completes (max_rejected is the gate) and says train is empty."""
+    recipe = tmp_path / "prep.yaml"
+    recipe.write_text(f"sources:\n  - path: {FIXTURES / 'formats' / 'openai.jsonl'}\ntokenizer: mistral:tekken\n"
+                      "template: chatml\nmax_len: 4\n")  # fmt: skip
+    out = tmp_path / "o"
+    result = run_cli("--recipe", str(recipe), "--out", str(out), "-q")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"warning: the train split kept no row; see {out / 'rejects.jsonl'} for each row's reason\n"
+    assert load(out)["splits"]["train"]["examples"] == 0
+    fine = run_cli("--recipe", str(MIX), "--out", str(tmp_path / "mix"), "-q")
+    assert fine.exit_code == 0 and fine.stderr == ""

@@ -58,6 +58,9 @@ def convert_with_recipe(
     for name, split in manifest["splits"].items():
         say(f"{name}: {split['examples']} examples in {split['rows']} rows ({split['stage']})")
     say(f"wrote train/, eval/, rejects.jsonl and manifest.json to {target}")
+    if manifest["totals"]["rows_read"] and not manifest["splits"]["train"]["examples"]:
+        click.echo(f"warning: the train split kept no row; see {target / 'rejects.jsonl'} for each row's reason",
+                   err=True)  # fmt: skip
     return manifest
 
 
