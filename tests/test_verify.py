@@ -105,3 +105,10 @@ def test_no_manifest(copy: Path) -> None:
     (copy / "manifest.json").unlink()
     with pytest.raises(VerifyError, match=r"no manifest\.json; not a complete dsprep output"):
         verify_output(copy)
+
+
+def test_a_file_or_a_missing_folder_is_named_as_such(copy: Path) -> None:
+    with pytest.raises(VerifyError, match=r"part-00000\.parquet: a file, not a dsprep output folder"):
+        verify_output(copy / "part-00000.parquet")
+    with pytest.raises(VerifyError, match=r"nothing: no such folder, not a dsprep output folder"):
+        verify_output(copy / "nothing")
