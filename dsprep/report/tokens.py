@@ -157,6 +157,7 @@ class TokenStats:
             self.trained.append(m.trained)
             if len(self.examples) < self.show and m.pieces is not None:
                 self.examples.append({"location": where, "kind": row["kind"], "tokens": n, "pieces": m.pieces})
+            lengths = [n]
             if m.over:
                 self.over.add(where, f"{n} tokens")
                 if m.kept is None:
@@ -164,10 +165,11 @@ class TokenStats:
                     self.dropped_tokens += n
                     continue
                 self.cut_tokens += n - sum(m.kept)
+                lengths = m.kept
             if row["kind"] in UNPACKABLE:
                 self.not_packable += 1
             else:
-                self.final.extend(m.kept if m.over and m.kept is not None else [n])
+                self.final.extend(lengths)
 
     def _packing(self) -> dict[str, Any] | None:
         if self.pack is None:
