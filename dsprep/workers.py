@@ -52,10 +52,10 @@ __all__ = [
     "default_workers",
     "die_with_parent",
     "encoder_for",
-    "encoder_pool",
     "ordered_results",
     "process",
     "start_server",
+    "worker_pool",
 ]
 
 TASK_ROWS = 256
@@ -427,9 +427,9 @@ def _pool(
         _stop(pool)
 
 
-def encoder_pool(workers: int, spec: EncodeSpec) -> contextlib.AbstractContextManager[ProcessPoolExecutor]:
-    """`workers` processes started as convert's are, each with `spec`'s encoder loaded (`encoder_for`), for work
-    other than `process`; stopped when the block ends."""
+def worker_pool(workers: int, spec: EncodeSpec | None) -> contextlib.AbstractContextManager[ProcessPoolExecutor]:
+    """`workers` processes started as convert's are, each with `spec`'s encoder loaded (`encoder_for`) where one is
+    given, for work other than `process`; stopped when the block ends."""
     return _pool(workers, spec, _init_encoding, (spec,))
 
 

@@ -276,41 +276,70 @@ def test_the_raw_inputs_bytes_are_reported_as_they_are_read(tmp_path: Path, monk
     assert code == 0 and "inspecting" in output and f"{size / 1000:.1f}/{size / 1000:.1f} kB" in output
 
 
-@pytest.mark.parametrize("overflow", ["drop-turns", "truncate-right"])
-def test_token_statistics_are_the_same_for_any_number_of_workers(
-    shared_data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, overflow: str
+def mixed_rows(path: Path, n: int) -> None:
+    """`n` OpenAI-chat lines whose faults, findings, duplicates and longest message fall in different jobs."""
+    lines = []
+    for i in range(n):
+        answer = f"answer {i} " + ("word " * 400 if i == 700 else "") + ("{{name}}" if i % 53 == 0 else "")
+        row = {"messages": [{"role": "user", "content": f"question {i}"},
+                            {"role": "assistant", "content": "" if i % 89 == 0 else answer}]}  # fmt: skip
+        lines.append("{not json" if i % 97 == 0 else json.dumps(row))
+    lines[-20:] = lines[1:21]  # duplicates of the first job's rows in the last job
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("overflow", ["drop-turns", "truncate-right", None])
+def test_reports_are_the_same_for_any_number_of_workers(
+    shared_data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, overflow: str | None
 ) -> None:
-    """With workers, batches are encoded in other processes and added in order: the report is the same, rows over
-    the limit, encode errors and shown examples included."""
+    """With workers, rows are checked (and encoded) in other processes, job by job, and the outcomes added in order:
+    the report is the same, rejects, findings, duplicates, rows over the limit, encode errors and shown examples
+    included. `overflow` None: no tokenizer (raw checks only)."""
     import dsprep.report.build
-    import dsprep.report.tokens
+    import dsprep.report.scan
     from dsprep.report.build import InspectOptions, build_report
 
     pools: list[int] = []
-    real_pool = dsprep.report.tokens.encoder_pool
+    real_pool = dsprep.report.scan.worker_pool
 
     def counted_pool(workers: int, spec: Any) -> Any:
         pools.append(workers)
         return real_pool(workers, spec)
 
-    monkeypatch.setattr(dsprep.report.build, "POOL_MIN_BYTES", 0)  # the fixtures are small: pool them anyway
-    monkeypatch.setattr(dsprep.report.tokens, "encoder_pool", counted_pool)
+    monkeypatch.setattr(dsprep.report.build, "POOL_MIN_BYTES", 0)  # the inputs are small: pool them anyway
+    monkeypatch.setattr(dsprep.report.build, "POOL_MIN_BYTES_UNMEASURED", 0)
+    monkeypatch.setattr(dsprep.report.scan, "worker_pool", counted_pool)
+    mixed_rows(tmp_path / "mixed.jsonl", 1100)
     inputs = [str(p) for p in (
         shared_data / "alpaca" / "llamafactory__alpaca_en_demo.json",
         shared_data / "sharegpt" / "llamafactory__glaive_toolcall_en_demo.json",
         shared_data / "openai" / "llamafactory__reason_tool_use_demo_50.jsonl",
         FIXTURES / "formats",
+        tmp_path / "mixed.jsonl",
         tmp_path / "unanswered.jsonl",
     )]  # fmt: skip
     question = {"messages": [{"role": "user", "content": "a question nobody answers"}]}
     (tmp_path / "unanswered.jsonl").write_text(json.dumps(question) + "\n")  # no trained token: an encode error
-    options = {"tokenizer": "mistral:tekken", "template": "chatml", "max_len": 300, "overflow": overflow,
-               "pack": 512, "show": 3}  # fmt: skip
+    options: dict[str, Any] = {"show": 3}
+    if overflow is not None:
+        options.update(tokenizer="mistral:tekken", template="chatml", max_len=300, overflow=overflow, pack=512)
     one = build_report(inputs, InspectOptions(**options, workers=1))
     assert pools == []
     two = build_report(inputs, InspectOptions(**options, workers=2))
     assert pools == [2]
     assert one == two
+    [mixed] = [i for i in one["inputs"] if i["path"].endswith("mixed.jsonl")]
+    assert mixed["rows"] == {"read": 1100, "kept": 1100 - 12 - 13 + 1, "rejected": 12 + 13 - 1}  # i = 0 both ways
+    broken = mixed["rejected_by_reason"]["invalid_json"]
+    assert broken["count"] == 12
+    assert [e["location"].rsplit(":", 1)[1] for e in broken["examples"]] == ["1", "98", "195", "292", "389"]
+    assert mixed["findings"]["template_placeholders"]["count"] > 5
+    assert mixed["findings"]["empty_turn"]["count"] == 12  # the rejected ones, read leniently
+    assert mixed["duplicates"]["rows"] == 20 + 11  # and 11 repeats of the same broken line
+    assert mixed["chars"]["longest_message"]["location"].endswith("mixed.jsonl:701")
+    if overflow is None:
+        assert one["tokens"] is None
+        return
     tokens = one["tokens"]
     assert tokens["rows_encoded"] > 1000 and tokens["encode_errors"] and len(one["examples"]) == 3
     assert tokens["overflow"]["rows_over"] > 0

@@ -7,16 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsprep.report.raw import RawInspection, inspect_file, overlap
+from dsprep.report.raw import overlap
+from dsprep.report.scan import scan_inputs
 from dsprep.report.shards import inspect_output, is_output_folder
 from dsprep.sources import discover
 from dsprep.version import __version__
-from dsprep.workers import default_workers
+from dsprep.workers import EncodeSpec, default_workers, start_server
 
 __all__ = ["REPORT_VERSION", "InspectOptions", "build_report"]
 
 REPORT_VERSION = 1
-POOL_MIN_BYTES = 1 << 20  # smaller raw inputs are encoded in this process: starting workers would cost more
+# smaller raw inputs are read in this process alone: starting workers would cost more than they save (measured)
+POOL_MIN_BYTES = 8 << 20  # with a tokenizer
+POOL_MIN_BYTES_UNMEASURED = 64 << 20  # without
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,26 +57,23 @@ def build_report(
     shards = [s for f in folders for s in inspect_output(f, tokenizer=options.tokenizer, show=options.show)]
     files = discover(raw_paths) if raw_paths else []
     size = sum(f.size for f in files)
-    stats = None
+    measure = None  # how rows are encoded for the token statistics, if they are
     if options.tokenizer is not None and raw_paths:
+        measure = EncodeSpec(options.tokenizer, options.template, options.train_on, None, "drop")
+    workers = options.workers or default_workers()
+    if workers > 1 and size >= (POOL_MIN_BYTES if measure else POOL_MIN_BYTES_UNMEASURED):
+        start_server(measure)  # the workers' server (and its encoder) loads while this process loads its own
+    else:
+        workers = 1
+    stats = None
+    if measure is not None:
         from dsprep.report.tokens import TokenStats
 
-        workers = (options.workers or default_workers()) if size >= POOL_MIN_BYTES else 1
-        stats = TokenStats(options.tokenizer, options.template, max_len=options.max_len, overflow=options.overflow,
-                           pack=options.pack, train_on=options.train_on, show=options.show,
-                           workers=workers)  # fmt: skip
-    inspections: list[RawInspection] = []
+        stats = TokenStats(measure.tokenizer, options.template, max_len=options.max_len, overflow=options.overflow,
+                           pack=options.pack, train_on=options.train_on, show=options.show)  # fmt: skip
     on_bytes = on_start(size) if on_start is not None and files else None
-    try:
-        for f in files:
-            ins = inspect_file(f, fmt=options.format, sample_rows=options.sample_rows,
-                               on_rows=stats.add if stats is not None else None, on_bytes=on_bytes)  # fmt: skip
-            inspections.append(ins)
-        if stats is not None:
-            stats.finish()
-    finally:
-        if stats is not None:
-            stats.close()
+    inspections = scan_inputs(files, fmt=options.format, sample_rows=options.sample_rows, stats=stats,
+                              workers=workers, on_bytes=on_bytes)  # fmt: skip
     overlaps = [overlap(a, b) for i, b in enumerate(inspections) for a in inspections[:i]]
     inputs = [ins.to_dict() for ins in inspections]
     examples = list(stats.examples) if stats is not None else []

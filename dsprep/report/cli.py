@@ -37,7 +37,7 @@ __all__ = ["inspect_command"]
     "--fail-on", metavar="RULES", help=f"Exit {GATE_EXIT_CODE} when a rule holds, e.g. rejected>0.01,duplicates>5%."
 )
 @click.option(
-    "--workers", "-j", type=click.IntRange(min=1), help="Processes that encode rows with --tokenizer [default: cores]."
+    "--workers", "-j", type=click.IntRange(min=1), help="Processes that check (and encode) rows [default: cores]."
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print no terminal report (errors and the gate verdict only).")
 @click.pass_context

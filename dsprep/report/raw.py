@@ -1,15 +1,16 @@
-"""Inspect one raw input in a single streaming pass: format detection, row accounting, findings, duplicates.
+"""Inspect one raw input: format detection, row accounting, findings, duplicates.
 
-Memory stays bounded: rows are read in batches and dropped; per row only a 64-bit hash of the raw record, its
-position and its character length are kept (24 bytes), so duplicates and train/valid overlap are found from the
-hashes alone (`np.unique`, `np.isin`) at the end.
+The format is chosen from a sample (`choose_format`); then each batch of records is checked by `check_batch`, a pure
+function (run in any process), and the batches' parts are merged in input order (`RawInspection.merge`), so the
+result does not depend on where they ran. Memory stays bounded: rows are read in batches and dropped; per row only
+a 64-bit hash of the raw record, its position and its character length are kept (24 bytes), so duplicates and
+train/valid overlap are found from the hashes alone (`np.unique`, `np.isin`) at the end.
 """
 
 from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,13 +21,12 @@ from dsprep.errors import FormatDetectionError, RowError
 from dsprep.normalize import normalize_record, row_id
 from dsprep.report.checks import conversation_findings, lenient_messages, row_messages, row_texts, text_findings
 from dsprep.report.stats import MAX_EXAMPLES, Tally, histogram, summary
-from dsprep.sources import InputFile, Progress, read_records
+from dsprep.sources import InputFile, Record, read_records
 from dsprep.specs import FormatSpec, load_spec
 
-__all__ = ["RawInspection", "inspect_file", "location", "overlap"]
+__all__ = ["RawInspection", "check_batch", "choose_format", "location", "overlap"]
 
 Row = dict[str, Any]
-RowsCallback = Callable[[InputFile, list[tuple[str, Row]]], None]  # (location, normalized row) per kept row
 
 
 def location(f: InputFile, row: int) -> str:
@@ -73,6 +73,21 @@ class RawInspection:
     def finding(self, name: str, where: str, detail: str) -> None:
         self.findings.setdefault(name, Tally()).add(where, detail)
 
+    def merge(self, part: RawInspection) -> None:
+        """Add what a later batch of the same input found (`check_batch`): the result is the same as one pass."""
+        self.read += part.read
+        self.kept += part.kept
+        for mine, theirs in ((self.rejected, part.rejected), (self.findings, part.findings)):
+            for name, tally in theirs.items():
+                mine.setdefault(name, Tally()).merge(tally)
+        for kind, n in part.kinds.items():
+            self.kinds[kind] = self.kinds.get(kind, 0) + n
+        self.hashes.extend(part.hashes)
+        self.rows.extend(part.rows)
+        self.chars.extend(part.chars)
+        if part.longest["chars"] > self.longest["chars"]:
+            self.longest = part.longest
+
     def duplicates(self) -> dict[str, Any]:
         """Rows whose raw record equals an earlier row's, with up to MAX_EXAMPLES `row duplicates first` pairs."""
         h = np.frombuffer(self.hashes, dtype=np.uint64) if len(self.hashes) else np.zeros(0, np.uint64)
@@ -102,7 +117,9 @@ class RawInspection:
         }  # fmt: skip
 
 
-def _choose(f: InputFile, fmt: str, sample_rows: int) -> tuple[FormatSpec | None, dict[str, Any]]:
+def choose_format(f: InputFile, fmt: str, sample_rows: int) -> tuple[FormatSpec | None, dict[str, Any]]:
+    """The spec `f` is read as (`fmt`, or detected from its first `sample_rows` records; None when none fits) and
+    the report's account of it."""
     if fmt != "auto":
         spec = load_spec(fmt)
         return spec, {"name": spec.name, "origin": spec.origin, "detected": False, "confidence": None,
@@ -146,41 +163,40 @@ def _check_row(ins: RawInspection, where: str, row: Row | None, messages: list[R
     ins.chars.append(total)
 
 
-def inspect_file(f: InputFile, *, fmt: str = "auto", sample_rows: int = 200, on_rows: RowsCallback | None = None,
-                 on_bytes: Progress | None = None) -> RawInspection:  # fmt: skip
-    """Read `f` once and collect everything the report shows about it; kept rows go to `on_rows` in batches, the
-    bytes read (after the format is detected from a sample) to `on_bytes`."""
-    spec, fmt_info = _choose(f, fmt, sample_rows)
-    ins = RawInspection(f, fmt_info)
-    for batch in read_records(f, on_bytes):
-        kept: list[tuple[str, Row]] = []
-        for rec in batch:
-            ins.read += 1
-            where = location(f, rec.row)
-            ins.hashes.append(_hash(rec.raw))
-            ins.rows.append(rec.row)
-            error = rec.error or (None if spec is not None and rec.value is not None else
-                                  RowError("", "no_format", fmt_info["error"] or "no format"))  # fmt: skip
-            row = None
-            if error is None:
-                try:
-                    row = normalize_record(rec.value, spec)  # type: ignore[arg-type]
-                except RowError as exc:
-                    error = exc
-            if error is not None:
-                ins.rejected.setdefault(error.reason, Tally()).add(where, str(error))
-                if spec is not None and rec.value is not None and spec.kind == "conversation":
-                    _check_row(ins, where, None, lenient_messages(rec.value, spec), spec.kind)
-                continue
-            assert row is not None and spec is not None
-            ins.kept += 1
-            ins.kinds[row["kind"]] = ins.kinds.get(row["kind"], 0) + 1
-            _check_row(ins, where, row, row_messages(row), row["kind"])
-            row.update(id=row_id(f.path.name, rec.row, rec.raw), source_file=f.display, source_row=rec.row)
-            kept.append((where, row))
-        if on_rows is not None and kept:
-            on_rows(f, kept)
-    return ins
+def check_batch(f: InputFile, spec: FormatSpec | None, no_format: str | None, records: list[Record]
+                ) -> tuple[RawInspection, list[tuple[str, Row]]]:  # fmt: skip
+    """What one batch of `f`'s records adds to its inspection, and its kept rows (location, normalized row); a pure
+    function of its arguments, run in any process. Records not parsed yet (`Record.pending`) are parsed here.
+
+    spec: the format the rows are read as (None: none was found, and `no_format` says why).
+    """
+    part = RawInspection(f, {})
+    kept: list[tuple[str, Row]] = []
+    for rec in map(Record.parsed, records):
+        part.read += 1
+        where = location(f, rec.row)
+        part.hashes.append(_hash(rec.raw))
+        part.rows.append(rec.row)
+        error = rec.error or (None if spec is not None and rec.value is not None else
+                              RowError("", "no_format", no_format or "no format"))  # fmt: skip
+        row = None
+        if error is None:
+            try:
+                row = normalize_record(rec.value, spec)  # type: ignore[arg-type]
+            except RowError as exc:
+                error = exc
+        if error is not None:
+            part.rejected.setdefault(error.reason, Tally()).add(where, str(error))
+            if spec is not None and rec.value is not None and spec.kind == "conversation":
+                _check_row(part, where, None, lenient_messages(rec.value, spec), spec.kind)
+            continue
+        assert row is not None and spec is not None
+        part.kept += 1
+        part.kinds[row["kind"]] = part.kinds.get(row["kind"], 0) + 1
+        _check_row(part, where, row, row_messages(row), row["kind"])
+        row.update(id=row_id(f.path.name, rec.row, rec.raw), source_file=f.display, source_row=rec.row)
+        kept.append((where, row))
+    return part, kept
 
 
 def overlap(a: RawInspection, b: RawInspection) -> dict[str, Any]:

@@ -24,6 +24,11 @@ class Tally:
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append({"location": location, "detail": detail})
 
+    def merge(self, later: Tally) -> None:
+        """Add a tally of what came after this one's rows (its examples follow this one's)."""
+        self.count += later.count
+        self.examples.extend(later.examples[: MAX_EXAMPLES - len(self.examples)])
+
     def to_dict(self) -> dict[str, Any]:
         return {"count": self.count, "examples": self.examples}
 

@@ -5,18 +5,14 @@ them, then — only the rows over the limit — again with the run's `--max-len`
 drop or cut is counted, not estimated. Per row only its final lengths are kept (int32 arrays), so memory stays
 bounded; the packing estimate runs `plan_packing` on those lengths.
 
-With more than one worker, batches are measured (`measure_rows`, a pure function) on a pool of processes started as
-convert's are, at most ``workers * AHEAD`` batches in flight, and their outcomes are added in the order the batches
-came: the statistics are the same for any number of workers.
+`measure_rows` (a pure function, run wherever the rows are checked: `dsprep.report.scan`) encodes a batch;
+`TokenStats.add` adds its outcome, batch after batch in input order.
 """
 
 from __future__ import annotations
 
-import contextlib
 from array import array
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +20,7 @@ import numpy as np
 
 from dsprep.errors import RowError
 from dsprep.report.stats import MAX_EXAMPLES, Tally, histogram, summary
-from dsprep.sources import InputFile
-from dsprep.workers import AHEAD, EncodeSpec, encoder_for, encoder_pool
+from dsprep.workers import EncodeSpec, encoder_for
 
 __all__ = ["Measured", "TokenStats", "measure_rows"]
 
@@ -92,13 +87,13 @@ class TokenStats:
     """Accumulates token statistics over every kept row of every input.
 
     tokenizer/template: as for `dsprep convert`; max_len/overflow: the length policy to evaluate (with `pack` and
-    no `max_len`, the limit is `pack`); show: how many examples to keep, rendered as token pieces; workers: the
-    processes that encode (1: this one). `close` ends them; `finish` adds what is still in flight.
+    no `max_len`, the limit is `pack`); show: how many examples to keep, rendered as token pieces. `specs` is what
+    `measure_rows` is given to encode with.
     """
 
     def __init__(self, tokenizer: str, template: str, *, max_len: int | None, overflow: str, pack: int | None,
-                 train_on: str = "assistant", show: int = 0, workers: int = 1) -> None:  # fmt: skip
-        from dsprep.conformance import check_conformance
+                 train_on: str = "assistant", show: int = 0) -> None:  # fmt: skip
+        from dsprep.conformance import conformance_for
 
         self.max_len = max_len if max_len is not None else pack
         self.overflow, self.pack = overflow, pack
@@ -106,14 +101,10 @@ class TokenStats:
                       EncodeSpec(tokenizer, template, train_on, self.max_len, overflow))  # fmt: skip
         measure = encoder_for(self.specs[0])
         self.loaded = measure.tok
-        self.conformance = check_conformance(measure).to_dict()
+        self.conformance = conformance_for(measure).to_dict()
         tmpl = measure.template
         self.template = {"name": tmpl.name, "origin": tmpl.origin, "sha256": tmpl.sha256}
         self.show = show
-        self.workers = workers
-        self._stack = contextlib.ExitStack()
-        self._pool: Any = None
-        self._pending: deque[tuple[list[tuple[str, Row]], Future[list[Measured]]]] = deque()
         self.examples: list[dict[str, Any]] = []
         self.lengths, self.trained = array("q"), array("q")
         self.final: array[int] = array("q")  # lengths after the overflow policy, packable kinds only
@@ -121,34 +112,9 @@ class TokenStats:
         self.over = Tally()
         self.dropped_rows = self.dropped_tokens = self.cut_tokens = self.not_packable = 0
 
-    def add(self, f: InputFile, kept: list[tuple[str, Row]]) -> None:
-        """Encode one batch of normalized rows (with their locations), here or on the workers."""
-        rows = [row for _, row in kept]
-        if self.workers <= 1:
-            self._merge(kept, measure_rows(*self.specs, rows, self.show - len(self.examples)))
-            return
-        if self._pool is None:
-            self._pool = self._stack.enter_context(encoder_pool(self.workers, self.specs[0]))
-        self._pending.append((kept, self._pool.submit(measure_rows, *self.specs, rows, self.show)))
-        while len(self._pending) >= self.workers * AHEAD:
-            self._merge(*self._next())
-
-    def _next(self) -> tuple[list[tuple[str, Row]], list[Measured]]:
-        kept, future = self._pending.popleft()
-        return kept, future.result()
-
-    def finish(self) -> None:
-        """Add the batches still being encoded."""
-        while self._pending:
-            self._merge(*self._next())
-
-    def close(self) -> None:
-        """Stop the workers (what is still in flight is dropped)."""
-        self._pending.clear()
-        self._stack.close()
-
-    def _merge(self, kept: list[tuple[str, Row]], measured: list[Measured]) -> None:
-        for (where, row), m in zip(kept, measured, strict=True):
+    def add(self, kept: Sequence[tuple[str, str]], measured: Sequence[Measured]) -> None:
+        """Add one batch's rows, each its (location, kind) and what `measure_rows` made of it."""
+        for (where, kind), m in zip(kept, measured, strict=True):
             if m.error is not None:
                 self.errors.setdefault(m.error[0], Tally()).add(where, m.error[1])
                 continue
@@ -156,7 +122,7 @@ class TokenStats:
             self.lengths.append(n)
             self.trained.append(m.trained)
             if len(self.examples) < self.show and m.pieces is not None:
-                self.examples.append({"location": where, "kind": row["kind"], "tokens": n, "pieces": m.pieces})
+                self.examples.append({"location": where, "kind": kind, "tokens": n, "pieces": m.pieces})
             lengths = [n]
             if m.over:
                 self.over.add(where, f"{n} tokens")
@@ -166,7 +132,7 @@ class TokenStats:
                     continue
                 self.cut_tokens += n - sum(m.kept)
                 lengths = m.kept
-            if row["kind"] in UNPACKABLE:
+            if kind in UNPACKABLE:
                 self.not_packable += 1
             else:
                 self.final.extend(lengths)
