@@ -27,6 +27,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -49,6 +50,7 @@ __all__ = [
     "SourceInput",
     "Stage",
     "Task",
+    "cgroup_cpus",
     "default_workers",
     "die_with_parent",
     "encoder_for",
@@ -64,12 +66,36 @@ UNPACKABLE = ("preference", "kto")
 Row = dict[str, Any]
 
 
+CGROUP = Path("/sys/fs/cgroup")
+
+
 def default_workers() -> int:
-    """The number of cores this process may use."""
+    """The number of cores this process may use: those it may run on, no more than a container's CPU quota allows
+    (a pod limited to 2 CPUs on a 64-core node gets 2 workers, not 64 that each load the tokenizer)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpus()
+    return max(1, min(cores, quota) if quota is not None else cores)
+
+
+def cgroup_cpus(root: Path | None = None) -> int | None:
+    """The CPUs a cgroup quota allows this process (rounded up), from cgroup v2's ``cpu.max`` or v1's
+    ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` under `root` (default `CGROUP`); None where no quota is set or none
+    can be read."""
+    root = CGROUP if root is None else root
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"),
+                                    ("cpu,cpuacct/cpu.cfs_quota_us", "cpu,cpuacct/cpu.cfs_period_us")):  # fmt: skip
+        try:
+            fields = (root / quota_file).read_text().split()
+            if period_file is not None:
+                fields += (root / period_file).read_text().split()
+            quota, period = int(fields[0]), int(fields[1])
+        except (OSError, ValueError, IndexError):  # absent, unreadable, or "max" (no quota)
+            continue
+        return max(1, -(-quota // period)) if quota > 0 and period > 0 else None
+    return None
 
 
 @dataclass(frozen=True)

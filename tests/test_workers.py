@@ -102,3 +102,31 @@ def test_an_inline_run_leaves_the_callers_objects_collectable(tmp_path: Path) ->
         assert 0 < gc.get_freeze_count() <= frozen  # neither thawed nor frozen further (a frozen object may be freed)
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2: 1.5 CPUs round up
+        ({"cpu.max": "max 100000\n"}, None),  # v2 without a quota
+        ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4),  # v1
+        ({"cpu,cpuacct/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1 without a quota
+        ({"cpu.max": "garbage"}, None),
+        ({}, None),
+    ],
+)
+def test_a_container_cpu_quota_caps_the_default_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], expected: int | None
+) -> None:
+    """The default --workers is the cores this process may run on, capped by a cgroup CPU quota where one is set."""
+    import dsprep.workers
+    from dsprep.workers import cgroup_cpus, default_workers
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpus(tmp_path) == expected
+    monkeypatch.setattr(dsprep.workers, "CGROUP", tmp_path)
+    monkeypatch.setattr(dsprep.workers.os, "sched_getaffinity", lambda _: set(range(64)))
+    assert default_workers() == (64 if expected is None else expected)
