@@ -44,7 +44,9 @@ def _manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _packed_invariants(name: str, table: pa.Table, max_len: int) -> None:
+def _packed_invariants(name: str, table: pa.Table, max_len: int, first_row: int = 0) -> None:
+    """Raise VerifyError naming the first row (counted in the shard: `table` starts at row `first_row`) whose packed
+    invariants do not hold."""
     ids, labels, positions, seq_lens = (
         table.column(c).combine_chunks() for c in ("input_ids", "labels", "position_ids", "seq_lens")
     )
@@ -56,27 +58,32 @@ def _packed_invariants(name: str, table: pa.Table, max_len: int) -> None:
         raise VerifyError(f"{name}: input_ids, labels and position_ids differ in length in some row")
     if len(n) and n.max() > max_len:
         row = int(np.argmax(n))
-        raise VerifyError(f"{name}: row {row} has {int(n[row])} tokens, over the packing length {max_len}")
+        raise VerifyError(f"{name}: row {first_row + row} has {int(n[row])} tokens, over the packing length {max_len}")
     lens = seq_lens.flatten().to_numpy().astype(np.int64)
     per_row = np.add.reduceat(lens, seq_lens.offsets.to_numpy()[:-1]) if len(lens) else np.zeros(len(n), np.int64)
     counts = pc.list_value_length(seq_lens).to_numpy()
     sums = np.where(counts > 0, per_row, 0)
     if not np.array_equal(sums, n):
         row = int(np.flatnonzero(sums != n)[0])
-        raise VerifyError(f"{name}: row {row}: seq_lens add up to {int(sums[row])}, the row has {int(n[row])} tokens")
+        raise VerifyError(
+            f"{name}: row {first_row + row}: seq_lens add up to {int(sums[row])}, the row has {int(n[row])} tokens"
+        )
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
     expected = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(starts, lens)
     flat_positions = positions.flatten().to_numpy().astype(np.int64)
     if not np.array_equal(flat_positions, expected):
         at = int(np.flatnonzero(flat_positions != expected)[0])
         row = int(np.searchsorted(np.cumsum(n), at, side="right"))
-        raise VerifyError(f"{name}: row {row}: position_ids do not restart at the seq_lens boundaries (token {at})")
+        raise VerifyError(
+            f"{name}: row {first_row + row}: position_ids do not restart at the seq_lens boundaries (token {at})"
+        )
     first_labels = labels.flatten().to_numpy()[starts]
     if (first_labels != -100).any():
         at = int(starts[np.flatnonzero(first_labels != -100)[0]])
         row = int(np.searchsorted(np.cumsum(n), at, side="right"))
         raise VerifyError(
-            f"{name}: row {row}: an example's first label is not -100 (token {at}), so a label crosses a boundary"
+            f"{name}: row {first_row + row}: an example's first label is not -100 (token {at}), so a label crosses a "
+            "boundary"
         )
 
 
@@ -98,16 +105,10 @@ def verify_output(folder: Path, *, tokenizer: str | None = None) -> dict[str, An
             raise VerifyError(
                 f"{path}: checksum mismatch (sha256 differs from the manifest): the shard was changed or damaged"
             )
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise VerifyError(f"{path}: cannot read as Parquet ({exc})") from None
-        if not table.schema.equals(schema, check_metadata=False):
-            raise VerifyError(f"{path}: schema differs from the {manifest['stage']} schema")
-        if table.num_rows != shard["rows"]:
-            raise VerifyError(f"{path}: {table.num_rows} rows, the manifest says {shard['rows']}")
-        if manifest["stage"] == "packed":
-            _packed_invariants(str(path), table, int(manifest["packing"]["max_len"]))
+        max_len = int(manifest["packing"]["max_len"]) if manifest["stage"] == "packed" else None
+        rows = _verify_shard(path, schema, manifest["stage"], max_len)
+        if rows != shard["rows"]:
+            raise VerifyError(f"{path}: {rows} rows, the manifest says {shard['rows']}")
     if manifest["stage"] != "normalized":
         recorded = manifest.get("tokenizer", {}).get("fingerprint")
         if not recorded:
@@ -117,6 +118,24 @@ def verify_output(folder: Path, *, tokenizer: str | None = None) -> dict[str, An
 
             check_fingerprint(manifest, load_tokenizer(tokenizer).fingerprint, tokenizer)
     return manifest
+
+
+def _verify_shard(path: Path, schema: pa.Schema, stage: str, max_len: int | None) -> int:
+    """Read one shard row group by row group (memory: one row group, whatever the shard's size), checking its schema
+    and, with `max_len` (packed), each row's invariants; returns its rows."""
+    rows = 0
+    try:
+        with pq.ParquetFile(path) as parquet:
+            if not parquet.schema_arrow.equals(schema, check_metadata=False):
+                raise VerifyError(f"{path}: schema differs from the {stage} schema")
+            for group in range(parquet.metadata.num_row_groups):
+                table = parquet.read_row_group(group)
+                if max_len is not None:
+                    _packed_invariants(str(path), table, max_len, rows)
+                rows += table.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise VerifyError(f"{path}: cannot read as Parquet ({exc})") from None
+    return rows
 
 
 def _verify_recipe(folder: Path, manifest: dict[str, Any], tokenizer: str | None) -> dict[str, Any]:

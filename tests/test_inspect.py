@@ -143,6 +143,37 @@ def test_tokenized_shards_ending_in_kto_rows_count_trained_tokens(tmp_path: Path
     assert stats["untrained_rows"] == table.num_rows - len(conversations)
 
 
+def test_shard_statistics_and_examples_follow_every_shard_and_row_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Token statistics of an output read row group by row group equal the shards' own columns, and each example
+    names the shard and row it was taken from, in any shard."""
+    import dsprep.shards
+
+    monkeypatch.setattr(dsprep.shards, "FLUSH_ROWS", 2)  # row groups of 2 rows, two or three of them per shard
+    out = tmp_path / "o"
+    inputs = tuple(str(FIXTURES / "formats" / f) for f in ("openai.jsonl", "sharegpt.jsonl", "alpaca.jsonl"))
+    config = ConvertConfig(inputs=inputs, out=out, tokenizer="mistral:tekken", template="chatml", shard_bytes=4000,
+                           workers=1)  # fmt: skip
+    convert(config)
+    shards = sorted(out.glob("part-*.parquet"))
+    tables = {p.name: pq.read_table(p) for p in shards}
+    assert len(shards) >= 2 and all(pq.read_metadata(p).num_row_groups >= 2 for p in shards)
+    rows = sum(t.num_rows for t in tables.values())
+    code, output, report = run(out, "--show", str(rows), tmp=tmp_path)
+    assert code == 0, output
+    stats = report["shards"][0]["token_stats"]
+    assert stats["tokens"] == sum(sum(t.column("num_tokens").to_pylist()) for t in tables.values())
+    assert stats["trained_tokens"] == sum(sum(t.column("num_trained").to_pylist()) for t in tables.values())
+    assert len(report["examples"]) == rows
+    for example in report["examples"]:
+        name, index = example["location"].rstrip("]").split("[")
+        row = tables[name].slice(int(index), 1).to_pylist()[0]
+        assert example["tokens"] == row["num_tokens"] and len(example["pieces"]) == min(row["num_tokens"], 400)
+    assert {e["location"] for e in report["examples"]} == {f"{n}[{i}]" for n, t in tables.items()
+                                                          for i in range(t.num_rows)}  # fmt: skip
+
+
 @pytest.fixture
 def copy(packed: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(packed, tmp_path / "copy"))

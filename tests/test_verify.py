@@ -36,11 +36,11 @@ def copy(packed: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(packed, tmp_path / "copy"))
 
 
-def _rewrite(folder: Path, change) -> None:
+def _rewrite(folder: Path, change, row_group_size: int | None = None) -> None:
     path = folder / "part-00000.parquet"
     rows = pq.read_table(path).to_pylist()
     change(rows)
-    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(path)), path)
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(path)), path, row_group_size=row_group_size)
     manifest = json.loads((folder / "manifest.json").read_text())
     from dsprep.shards import file_sha256
 
@@ -81,6 +81,20 @@ def test_broken_position_ids(copy: Path) -> None:
 
     _rewrite(copy, shift)
     with pytest.raises(VerifyError, match="row 0: position_ids do not restart at the seq_lens boundaries"):
+        verify_output(copy)
+
+
+def test_a_broken_row_in_a_later_row_group_is_named_by_its_row_in_the_shard(copy: Path) -> None:
+    """Shards are checked one row group at a time (bounded memory); a row is still named by its place in the shard."""
+    last = pq.read_metadata(copy / "part-00000.parquet").num_rows - 1
+    assert last >= 1
+
+    def shift(rows):
+        rows[last]["position_ids"][-1] = 0
+
+    _rewrite(copy, shift, row_group_size=1)
+    assert pq.read_metadata(copy / "part-00000.parquet").num_row_groups == last + 1
+    with pytest.raises(VerifyError, match=f"row {last}: position_ids do not restart at the seq_lens boundaries"):
         verify_output(copy)
 
 

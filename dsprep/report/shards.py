@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dsprep.report.stats import histogram, summary
 from dsprep.report.tokens import example_pieces
+from dsprep.shards import MANIFEST
 from dsprep.verify import verify_output
 
 __all__ = ["inspect_output", "inspect_shards", "is_output_folder"]
@@ -35,29 +38,42 @@ def _tokenizer(name: str | None) -> Any:
         return None
 
 
+def _trained_per_row(labels: pa.ListArray) -> np.ndarray:
+    """How many labels of each row are trained (not -100); empty or null label lists train nothing."""
+    flags = pc.not_equal(labels.flatten(), -100).cast("int64").to_numpy(zero_copy_only=False)
+    offsets = labels.offsets.to_numpy()
+    flags = np.append(flags, 0)  # rows after the last label (preference/KTO: none) start at len(flags)
+    sums = np.add.reduceat(flags, offsets[:-1])
+    return np.where(np.diff(offsets) > 0, sums, 0)
+
+
 def _token_columns(folder: Path, manifest: dict[str, Any], tok: Any, show: int) -> dict[str, Any]:
+    """Length and trained-token statistics of every row, read row group by row group and only the columns they
+    need; the first `show` rows rendered as examples."""
     lengths: list[np.ndarray] = []
     trained: list[np.ndarray] = []
     examples: list[Any] = []
     for shard in manifest["shards"]:
-        table = pq.read_table(folder / shard["file"])
-        lengths.append(table.column("num_tokens").to_numpy().astype(np.int64))
-        if "labels" in table.column_names and table.num_rows:
-            labels = table.column("labels").combine_chunks()
-            flags = pc.not_equal(labels.flatten(), -100).cast("int64").to_numpy(zero_copy_only=False)
-            offsets = labels.offsets.to_numpy()
-            flags = np.append(flags, 0)  # rows after the last label (preference/KTO: none) start at len(flags)
-            sums = np.add.reduceat(flags, offsets[:-1])
-            sums = np.where(np.diff(offsets) > 0, sums, 0)  # empty or null label lists train nothing
-            trained.append(sums)
-        else:
-            trained.append(table.column("num_trained").to_numpy().astype(np.int64))
-        for row in table.slice(0, max(show - len(examples), 0)).to_pylist():
-            ids, labels = row["input_ids"] or [], row["labels"] or []
-            raw = [[f"⟨{i}⟩", lab != -100] for i, lab in zip(ids, labels, strict=False)]
-            pieces = example_pieces(tok, row) if tok is not None else raw
-            examples.append({"location": f"{shard['file']}[{len(examples)}]", "kind": row.get("kind", "packed"),
-                             "tokens": int(row["num_tokens"]), "pieces": pieces})  # fmt: skip
+        with pq.ParquetFile(folder / shard["file"]) as parquet:
+            has_labels = "labels" in parquet.schema_arrow.names
+            columns = ["num_tokens", "labels" if has_labels else "num_trained"]
+            first_row = 0
+            for group in range(parquet.metadata.num_row_groups):
+                wanted = show - len(examples)
+                table = parquet.read_row_group(group, columns=None if wanted > 0 else columns)
+                lengths.append(table.column("num_tokens").to_numpy().astype(np.int64))
+                if not has_labels:
+                    trained.append(table.column("num_trained").to_numpy().astype(np.int64))
+                elif table.num_rows:
+                    trained.append(_trained_per_row(table.column("labels").combine_chunks()))
+                for k, row in enumerate(table.slice(0, max(wanted, 0)).to_pylist()):
+                    ids, labels = row["input_ids"] or [], row["labels"] or []
+                    raw = [[f"⟨{i}⟩", lab != -100] for i, lab in zip(ids, labels, strict=False)]
+                    pieces = example_pieces(tok, row) if tok is not None else raw
+                    examples.append({"location": f"{shard['file']}[{first_row + k}]",
+                                     "kind": row.get("kind", "packed"), "tokens": int(row["num_tokens"]),
+                                     "pieces": pieces})  # fmt: skip
+                first_row += table.num_rows
     n = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     t = np.concatenate(trained) if trained else np.zeros(0, np.int64)
     max_len = (manifest.get("packing") or {}).get("max_len") or manifest.get("options", {}).get("max_len")
@@ -66,9 +82,11 @@ def _token_columns(folder: Path, manifest: dict[str, Any], tok: Any, show: int) 
             "untrained_rows": int((t == 0).sum()), "examples": examples}  # fmt: skip
 
 
-def inspect_shards(folder: Path, *, tokenizer: str | None = None, show: int = 0) -> dict[str, Any]:
-    """Verify `folder` (checksums, schema, packing invariants, fingerprint) and summarize it."""
-    manifest = verify_output(folder, tokenizer=tokenizer)
+def inspect_shards(folder: Path, *, tokenizer: str | None = None, show: int = 0,
+                   manifest: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Verify `folder` (checksums, schema, packing invariants, fingerprint) and summarize it; `manifest`: what a
+    verification just returned for it (it is not verified again)."""
+    manifest = manifest if manifest is not None else verify_output(folder, tokenizer=tokenizer)
     stage = manifest["stage"]
     out: dict[str, Any] = {
         "path": str(folder), "stage": stage, "verified": True,
@@ -91,10 +109,11 @@ def inspect_output(folder: Path, *, tokenizer: str | None = None, show: int = 0)
     """Inspect an output folder; a recipe output gives one entry per split, with its per-source statistics."""
     manifest = verify_output(folder, tokenizer=tokenizer)
     if manifest["stage"] != "recipe":
-        return [inspect_shards(folder, tokenizer=tokenizer, show=show)]
+        return [inspect_shards(folder, tokenizer=tokenizer, show=show, manifest=manifest)]
     out = []
     for name, split in manifest["splits"].items():
-        entry = inspect_shards(folder / split["path"], tokenizer=tokenizer, show=show)
+        split_manifest = orjson.loads((folder / split["path"] / MANIFEST).read_bytes())  # verified with the recipe
+        entry = inspect_shards(folder / split["path"], tokenizer=tokenizer, show=show, manifest=split_manifest)
         examples = sum(s[name]["examples"] for s in manifest["sources"]) or 1
         tokens = sum(s[name]["tokens"] for s in manifest["sources"]) or 1
         entry["recipe_sources"] = [
