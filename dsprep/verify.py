@@ -71,19 +71,21 @@ def _packed_invariants(name: str, table: pa.Table, max_len: int, first_row: int 
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
     expected = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(starts, lens)
     flat_positions = positions.flatten().to_numpy().astype(np.int64)
+    ends = np.cumsum(n)
     if not np.array_equal(flat_positions, expected):
         at = int(np.flatnonzero(flat_positions != expected)[0])
-        row = int(np.searchsorted(np.cumsum(n), at, side="right"))
+        row = int(np.searchsorted(ends, at, side="right"))
         raise VerifyError(
-            f"{name}: row {first_row + row}: position_ids do not restart at the seq_lens boundaries (token {at})"
+            f"{name}: row {first_row + row}: position_ids do not restart at the seq_lens boundaries "
+            f"(token {at - int(ends[row] - n[row])} of the row)"
         )
     first_labels = labels.flatten().to_numpy()[starts]
     if (first_labels != -100).any():
         at = int(starts[np.flatnonzero(first_labels != -100)[0]])
-        row = int(np.searchsorted(np.cumsum(n), at, side="right"))
+        row = int(np.searchsorted(ends, at, side="right"))
         raise VerifyError(
-            f"{name}: row {first_row + row}: an example's first label is not -100 (token {at}), so a label crosses a "
-            "boundary"
+            f"{name}: row {first_row + row}: an example's first label is not -100 (token {at - int(ends[row] - n[row])}"
+            " of the row), so a label crosses a boundary"
         )
 
 
