@@ -22,12 +22,14 @@ from dsprep.errors import VerifyError
 from dsprep.schema import NORMALIZED, PACKED, TOKENIZED
 from dsprep.shards import MANIFEST, file_sha256
 
-__all__ = ["check_fingerprint", "verify_output"]
+__all__ = ["check_fingerprint", "read_manifest", "verify_output"]
 
 SCHEMAS = {"normalized": NORMALIZED, "tokenized": TOKENIZED, "packed": PACKED}
 
 
-def _manifest(folder: Path) -> dict[str, Any]:
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """An output folder's manifest, read and checked for its form (not against the shards); VerifyError if absent or
+    malformed."""
     path = folder / MANIFEST
     if not folder.is_dir():
         raise VerifyError(f"{folder}: {'a file' if folder.exists() else 'no such folder'}, not a dsprep output folder")
@@ -92,7 +94,7 @@ def _packed_invariants(name: str, table: pa.Table, max_len: int, first_row: int 
 def verify_output(folder: Path, *, tokenizer: str | None = None) -> dict[str, Any]:
     """Verify `folder` against its manifest; returns the manifest, or raises VerifyError naming the problem."""
     folder = Path(folder)
-    manifest = _manifest(folder)
+    manifest = read_manifest(folder)
     if manifest["stage"] == "recipe":
         return _verify_recipe(folder, manifest, tokenizer)
     schema = SCHEMAS[manifest["stage"]]

@@ -24,11 +24,11 @@ import os
 import signal
 import sys
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import orjson
@@ -54,6 +54,7 @@ __all__ = [
     "default_workers",
     "die_with_parent",
     "encoder_for",
+    "in_order",
     "ordered_results",
     "process",
     "start_server",
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 TASK_ROWS = 256
+T = TypeVar("T")
+R = TypeVar("R")
 AHEAD = 4
 UNPACKABLE = ("preference", "kto")
 Row = dict[str, Any]
@@ -431,14 +434,22 @@ def ordered_results(
                 yield previous
         return
     with _pool(workers, stage.encoding, _init, (stage, sink)) as pool:
-        pending: deque[Future[BatchResult] | BatchResult] = deque()
-        for task in tasks:
-            previous = done(task.seq) if done else None
-            pending.append(previous if previous is not None else pool.submit(_work, task))
-            while len(pending) >= workers * AHEAD or (pending and isinstance(pending[0], BatchResult)):
-                yield _get(pending.popleft())
-        while pending:
-            yield _get(pending.popleft())
+        yield from in_order(pool, _work, tasks, workers * AHEAD, done=(lambda t: done(t.seq)) if done else None)
+
+
+def in_order(
+    pool: Executor, fn: Callable[[T], R], items: Iterable[T], limit: int, *, done: Callable[[T], R | None] | None = None
+) -> Iterator[R]:
+    """`fn(item)` for each item on `pool`, at most `limit` in flight, yielded in the items' order (whichever finishes
+    first). done(item) may return an item's result already computed; such an item is not submitted."""
+    pending: deque[tuple[bool, Any]] = deque()  # (submitted, its future or its result)
+    for item in items:
+        previous = done(item) if done else None
+        pending.append((False, previous) if previous is not None else (True, pool.submit(fn, item)))
+        while len(pending) >= limit or (pending and not pending[0][0]):
+            yield _result(pending.popleft())
+    while pending:
+        yield _result(pending.popleft())
 
 
 @contextlib.contextmanager
@@ -491,8 +502,9 @@ def _detached_main() -> Iterator[None]:
             setattr(main, name, value)
 
 
-def _get(item: Future[BatchResult] | BatchResult) -> BatchResult:
-    return item if isinstance(item, BatchResult) else item.result()
+def _result(entry: tuple[bool, Any]) -> Any:
+    submitted, value = entry
+    return value.result() if submitted else value
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

@@ -28,8 +28,8 @@ class InspectOptions:
 
     format: "auto" or a format name/spec path, as for convert. tokenizer/template/train_on/max_len/overflow/pack:
     as for convert; without a tokenizer no token statistics are computed. show: how many examples to render.
-    workers: the processes that encode rows for the token statistics (None: every usable core; inputs under
-    `POOL_MIN_BYTES` are encoded in this process).
+    workers: the processes that check rows and, with a tokenizer, encode them (None: every usable core; inputs under
+    `POOL_MIN_BYTES` with a tokenizer, or `POOL_MIN_BYTES_UNMEASURED` without, are read in this process alone).
     """
 
     format: str = "auto"

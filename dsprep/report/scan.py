@@ -10,28 +10,27 @@ outcomes are merged in the order the jobs came: the report is the same for any n
 from __future__ import annotations
 
 import contextlib
-from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import Future
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from dsprep.report.raw import RawInspection, check_batch, choose_format
 from dsprep.report.tokens import Measured, TokenStats, measure_rows
 from dsprep.sources import InputFile, Progress, Record, read_records
 from dsprep.specs import FormatSpec
-from dsprep.workers import AHEAD, TASK_ROWS, EncodeSpec, worker_pool
+from dsprep.workers import AHEAD, TASK_ROWS, EncodeSpec, in_order, worker_pool
 
 __all__ = ["Job", "Scanned", "scan_inputs", "scan_job"]
 
 
 @dataclass(frozen=True)
 class Job:
-    """A slice of one input's records, with what checking and measuring them needs.
+    """A slice of the records of input `input_index`, with what checking and measuring them needs.
 
     spec: the input's format (None: none was found; `no_format` says why). encoding: the specs `measure_rows` encodes
     with (None: no token statistics). pieces: how many encoded rows get token pieces (for shown examples).
     """
 
+    input_index: int
     file: InputFile
     spec: FormatSpec | None
     no_format: str | None
@@ -42,8 +41,9 @@ class Job:
 
 @dataclass
 class Scanned:
-    """A job's outcome: its part of the input's inspection, and each kept row's (location, kind) and measurement."""
+    """A job's outcome: its part of its input's inspection, and each kept row's (location, kind) and measurement."""
 
+    input_index: int
     part: RawInspection
     kept: list[tuple[str, str]]
     measured: list[Measured]
@@ -54,65 +54,38 @@ def scan_job(job: Job) -> Scanned:
     part, kept = check_batch(job.file, job.spec, job.no_format, job.records)
     rows = [row for _, row in kept]
     measured = measure_rows(*job.encoding, rows, job.pieces) if job.encoding is not None and rows else []
-    return Scanned(part, [(where, row["kind"]) for where, row in kept], measured)
-
-
-class _Merger:
-    """Adds outcomes to their inspections and the token statistics, in the order their jobs were handed in."""
-
-    def __init__(self, stats: TokenStats | None, workers: int) -> None:
-        self.stats = stats
-        self.workers = workers
-        self._pending: deque[tuple[RawInspection, Future[Scanned]]] = deque()
-
-    def add(self, ins: RawInspection, scanned: Scanned) -> None:
-        ins.merge(scanned.part)
-        if self.stats is not None:
-            self.stats.add(scanned.kept, scanned.measured)
-
-    def wait(self, ins: RawInspection, future: Future[Scanned]) -> None:
-        """Hold an outcome still being computed; add the oldest ones while too many are in flight."""
-        self._pending.append((ins, future))
-        while len(self._pending) >= self.workers * AHEAD:
-            self.add_oldest()
-
-    def add_oldest(self) -> None:
-        ins, future = self._pending.popleft()
-        self.add(ins, future.result())
-
-    def finish(self) -> None:
-        while self._pending:
-            self.add_oldest()
+    return Scanned(job.input_index, part, [(where, row["kind"]) for where, row in kept], measured)
 
 
 def scan_inputs(files: Sequence[InputFile], *, fmt: str, sample_rows: int, stats: TokenStats | None, workers: int,
                 on_bytes: Progress | None = None) -> list[RawInspection]:  # fmt: skip
     """Inspect every file (`fmt`: "auto" or a format, as for convert), adding kept rows' tokens to `stats`; jobs run
     in this process for `workers` 1, else on that many processes. The bytes read go to `on_bytes`."""
-    merger = _Merger(stats, workers)
     inspections: list[RawInspection] = []
     with contextlib.ExitStack() as stack:
-        pool = None
-        for f in files:
-            spec, info = choose_format(f, fmt, sample_rows)
-            ins = RawInspection(f, info)
-            inspections.append(ins)
-            for batch in read_records(f, on_bytes, defer_parsing=True):
-                for start in range(0, len(batch), TASK_ROWS):
-                    records = batch[start : start + TASK_ROWS]
-                    if workers <= 1:
-                        pieces = stats.show - len(stats.examples) if stats is not None else 0
-                        merger.add(ins, scan_job(_job(f, spec, info, records, stats, pieces)))
-                        continue
-                    if pool is None:
-                        pool = stack.enter_context(worker_pool(workers, stats.specs[0] if stats else None))
-                    job = _job(f, spec, info, records, stats, stats.show if stats is not None else 0)
-                    merger.wait(ins, pool.submit(scan_job, job))
-        merger.finish()
+        jobs = _jobs(files, fmt, sample_rows, stats, inspections, on_bytes, inline=workers <= 1)
+        if workers <= 1:
+            outcomes: Iterator[Scanned] = map(scan_job, jobs)
+        else:
+            pool = stack.enter_context(worker_pool(workers, stats.specs[0] if stats is not None else None))
+            outcomes = in_order(pool, scan_job, jobs, workers * AHEAD)
+        for scanned in outcomes:
+            inspections[scanned.input_index].merge(scanned.part)
+            if stats is not None:
+                stats.add(scanned.kept, scanned.measured)
     return inspections
 
 
-def _job(f: InputFile, spec: FormatSpec | None, info: dict[str, object], records: list[Record],
-         stats: TokenStats | None, pieces: int) -> Job:  # fmt: skip
-    error = info.get("error")
-    return Job(f, spec, error if isinstance(error, str) else None, records, stats.specs if stats else None, pieces)
+def _jobs(files: Sequence[InputFile], fmt: str, sample_rows: int, stats: TokenStats | None,
+          inspections: list[RawInspection], on_bytes: Progress | None, *, inline: bool) -> Iterator[Job]:  # fmt: skip
+    """Each file's jobs, in input order; a file's inspection joins `inspections` once its format is chosen. Inline,
+    a job asks for the token pieces of only the examples still to show (its outcome is merged before the next job
+    is made); on workers, for as many as are shown in all."""
+    encoding = stats.specs if stats is not None else None
+    for index, f in enumerate(files):
+        spec, info = choose_format(f, fmt, sample_rows)
+        inspections.append(RawInspection(f, info))
+        for batch in read_records(f, on_bytes, defer_parsing=True):
+            for start in range(0, len(batch), TASK_ROWS):
+                pieces = 0 if stats is None else stats.show - len(stats.examples) if inline else stats.show
+                yield Job(index, f, spec, info["error"], batch[start : start + TASK_ROWS], encoding, pieces)

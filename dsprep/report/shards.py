@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dsprep.report.stats import histogram, summary
 from dsprep.report.tokens import example_pieces
-from dsprep.shards import MANIFEST
-from dsprep.verify import verify_output
+from dsprep.verify import read_manifest, verify_output
 
 __all__ = ["inspect_output", "inspect_shards", "is_output_folder"]
 
@@ -112,7 +110,7 @@ def inspect_output(folder: Path, *, tokenizer: str | None = None, show: int = 0)
         return [inspect_shards(folder, tokenizer=tokenizer, show=show, manifest=manifest)]
     out = []
     for name, split in manifest["splits"].items():
-        split_manifest = orjson.loads((folder / split["path"] / MANIFEST).read_bytes())  # verified with the recipe
+        split_manifest = read_manifest(folder / split["path"])  # verified with the recipe
         entry = inspect_shards(folder / split["path"], tokenizer=tokenizer, show=show, manifest=split_manifest)
         examples = sum(s[name]["examples"] for s in manifest["sources"]) or 1
         tokens = sum(s[name]["tokens"] for s in manifest["sources"]) or 1

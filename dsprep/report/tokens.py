@@ -20,12 +20,11 @@ import numpy as np
 
 from dsprep.errors import RowError
 from dsprep.report.stats import MAX_EXAMPLES, Tally, histogram, summary
-from dsprep.workers import EncodeSpec, encoder_for
+from dsprep.workers import UNPACKABLE, EncodeSpec, encoder_for
 
 __all__ = ["Measured", "TokenStats", "measure_rows"]
 
 IGNORE = -100
-UNPACKABLE = ("preference", "kto")
 SHOW_TOKENS = 400
 Row = dict[str, Any]
 
