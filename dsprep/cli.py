@@ -8,18 +8,24 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dsprep.errors import DsprepError
 from dsprep.version import __version__
 
+if TYPE_CHECKING:
+    from dsprep.pipeline import InputReport
+
 __all__ = ["main"]
 
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MAX_INPUT_LINES = 20  # inputs whose lines convert prints (and as many more with rejected rows)
 
 
 def parse_size(text: str) -> int:
@@ -206,7 +212,6 @@ def convert(
     With --recipe, the recipe names the inputs and options, and the output holds train/ and eval/ shard sets.
     """
     from dsprep.config import ConvertConfig
-    from dsprep.pipeline import InputReport
     from dsprep.pipeline import convert as run_convert
     from dsprep.progress import display
     from dsprep.sources import discover
@@ -249,16 +254,7 @@ def convert(
     )
     say = (lambda _msg: None) if quiet else click.echo
 
-    def on_input(r: InputReport) -> None:
-        if r.detection:
-            say(f"{r.path}: format {r.detection}")
-        else:
-            say(f"{r.path}: format {r.format} ({r.format_origin})")
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(r.rejected_by_reason.items()))
-        say(
-            f"{r.path}: read {r.rows_read} = kept {r.rows_kept} + rejected {r.rows_rejected}"
-            + (f" ({reasons})" if reasons else "")
-        )
+    on_input = _InputLines(say)
 
     shown = display(quiet)
     try:
@@ -275,6 +271,7 @@ def convert(
     finally:
         if shown:
             shown.stop()
+    on_input.summary()
     shards = result.manifest["shards"]
     if "conformance" in result.manifest:
         c = result.manifest["conformance"]
@@ -296,6 +293,46 @@ def convert(
     if result.rows_read and not result.rows_kept:
         click.echo(f"warning: no row was kept; see {out / 'rejects.jsonl'} for each row's reason", err=True)
     say(f"wrote {len(shards)} shard{'s' * (len(shards) != 1)}, rejects.jsonl and manifest.json to {out}")
+
+
+class _InputLines:
+    """Each finished input's format and row counts, in two lines: for the first `MAX_INPUT_LINES` inputs, then for
+    as many more with rejected rows; the others are summed up in one line at the end (the manifest has them all)."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.inputs = 0
+        self.more_rejecting = 0
+        self.rest: list[InputReport] = []
+
+    def __call__(self, r: InputReport) -> None:
+        self.inputs += 1
+        if self.inputs > MAX_INPUT_LINES:
+            if not r.rows_rejected or self.more_rejecting >= MAX_INPUT_LINES:
+                self.rest.append(r)
+                return
+            self.more_rejecting += 1
+        if r.detection:
+            self.say(f"{r.path}: format {r.detection}")
+        else:
+            self.say(f"{r.path}: format {r.format} ({r.format_origin})")
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(r.rejected_by_reason.items()))
+        self.say(
+            f"{r.path}: read {r.rows_read} = kept {r.rows_kept} + rejected {r.rows_rejected}"
+            + (f" ({reasons})" if reasons else "")
+        )
+
+    def summary(self) -> None:
+        if not self.rest:
+            return
+        formats = Counter(r.format for r in self.rest)
+        read, kept = sum(r.rows_read for r in self.rest), sum(r.rows_kept for r in self.rest)
+        rejecting = sum(1 for r in self.rest if r.rows_rejected)
+        self.say(
+            f"{len(self.rest)} more inputs ({rejecting} with rejected rows): formats "
+            f"{', '.join(f'{name} {n}' for name, n in formats.most_common())}; read {read} = kept {kept} + rejected "
+            f"{read - kept}; manifest.json lists every input"
+        )
 
 
 def _convert_recipe(

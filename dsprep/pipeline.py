@@ -172,20 +172,23 @@ class _Accounts:
         self._finished = 0
 
     def add(self, result: BatchResult) -> None:
-        self.finish(upto=result.input_index)
-        report = self.reports[result.input_index]
         if self.config.on_error == "fail" and result.failure is not None:
+            assert result.failed_input is not None
+            self.finish(upto=result.failed_input)
             self.rejects.write_line(result.rejects[0])
-            report.rows_rejected += 1
+            self.reports[result.failed_input].rows_rejected += 1
             raise RowFailure(result.failure)
         for line in result.rejects:
             self.rejects.write_line(line)
-        report.rows_read += result.rows_read
-        report.rows_kept += result.rows_kept
-        report.rows_rejected += len(result.rejects)
-        for reason, n in result.reasons.items():
-            report.rejected_by_reason[reason] = report.rejected_by_reason.get(reason, 0) + n
-        self._kinds.update(result.kinds)
+        for share in result.shares:
+            self.finish(upto=share.input_index)
+            report = self.reports[share.input_index]
+            report.rows_read += share.rows_read
+            report.rows_kept += share.rows_kept
+            report.rows_rejected += share.rows_rejected
+            for reason, n in share.reasons.items():
+                report.rejected_by_reason[reason] = report.rejected_by_reason.get(reason, 0) + n
+            self._kinds.update(share.kinds)
         self.methods.update(result.methods)
         lengths = array("i", result.lengths)  # 4 bytes an example, not a Python int's 32: kept until packing
         self.done.append(BatchResult(result.seq, result.input_index, rows_kept=result.rows_kept, lengths=lengths))
@@ -202,7 +205,11 @@ class _Accounts:
 
 
 def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None) -> Iterator[Task]:
+    """The inputs' records in tasks of `TASK_ROWS` (the last one fewer): a task goes on into the next input where the
+    previous one ends, so that many small inputs make few tasks."""
     seq = itertools.count()
+    records: list[Record] = []
+    spans: list[tuple[int, int]] = []
     for index, (f, _, _) in enumerate(plan):
         batches = read_records(f, on_bytes, defer_parsing=True)
         while True:
@@ -210,8 +217,24 @@ def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None) -> Itera
                 batch = next(batches, None)
             if batch is None:
                 break
-            for first in range(0, len(batch), TASK_ROWS):
-                yield Task(next(seq), index, batch[first : first + TASK_ROWS])
+            at = 0
+            while at < len(batch):
+                take = batch[at : at + TASK_ROWS - len(records)]
+                records.extend(take)
+                at += len(take)
+                if spans and spans[-1][0] == index:
+                    spans[-1] = (index, spans[-1][1] + len(take))
+                else:
+                    spans.append((index, len(take)))
+                if len(records) == TASK_ROWS:
+                    yield _task(next(seq), records, spans)
+                    records, spans = [], []
+    if records:
+        yield _task(next(seq), records, spans)
+
+
+def _task(seq: int, records: list[Record], spans: list[tuple[int, int]]) -> Task:
+    return Task(seq, spans[0][0], records, spans=tuple(spans) if len(spans) > 1 else ())
 
 
 def _engine(config: ConvertConfig) -> Callable[..., Iterator[BatchResult]]:

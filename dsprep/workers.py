@@ -1,11 +1,12 @@
 """Stages 2–3 over slices of records: normalize, render, tokenize and mask — a pure function of (stage, task).
 
-A `Task` is a slice of at most `TASK_ROWS` records of one input, numbered (``seq``) in input order. `process(stage,
-task)` turns it into a `BatchResult` (the kept rows as an Arrow table, the reject lines, the counts) and depends on
-nothing but its arguments, both picklable: any engine can call it. `ordered_results` runs it inline (one worker) or on a
-local process pool, hands small tasks to whichever worker is free (so long examples never leave the other cores idle
-for long at the tail), keeps at most ``workers * AHEAD`` tasks in flight and yields results strictly in task order:
-what is written — every byte of the output — is the same for any number of workers.
+A `Task` is a run of at most `TASK_ROWS` consecutive records, numbered (``seq``) in input order: a slice of one input,
+or the records of several small inputs in a row (so that a folder of many small files costs tasks by rows, not by
+files). `process(stage, task)` turns it into a `BatchResult` (the kept rows as an Arrow table, the reject lines, the
+counts per input) and depends on nothing but its arguments, both picklable: any engine can call it. `ordered_results`
+runs it inline (one worker) or on a local process pool, hands small tasks to whichever worker is free (so long examples
+never leave the other cores idle for long at the tail), keeps at most ``workers * AHEAD`` tasks in flight and yields
+results strictly in task order: what is written — every byte of the output — is the same for any number of workers.
 
 Workers start from a ``forkserver`` (``spawn`` where there is none), never by forking a process whose tokenizer
 threads may already run; each loads the tokenizer and template itself from the `EncodeSpec` (built-in tokenizers are
@@ -47,6 +48,7 @@ __all__ = [
     "TASK_ROWS",
     "BatchResult",
     "EncodeSpec",
+    "InputShare",
     "SourceInput",
     "Stage",
     "Task",
@@ -155,26 +157,53 @@ class Stage:
 
 @dataclass(frozen=True)
 class Task:
-    """A slice of one input's records; `seq` numbers tasks in input order.
+    """Consecutive records of input `input_index` (and, with `spans`, of the inputs after it); `seq` numbers tasks in
+    input order.
 
-    locations: for an input of normalized rows, each record's location (by `Record.row`) that its reject line names.
+    spans: ``(input, records)`` pairs, in order, where the records belong to several inputs; empty where they are all
+    input `input_index`'s. locations: for an input of normalized rows, each record's location (by `Record.row`) that
+    its reject line names (such tasks hold one input).
     """
 
     seq: int
     input_index: int
     records: list[Record]
     locations: dict[int, str] | None = None
+    spans: tuple[tuple[int, int], ...] = ()
+
+    def parts(self) -> Iterator[tuple[int, list[Record]]]:
+        """(input, its records) for each input the task holds records of, in order."""
+        if not self.spans:
+            yield self.input_index, self.records
+            return
+        at = 0
+        for index, n in self.spans:
+            yield index, self.records[at : at + n]
+            at += n
+
+
+@dataclass
+class InputShare:
+    """What a task's records of one input came to: rows read, kept and rejected, reasons and kinds."""
+
+    input_index: int
+    rows_read: int = 0
+    rows_kept: int = 0
+    rows_rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class BatchResult:
-    """A task's outcome: its kept rows (`table`, with each row's raw size in `approx`), reject lines and counts.
+    """A task's outcome: its kept rows (`table`, with each row's raw size in `approx`), reject lines and counts, in
+    total and per input (`shares`, one per input the task holds records of, in order).
 
     `lengths` holds each kept row's ``num_tokens`` when the rows are tokenized (what packing plans from), else is
     empty.
 
-    `failure` is the first reject's one-line message (what `--on-error fail` stops with). `table` is None once the
-    rows are stored elsewhere (`dsprep.pieces`).
+    `failure` is the first reject's one-line message (what `--on-error fail` stops with), and `failed_input` its
+    input. `table` is None once the rows are stored elsewhere (`dsprep.pieces`).
     """
 
     seq: int
@@ -182,13 +211,16 @@ class BatchResult:
     rows_read: int = 0
     rows_kept: int = 0
     rejects: list[str] = field(default_factory=list)
-    reasons: dict[str, int] = field(default_factory=dict)
+    shares: list[InputShare] = field(default_factory=list)
     failure: str | None = None
-    kinds: dict[str, int] = field(default_factory=dict)
+    failed_input: int | None = None
     methods: dict[str, int] = field(default_factory=dict)
     approx: list[int] = field(default_factory=list)
     lengths: Sequence[int] = field(default_factory=list)
     table: pa.Table | None = None
+
+    def __post_init__(self) -> None:
+        self.shares = [s if isinstance(s, InputShare) else InputShare(**s) for s in self.shares]  # as stored in JSON
 
 
 class _Collector:
@@ -223,6 +255,10 @@ class _Collector:
         return [line for _, line, _ in sorted(self._rejects, key=lambda r: r[0])]
 
     @property
+    def rejected(self) -> int:
+        return len(self._rejects)
+
+    @property
     def failure(self) -> str | None:
         """The first rejected record's message (what `--on-error fail` stops with)."""
         return min(self._rejects, key=lambda r: r[0])[2] if self._rejects else None
@@ -239,10 +275,10 @@ class _Collector:
         self.kept += 1
 
 
-def _normalized(src: SourceInput, task: Task, out: _Collector) -> list[tuple[Record, Row]]:
-    """The task's records normalized through the input's spec, with their ids; the others go to `out`'s rejects."""
+def _normalized(src: SourceInput, records: list[Record], out: _Collector) -> list[tuple[Record, Row]]:
+    """An input's records normalized through its spec, with their ids; the others go to `out`'s rejects."""
     kept: list[tuple[Record, Row]] = []
-    for rec in map(Record.parsed, task.records):
+    for rec in map(Record.parsed, records):
         if rec.error is not None or rec.value is None or src.spec is None:
             out.reject(rec, rec.error or RowError("", "wrong_type", "empty record"))
             continue
@@ -286,34 +322,45 @@ def process(stage: Stage, task: Task) -> BatchResult:
 
     Records of an input of normalized rows (`SourceInput.rows`) are taken as they are.
     """
-    src = stage.inputs[task.input_index]
-    out = _Collector(src, task.locations)
-    kept = [(rec, cast(Row, rec.value)) for rec in task.records] if src.rows else _normalized(src, task, out)
+    collectors: list[tuple[int, list[Record], _Collector]] = []
+    kept: list[tuple[_Collector, Record, Row]] = []
+    for index, records in task.parts():
+        src = stage.inputs[index]
+        out = _Collector(src, task.locations)
+        collectors.append((index, records, out))
+        rows = [(rec, cast(Row, rec.value)) for rec in records] if src.rows else _normalized(src, records, out)
+        kept.extend((out, rec, row) for rec, row in rows)
     methods: dict[str, int] = {}
     if stage.encoding is None:
-        for rec, row in kept:
+        for out, rec, row in kept:
             out.keep(rec, [row])
     else:
         if stage.packing:
-            for rec, row in kept:
+            for out, rec, row in kept:
                 if row["kind"] in UNPACKABLE:
                     message = f"{row['kind']} rows hold separate prompt/continuation ids and are not packed"
                     out.reject(rec, RowError("kind", "not_packable", message))
-            kept = [(rec, row) for rec, row in kept if row["kind"] not in UNPACKABLE]
+            kept = [(out, rec, row) for out, rec, row in kept if row["kind"] not in UNPACKABLE]
         encoder = encoder_for(stage.encoding)
         before = dict(encoder.method_counts)
-        results = encoder.encode([row for _, row in kept])
+        results = encoder.encode([row for _, _, row in kept])
         methods = {k: v - before.get(k, 0) for k, v in encoder.method_counts.items()}
-        for (rec, _), result in zip(kept, results, strict=True):
+        for (out, rec, _), result in zip(kept, results, strict=True):
             if isinstance(result, RowError):
                 out.reject(rec, result)
             else:
                 out.keep(rec, result, tokenized=True)
-    table = _table(out.rows, stage.schema)
+    outs = [out for _, _, out in collectors]
+    failed = next(((index, out.failure) for index, _, out in collectors if out.failure is not None), (None, None))
+    shares = [
+        InputShare(index, len(records), out.kept, out.rejected, dict(out.reasons), dict(out.kinds))
+        for index, records, out in collectors
+    ]
     return BatchResult(
-        seq=task.seq, input_index=task.input_index, rows_read=len(task.records), rows_kept=out.kept,
-        rejects=out.rejects, reasons=dict(out.reasons), failure=out.failure, kinds=dict(out.kinds), methods=methods,
-        approx=out.approx, lengths=out.lengths, table=table,
+        seq=task.seq, input_index=task.input_index, rows_read=len(task.records), rows_kept=sum(o.kept for o in outs),
+        rejects=[line for o in outs for line in o.rejects], shares=shares, failure=failed[1], failed_input=failed[0],
+        methods=methods, approx=[a for o in outs for a in o.approx], lengths=[n for o in outs for n in o.lengths],
+        table=_table([row for o in outs for row in o.rows], stage.schema),
     )  # fmt: skip
 
 

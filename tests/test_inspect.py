@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from dsprep.pipeline import convert
 from dsprep.report.checks import conversation_findings, text_findings
 from dsprep.report.cli import inspect_command
 from dsprep.report.jsonout import load_schema
+from dsprep.report.raw import RawInspection, location, overlaps
 from dsprep.shards import file_sha256
-from dsprep.sources import CONTAINERS
+from dsprep.sources import CONTAINERS, InputFile
 from paths import FIXTURES, SHARED_DATA
 
 DATA_FILES = sorted(
@@ -84,6 +86,51 @@ def test_wwdc25_duplicates_and_train_valid_overlap(shared_data: Path, tmp_path: 
     [overlap] = report["overlaps"]
     assert overlap["rows"] == 16 and overlap["b"].endswith("wwdc25_valid.jsonl")
     assert report["totals"]["overlap_rows"] == 16
+
+
+def _pairwise_overlaps(inspections: list[RawInspection]) -> list[dict[str, Any]]:
+    """The overlaps by their definition: every pair (a before b), b's rows whose hash a holds."""
+    out = []
+    for b_index, b in enumerate(inspections):
+        for a in inspections[:b_index]:
+            held = set(a.hashes)
+            hit = [i for i, h in enumerate(b.hashes) if h in held]
+            if hit:
+                examples = [{"location": location(b.file, b.rows[i]), "detail": f"also in {a.file.display}"}
+                            for i in hit[:5]]  # fmt: skip
+                out.append({"a": a.file.display, "b": b.file.display, "rows": len(hit), "examples": examples})
+    return out
+
+
+def test_overlaps_between_many_inputs_are_every_pairs(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    inspections = []
+    for n in range(300):
+        ins = RawInspection(InputFile(tmp_path / f"{n}.jsonl", f"in/{n}.jsonl", "jsonl"), {})
+        for row in range(rng.choice((0, 1, 2, 5, 40))):
+            ins.hashes.append(rng.choice((rng.getrandbits(64), rng.randrange(60), 2**64 - 1 - rng.randrange(3))))
+            ins.rows.append(row * 2 + 1)
+        inspections.append(ins)
+    expected = _pairwise_overlaps(inspections)
+    assert len(expected) > 1000 and max(o["rows"] for o in expected) > 5
+    assert overlaps(inspections) == expected
+    assert overlaps(inspections[:1]) == [] and overlaps([]) == []
+
+
+def test_thousands_of_small_inputs_report_their_overlaps(tmp_path: Path) -> None:
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    chat = '{{"messages": [{{"role": "user", "content": "q{0}"}}, {{"role": "assistant", "content": "a{0}"}}]}}\n'
+    for n in range(3000):  # one conversation each; the 2,998th repeats the 2nd's, the last the first's and its own
+        text = chat.format(n) if n not in (2998, 2999) else chat.format(1 if n == 2998 else 0) + chat.format(n)
+        (folder / f"{n:04d}.jsonl").write_text(text)
+    code, _, report = run(folder, "--workers", "1", tmp=tmp_path)
+    assert code == 0 and report["totals"]["rows_read"] == 3002
+    assert [(o["a"][-10:], o["b"][-10:], o["rows"]) for o in report["overlaps"]] == [
+        ("0001.jsonl", "2998.jsonl", 1),
+        ("0000.jsonl", "2999.jsonl", 1),
+    ]
+    assert report["overlaps"][1]["examples"][0]["location"].endswith("2999.jsonl:1")
 
 
 @pytest.mark.shared_data
@@ -340,6 +387,15 @@ def test_reports_are_the_same_for_any_number_of_workers(
     monkeypatch.setattr(dsprep.report.build, "POOL_MIN_BYTES", 0)  # the inputs are small: pool them anyway
     monkeypatch.setattr(dsprep.report.build, "POOL_MIN_BYTES_UNMEASURED", 0)
     monkeypatch.setattr(dsprep.report.scan, "worker_pool", counted_pool)
+    groups: list[list[int]] = []  # the inputs of each round trip to a worker
+    together = dsprep.report.scan._together
+
+    def recorded(jobs: Any) -> Any:
+        for group in together(jobs):
+            groups.append([job.input_index for job in group])
+            yield group
+
+    monkeypatch.setattr(dsprep.report.scan, "_together", recorded)
     mixed_rows(tmp_path / "mixed.jsonl", 1100)
     inputs = [str(p) for p in (
         shared_data / "alpaca" / "llamafactory__alpaca_en_demo.json",
@@ -359,6 +415,7 @@ def test_reports_are_the_same_for_any_number_of_workers(
     two = build_report(inputs, InspectOptions(**options, workers=2))
     assert pools == [2]
     assert one == two
+    assert max(len(set(g)) for g in groups) > 3  # the small inputs' jobs went to the workers together
     [mixed] = [i for i in one["inputs"] if i["path"].endswith("mixed.jsonl")]
     assert mixed["rows"] == {"read": 1100, "kept": 1100 - 12 - 13 + 1, "rejected": 12 + 13 - 1}  # i = 0 both ways
     broken = mixed["rejected_by_reason"]["invalid_json"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsprep.report.raw import overlap
+from dsprep.report.raw import overlaps as find_overlaps
 from dsprep.report.scan import scan_inputs
 from dsprep.report.shards import inspect_output, is_output_folder
 from dsprep.sources import discover
@@ -74,7 +74,7 @@ def build_report(
     on_bytes = on_start(size) if on_start is not None and files else None
     inspections = scan_inputs(files, fmt=options.format, sample_rows=options.sample_rows, stats=stats,
                               workers=workers, on_bytes=on_bytes)  # fmt: skip
-    overlaps = [overlap(a, b) for i, b in enumerate(inspections) for a in inspections[:i]]
+    overlaps = find_overlaps(inspections)
     inputs = [ins.to_dict() for ins in inspections]
     examples = list(stats.examples) if stats is not None else []
     for s in shards:
@@ -91,7 +91,7 @@ def build_report(
                    "duplicate_rows": sum(i["duplicates"]["rows"] for i in inputs),
                    "overlap_rows": sum(o["rows"] for o in overlaps), "shard_folders": len(shards)},
         "inputs": inputs,
-        "overlaps": [o for o in overlaps if o["rows"]],
+        "overlaps": overlaps,
         "shards": shards,
         "tokens": stats.to_dict() if stats is not None else None,
         "examples": examples[: options.show],

@@ -4,13 +4,14 @@ The format is chosen from a sample (`choose_format`); then each batch of records
 function (run in any process), and the batches' parts are merged in input order (`RawInspection.merge`), so the
 result does not depend on where they ran. Memory stays bounded: rows are read in batches and dropped; per row only
 a 64-bit hash of the raw record, its position and its character length are kept (24 bytes), so duplicates and
-train/valid overlap are found from the hashes alone (`np.unique`, `np.isin`) at the end.
+train/valid overlap are found from the hashes alone (sorted once, `np.unique`, `np.isin`) at the end.
 """
 
 from __future__ import annotations
 
 import hashlib
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from dsprep.report.stats import MAX_EXAMPLES, Tally, histogram, summary
 from dsprep.sources import InputFile, Record, read_records
 from dsprep.specs import FormatSpec, load_spec
 
-__all__ = ["RawInspection", "check_batch", "choose_format", "location", "overlap"]
+__all__ = ["RawInspection", "check_batch", "choose_format", "location", "overlaps"]
 
 Row = dict[str, Any]
 
@@ -199,11 +200,44 @@ def check_batch(f: InputFile, spec: FormatSpec | None, no_format: str | None, re
     return part, kept
 
 
-def overlap(a: RawInspection, b: RawInspection) -> dict[str, Any]:
-    """Rows of `b` whose raw record also occurs in `a` (e.g. valid rows that leak from train)."""
-    ha = np.frombuffer(a.hashes, dtype=np.uint64) if len(a.hashes) else np.zeros(0, np.uint64)
-    hb = np.frombuffer(b.hashes, dtype=np.uint64) if len(b.hashes) else np.zeros(0, np.uint64)
-    hit = np.flatnonzero(np.isin(hb, ha))
-    rows = np.frombuffer(b.rows, dtype=np.int64) if len(b.rows) else np.zeros(0, np.int64)
-    examples = [{"location": location(b.file, int(rows[i])), "detail": f"also in {a.file.display}"} for i in hit[:5]]
-    return {"a": a.file.display, "b": b.file.display, "rows": len(hit), "examples": examples}
+def _hash_array(ins: RawInspection) -> np.ndarray:
+    return np.frombuffer(ins.hashes, dtype=np.uint64) if len(ins.hashes) else np.zeros(0, np.uint64)
+
+
+def overlaps(inspections: Sequence[RawInspection]) -> list[dict[str, Any]]:
+    """For each pair of inputs (a before b) that share raw records: the rows of `b` whose raw record also occurs in
+    `a` (e.g. valid rows that leak from train), ordered by b, then a.
+
+    The hashes every input holds are sorted once, so the cost follows the rows and the overlaps found, not the number
+    of pairs (thousands of small inputs are millions of pairs).
+    """
+    hashes = [_hash_array(ins) for ins in inspections]
+    distinct = [np.unique(h) for h in hashes]
+    values = np.concatenate([np.zeros(0, np.uint64), *distinct])
+    owners = np.repeat(np.arange(len(distinct)), [len(u) for u in distinct])
+    order = np.lexsort((owners, values))
+    values, owners = values[order], owners[order]
+    shared = np.zeros(len(values), bool)  # a hash that more than one input holds
+    shared[1:] |= values[1:] == values[:-1]
+    shared[:-1] |= values[:-1] == values[1:]
+    holders: dict[int, list[int]] = {}
+    for value, owner in zip(values[shared].tolist(), owners[shared].tolist(), strict=True):
+        holders.setdefault(value, []).append(owner)  # in input order, as the sort put them
+    if not holders:
+        return []
+    keys = np.fromiter(holders, np.uint64, len(holders))
+    pairs: dict[tuple[int, int], list[int]] = {}
+    for b, h in enumerate(hashes):
+        for i in np.flatnonzero(np.isin(h, keys)).tolist():
+            for a in holders[int(h[i])]:
+                if a >= b:
+                    break
+                pairs.setdefault((b, a), []).append(i)
+    out = []
+    for (b, a), hit in sorted(pairs.items()):
+        first, second = inspections[a], inspections[b]
+        rows = np.frombuffer(second.rows, dtype=np.int64)
+        examples = [{"location": location(second.file, int(rows[i])), "detail": f"also in {first.file.display}"}
+                    for i in hit[:5]]  # fmt: skip
+        out.append({"a": first.file.display, "b": second.file.display, "rows": len(hit), "examples": examples})
+    return out

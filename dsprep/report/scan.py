@@ -4,13 +4,16 @@ Each input's format is chosen first, from a sample (`choose_format`). Its record
 JSON lines left unparsed — and cut into jobs of at most `TASK_ROWS` records. `scan_job`, a pure function, parses,
 normalizes and checks a job's records (`check_batch`) and encodes the kept ones (`measure_rows`). With more than one
 worker, jobs run on a pool of processes started as convert's are, at most ``workers * AHEAD`` in flight, and their
-outcomes are merged in the order the jobs came: the report is the same for any number of workers.
+outcomes are merged in the order the jobs came: the report is the same for any number of workers. The jobs of small
+inputs travel to the workers together, up to `TASK_ROWS` records at a time (`scan_jobs`), so that a folder of many
+small files costs round trips by rows, not by files.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from dsprep.report.raw import RawInspection, check_batch, choose_format
@@ -19,7 +22,7 @@ from dsprep.sources import InputFile, Progress, Record, read_records
 from dsprep.specs import FormatSpec
 from dsprep.workers import AHEAD, TASK_ROWS, EncodeSpec, in_order, worker_pool
 
-__all__ = ["Job", "Scanned", "scan_inputs", "scan_job"]
+__all__ = ["Job", "Scanned", "scan_inputs", "scan_job", "scan_jobs"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,26 @@ def scan_job(job: Job) -> Scanned:
     return Scanned(job.input_index, part, [(where, row["kind"]) for where, row in kept], measured)
 
 
+def scan_jobs(jobs: list[Job]) -> list[Scanned]:
+    """`scan_job` for each of several jobs, in order (the jobs of small inputs, sent to a worker at once)."""
+    return [scan_job(job) for job in jobs]
+
+
+def _together(jobs: Iterable[Job]) -> Iterator[list[Job]]:
+    """Consecutive jobs in lists of at least `TASK_ROWS` records (the last one fewer): one job each for a large input,
+    several for small ones."""
+    group: list[Job] = []
+    records = 0
+    for job in jobs:
+        group.append(job)
+        records += len(job.records)
+        if records >= TASK_ROWS:
+            yield group
+            group, records = [], 0
+    if group:
+        yield group
+
+
 def scan_inputs(files: Sequence[InputFile], *, fmt: str, sample_rows: int, stats: TokenStats | None, workers: int,
                 on_bytes: Progress | None = None) -> list[RawInspection]:  # fmt: skip
     """Inspect every file (`fmt`: "auto" or a format, as for convert), adding kept rows' tokens to `stats`; jobs run
@@ -68,7 +91,7 @@ def scan_inputs(files: Sequence[InputFile], *, fmt: str, sample_rows: int, stats
             outcomes: Iterator[Scanned] = map(scan_job, jobs)
         else:
             pool = stack.enter_context(worker_pool(workers, stats.specs[0] if stats is not None else None))
-            outcomes = in_order(pool, scan_job, jobs, workers * AHEAD)
+            outcomes = itertools.chain.from_iterable(in_order(pool, scan_jobs, _together(jobs), workers * AHEAD))
         for scanned in outcomes:
             inspections[scanned.input_index].merge(scanned.part)
             if stats is not None:

@@ -1,14 +1,22 @@
-"""The rich terminal rendering of an inspect report."""
+"""The rich terminal rendering of an inspect report.
+
+Each input gets a section, up to `MAX_SECTIONS` of them: with more inputs (a folder of thousands of small files), the
+sections go to the inputs with something to say (no format, rejects, findings, duplicates), first come first, and
+the rest are summed up in one line; the JSON report (``--json``) always holds every input.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["print_report"]
+__all__ = ["MAX_SECTIONS", "print_report"]
+
+MAX_SECTIONS = 20  # inputs shown in full, and overlaps listed, at most
 
 
 def _pct(x: float) -> str:
@@ -48,6 +56,34 @@ def _input(console: Console, d: dict[str, Any]) -> None:
     longest = c["longest_message"]
     console.print(f"characters per row: min {c['min']}, median {c['p50']}, p99 {c['p99']}, max {c['max']}; "
                   f"longest message {longest['chars']} chars ({longest['role']}, {longest['location']})")  # fmt: skip
+
+
+def _notable(d: dict[str, Any]) -> bool:
+    """Whether an input has something to say beyond its counts."""
+    return not d["format"]["name"] or bool(d["rejected_by_reason"] or d["findings"] or d["duplicates"]["rows"])
+
+
+def _inputs(console: Console, inputs: list[dict[str, Any]]) -> None:
+    """A section per input; past `MAX_SECTIONS`, sections for the first notable inputs and one line for the rest."""
+    if len(inputs) <= MAX_SECTIONS:
+        shown = inputs
+    else:
+        notable = [d for d in inputs if _notable(d)]
+        shown = notable[:MAX_SECTIONS] if notable else inputs[:MAX_SECTIONS]
+    for d in shown:
+        _input(console, d)
+    rest = [d for d in inputs if not any(d is s for s in shown)]
+    if not rest:
+        return
+    formats = Counter(d["format"]["name"] or "none" for d in rest)
+    read, kept = sum(d["rows"]["read"] for d in rest), sum(d["rows"]["kept"] for d in rest)
+    flagged = sum(map(_notable, rest))
+    console.rule(f"[bold]{len(rest)} more inputs")
+    console.print(
+        f"{len(rest)} more inputs not shown, {flagged} of them with rejects, findings or duplicates: formats "
+        f"{', '.join(f'{name} {n}' for name, n in formats.most_common())}; rows: read {read} = kept {kept} + rejected "
+        f"{read - kept}; --json writes every input's section"
+    )
 
 
 def _histogram(console: Console, hist: dict[str, Any], width: int = 40) -> None:
@@ -122,10 +158,13 @@ def _example(console: Console, e: dict[str, Any]) -> None:
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     """Print the whole report: per input, overlaps, shards, tokens, examples, then the gate."""
     console = console or Console()
-    for d in report["inputs"]:
-        _input(console, d)
-    for o in report["overlaps"]:
+    _inputs(console, report["inputs"])
+    for o in report["overlaps"][:MAX_SECTIONS]:
         console.print(f"[yellow]overlap: {o['rows']} rows of {o['b']} also in {o['a']}")
+    if len(report["overlaps"]) > MAX_SECTIONS:
+        more = report["overlaps"][MAX_SECTIONS:]
+        console.print(f"[yellow]overlap: {len(more)} more pairs of inputs share rows ({sum(o['rows'] for o in more)} "
+                      "rows); --json lists every pair")  # fmt: skip
     for s in report["shards"]:
         _shards(console, s)
     if report["tokens"]:

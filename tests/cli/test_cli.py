@@ -58,6 +58,48 @@ def test_convert_prints_format_and_accounting(cli: CliRunner, tmp_path: Path) ->
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "part-00000.parquet", "rejects.jsonl"]
 
 
+def _many_inputs(folder: Path, n: int, bad: set[int], same: frozenset[int] = frozenset()) -> list[Path]:
+    """`n` one-row chat files (0000.jsonl, ...), each with its own question, except those numbered in `same`, which
+    repeat the first file's row; those numbered in `bad` hold an extra invalid line."""
+    folder.mkdir()
+    chat = '{{"messages": [{{"role": "user", "content": "q{}"}}, {{"role": "assistant", "content": "a"}}]}}\n'
+    paths = [folder / f"{i:04d}.jsonl" for i in range(n)]
+    for i, path in enumerate(paths):
+        path.write_text(chat.format(0 if i in same else i) + ("{oops\n" if i in bad else ""))
+    return paths
+
+
+def test_convert_of_many_inputs_names_the_first_and_those_with_rejects(cli: CliRunner, tmp_path: Path) -> None:
+    bad = {3, 25, 40} | set(range(50, 75))
+    paths = _many_inputs(tmp_path / "in", 120, bad)
+    result = cli.invoke(main, ["convert", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--format", "openai"])
+    assert result.exit_code == 0, result.output
+    named = [i for i, path in enumerate(paths) if f"{path}: read " in result.output]
+    assert named == [*range(20), 25, 40, *range(50, 68)]  # the first 20, then 20 more with rejected rows
+    assert "80 more inputs (7 with rejected rows): formats openai 80; read 87 = kept 80 + rejected 7; " \
+           "manifest.json lists every input" in result.output  # fmt: skip
+    assert "total: read 148 = kept 120 + rejected 28" in result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [r["rows_rejected"] for r in manifest["inputs"]] == [int(i in bad) for i in range(120)]
+
+
+def test_inspect_of_many_inputs_shows_those_with_something_to_say(cli: CliRunner, tmp_path: Path) -> None:
+    paths = _many_inputs(tmp_path / "in", 60, {7, 44}, same=frozenset(range(30, 55)))
+    result = cli.invoke(main, ["inspect", str(tmp_path / "in"), "--workers", "1", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())  # the rich console wraps long lines
+    sections = output.split("more inputs not shown")[0].replace(" ", "")
+    shown = [i for i, path in enumerate(paths) if f"{path}" in sections]
+    assert shown == [7, 44]
+    assert "58 more inputs not shown, 0 of them with rejects, findings or duplicates: formats openai 58; rows: read " \
+           "58 = kept 58 + rejected 0" in output  # fmt: skip
+    report = json.loads((tmp_path / "r.json").read_text())
+    # 0000 and 0030-0054 in pairs, and 0044 repeats 0007's invalid line
+    assert len(report["inputs"]) == 60 and len(report["overlaps"]) == 26 * 25 // 2 + 1
+    assert output.count("overlap: 1 rows of ") == 20
+    assert "overlap: 306 more pairs of inputs share rows (306 rows); --json lists every pair" in output
+
+
 def test_a_run_that_keeps_no_row_warns_and_names_the_rejects(cli: CliRunner, tmp_path: Path) -> None:
     """Every row over --pack: the run succeeds (exit 0, --max-rejected is the gate) but says nothing was kept and
     prints no packing line for zero rows."""
