@@ -424,8 +424,10 @@ def main() -> int:
         f"(nproc {os.cpu_count()}), load average {load}; python {sys.version.split()[0]}; fastest of "
         f"{max(1, opts.repeat)} run(s) each"
     )
-    dists = ("dsprep", "tokenizers", "transformers")
-    print("versions (dsprep side): " + ", ".join(f"{d} {version(d)}" for d in dists))
+    from dsprep.version import __version__  # the code measured, which an editable install's metadata may lag
+
+    dists = ("tokenizers", "transformers")
+    print(f"versions (dsprep side): dsprep {__version__}, " + ", ".join(f"{d} {version(d)}" for d in dists))
     header = (
         f"{'measurement':<40} {'rows':>6} {'seconds':>8} {'rows/s':>8} {'tok/s':>10} {'peak mem':>9} "
         f"{'packed':>7} {'eff':>6}  tokens"

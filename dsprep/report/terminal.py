@@ -72,7 +72,8 @@ def _inputs(console: Console, inputs: list[dict[str, Any]]) -> None:
         shown = notable[:MAX_SECTIONS] if notable else inputs[:MAX_SECTIONS]
     for d in shown:
         _input(console, d)
-    rest = [d for d in inputs if not any(d is s for s in shown)]
+    in_full = {id(d) for d in shown}
+    rest = [d for d in inputs if id(d) not in in_full]
     if not rest:
         return
     formats = Counter(d["format"]["name"] or "none" for d in rest)
