@@ -211,11 +211,13 @@ def overlaps(inspections: Sequence[RawInspection]) -> list[dict[str, Any]]:
     The hashes every input holds are sorted once, so the cost follows the rows and the overlaps found, not the number
     of pairs (thousands of small inputs are millions of pairs).
     """
+    if len(inspections) < 2:
+        return []
     hashes = [_hash_array(ins) for ins in inspections]
     distinct = [np.unique(h) for h in hashes]
-    values = np.concatenate([np.zeros(0, np.uint64), *distinct])
-    owners = np.repeat(np.arange(len(distinct)), [len(u) for u in distinct])
-    order = np.lexsort((owners, values))
+    values = np.concatenate(distinct)
+    owners = np.repeat(np.arange(len(distinct), dtype=np.int32), [len(u) for u in distinct])
+    order = np.argsort(values, kind="stable")  # equal hashes stay in input order
     values, owners = values[order], owners[order]
     shared = np.zeros(len(values), bool)  # a hash that more than one input holds
     shared[1:] |= values[1:] == values[:-1]
