@@ -74,20 +74,23 @@ def _packed_invariants(name: str, table: pa.Table, max_len: int, first_row: int 
     expected = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(starts, lens)
     flat_positions = positions.flatten().to_numpy().astype(np.int64)
     ends = np.cumsum(n)
-    if not np.array_equal(flat_positions, expected):
-        at = int(np.flatnonzero(flat_positions != expected)[0])
+
+    def located(at: int) -> tuple[int, int]:
+        """The row (counted in the shard) holding token `at` of the table's flattened tokens, and its place there."""
         row = int(np.searchsorted(ends, at, side="right"))
+        return first_row + row, at - int(ends[row] - n[row])
+
+    if not np.array_equal(flat_positions, expected):
+        row, token = located(int(np.flatnonzero(flat_positions != expected)[0]))
         raise VerifyError(
-            f"{name}: row {first_row + row}: position_ids do not restart at the seq_lens boundaries "
-            f"(token {at - int(ends[row] - n[row])} of the row)"
+            f"{name}: row {row}: position_ids do not restart at the seq_lens boundaries (token {token} of the row)"
         )
     first_labels = labels.flatten().to_numpy()[starts]
     if (first_labels != -100).any():
-        at = int(starts[np.flatnonzero(first_labels != -100)[0]])
-        row = int(np.searchsorted(ends, at, side="right"))
+        row, token = located(int(starts[np.flatnonzero(first_labels != -100)[0]]))
         raise VerifyError(
-            f"{name}: row {first_row + row}: an example's first label is not -100 (token {at - int(ends[row] - n[row])}"
-            " of the row), so a label crosses a boundary"
+            f"{name}: row {row}: an example's first label is not -100 (token {token} of the row), so a label crosses "
+            "a boundary"
         )
 
 
