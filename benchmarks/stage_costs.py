@@ -90,7 +90,7 @@ def main() -> int:
 
     def normalize() -> None:
         for task in tasks():
-            _normalized(source, task, _Collector(source, task.locations))
+            _normalized(source, task.records, _Collector(source, task.locations))
 
     gc.freeze()  # as in a worker: start-up's objects are not walked by the collector
     ceiling = _fastest(lambda: [fast.encoding.encode_to_numpy(t, disallowed_special=()) for t in texts], opts.repeat)

@@ -1,0 +1,38 @@
+"""The benchmark scripts that call dsprep's own functions still run against the current code, on tiny inputs.
+
+They time internals (`dsprep.workers.process` and its parts, the encoder, the packer) that change shape as the code
+does; a benchmark that no longer runs cannot check a target. Each runs here in seconds, with its printed verdict
+lines present (what they say about speed at this size is not asserted).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "expected"),
+    [
+        ("stage_costs.py", ["--rows", "40", "--repeat", "1"], ["ceiling: encode_to_numpy", "normalizing", "process()"]),
+        ("tokenize_speed.py", ["--rows", "40", "--skip-trl"], ["ratio dsprep/ceiling ="]),
+        ("pack_quality.py", ["--rows", "60", "--synthetic", "2000"], ["dsprep above bound =", "speed target"]),
+    ],
+)
+def test_benchmark_runs_on_a_tiny_input(script: str, args: list[str], expected: list[str], tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    for line in expected:
+        assert line in done.stdout, f"{script} printed no {line!r}:\n{done.stdout[-3000:]}"
