@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -11,13 +12,14 @@ from dsprep.errors import RowError
 from dsprep.schema import ROLES
 from dsprep.specs import FormatSpec, RoleTarget
 
-__all__ = ["json_text", "parse_messages", "parse_tools"]
+__all__ = ["as_boolean", "json_text", "messages_in_text", "parse_messages", "parse_tools"]
 
 Message = dict[str, Any]
 TEXT_PARTS = ("text", "input_text", "output_text")
 REASONING_PARTS = ("reasoning", "thinking")
 MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id", "reasoning", "train", "weight", "extra")
 CONTENT_REQUIRED = ("user", "tool")
+_OPENS_OBJECT = re.compile(r"\[?\s*\{\s*\"")  # an object (or a list of them) whose first key is quoted
 CANONICAL_ROLES = {role: RoleTarget(role=role) for role in ROLES}  # used when a spec declares no [roles]
 
 
@@ -37,6 +39,29 @@ def maybe_json(value: Any, path: str) -> Any:
         except orjson.JSONDecodeError as exc:
             raise RowError(path, "invalid_json", f"holds text that is not valid JSON ({exc})") from None
     return value
+
+
+def messages_in_text(text: str, spec: FormatSpec, path: str) -> Any:
+    """The message or list of messages `text` holds as JSON (a CSV cell, JSON-in-JSON), or None where it is plain
+    text: not JSON, or JSON of another shape (``[INST] ...``, ``{"name": "Bob"}``, ``[1, 2, 3]``). Text that opens
+    like JSON messages (``[{"role"``) but is not valid JSON is an ``invalid_json`` error, not text."""
+    head = text.lstrip()[:200]
+    if head[:1] not in ("[", "{"):
+        return None
+    roles = spec.key_for("role")
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if _OPENS_OBJECT.match(head) and any(f'"{key}"' in head for key in roles):
+            raise RowError(path, "invalid_json", f"holds message JSON that is not valid ({exc})") from None
+        return None
+
+    def is_message(item: Any) -> bool:
+        return isinstance(item, dict) and any(key in item for key in roles)
+
+    if is_message(value) or (isinstance(value, list) and value and all(map(is_message, value))):
+        return value
+    return None
 
 
 def _type_name(value: Any) -> str:
@@ -117,7 +142,9 @@ def _content(value: Any, path: str, msg: Message) -> None:
             continue
         expect(part, dict, ppath, "a content part object")
         ptype = part.get("type", "text")
-        body = part.get("text", part.get("value"))
+        body = part.get("text")
+        if body is None:  # absent, or null beside a "value" (Parquet gives every part both keys)
+            body = part.get("value")
         if ptype in TEXT_PARTS or ptype in REASONING_PARTS:
             body = expect(body, str, f"{ppath}.text", f"the text of a {ptype} part")
             (texts if ptype in TEXT_PARTS else thoughts).append(body)
@@ -130,14 +157,23 @@ def _content(value: Any, path: str, msg: Message) -> None:
         msg["reasoning"] = "".join(thoughts)
 
 
-def _flag(value: Any, path: str) -> bool:
+def as_boolean(value: Any) -> bool | None:
+    """`value` as a boolean where it spells one (true/false, 1/0, 1.0/0.0, "true"/"false"/"1"/"0" in any case),
+    else None."""
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-        return value.lower() in ("true", "1")
-    raise RowError(path, "wrong_type", f"expected a boolean, got {_type_name(value)}")
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    return None
+
+
+def _flag(value: Any, path: str) -> bool:
+    flag = as_boolean(value)
+    if flag is None:
+        raise RowError(path, "wrong_type", f"expected a boolean, got {_type_name(value)}")
+    return flag
 
 
 def _weight(value: Any, path: str) -> float:

@@ -11,7 +11,15 @@ import hashlib
 from typing import Any
 
 from dsprep.errors import RowError
-from dsprep.messages import expect, first_key, json_text, maybe_json, parse_messages, parse_tools
+from dsprep.messages import (
+    as_boolean,
+    expect,
+    first_key,
+    json_text,
+    messages_in_text,
+    parse_messages,
+    parse_tools,
+)
 from dsprep.schema import NORMALIZED_COLUMNS
 from dsprep.specs import FormatSpec
 from dsprep.transforms import TRANSFORMS
@@ -147,11 +155,14 @@ def _text(r: _Reader, row: Row) -> None:
 
 
 def _side(r: _Reader, name: str) -> tuple[str, Any, bool]:
-    """(key, value, is_conversational) of a prompt/completion/chosen/rejected field."""
+    """(key, value, is_conversational) of a prompt/completion/chosen/rejected field: a string is text unless it
+    holds a message or a list of messages as JSON."""
     key, value = r.get(name)
-    value = maybe_json(value, key)
     if isinstance(value, str):
-        return key, value, False
+        messages = messages_in_text(value, r.spec, key)
+        if messages is None:
+            return key, value, False
+        value = messages
     expect(value, (list, dict), key, "a string, a message or a list of messages")
     return key, value, True
 
@@ -243,12 +254,9 @@ def _preference(r: _Reader, row: Row) -> None:
 
 def _label(r: _Reader) -> bool:
     key, value = r.get("label")
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
+    label = as_boolean(value)
+    if label is not None:
+        return label
     raise RowError(key, "wrong_type", f"expected a boolean label, got {value!r}")
 
 

@@ -20,6 +20,10 @@ def _msgs(*pairs: tuple[str, str], role: str = "role", content: str = "content")
         ({"messages": _msgs(("user", "q"), ("assistant", "a")), "label": True}, "kto"),
         ({"prompt": "p", "completion": "c"}, "prompt_completion"),
         ({"prompt": "p", "completion": "c", "label": False}, "kto"),
+        ({"prompt": "p", "completion": "c", "label": "1"}, "kto"),  # a CSV's labels
+        ({"prompt": "p", "completion": "c", "label": 0.0}, "kto"),  # a float column's
+        ({"prompt": "[INST] p [/INST]", "completion": "[1, 2]"}, "prompt_completion"),
+        ({"prompt": "[INST] p [/INST]", "chosen": "{c}", "rejected": "[r]"}, "preference"),
         ({"prompt": "p", "chosen": "c", "rejected": "r"}, "preference"),
         ({"instruction": "i", "input": "", "output": "o", "text": "i o"}, "alpaca"),
         ({"text": "t"}, "text"),

@@ -143,3 +143,60 @@ def test_double_encoded_arguments_are_decoded_once() -> None:
                            {"role": "assistant", "tool_calls": [{"function": {"name": "loc", "arguments": json.dumps(inner)}}]}]}  # fmt: skip
     row = normalize_record(record, load_spec("openai"))
     assert row["messages"][1]["tool_calls"][0]["arguments"] == inner
+
+
+@pytest.mark.parametrize(
+    ("spec", "record", "column", "text"),
+    [
+        ("prompt_completion", {"prompt": "[INST] What is 2+2? [/INST]", "completion": "4"}, "prompt",
+         "[INST] What is 2+2? [/INST]"),
+        ("prompt_completion", {"prompt": "Give me a person.", "completion": '{"name": "Bob"}'}, "completion",
+         '{"name": "Bob"}'),
+        ("prompt_completion", {"prompt": "Sort 3 1 2.", "completion": "[1, 2, 3]"}, "completion", "[1, 2, 3]"),
+        ("prompt_completion", {"prompt": "[1, 2, 3] -- sum?", "completion": "6"}, "prompt", "[1, 2, 3] -- sum?"),
+        ("preference", {"prompt": "Source?", "chosen": "[citation needed] yes", "rejected": "no"}, "chosen",
+         "[citation needed] yes"),
+        ("kto", {"prompt": "{curly} braces", "completion": "ok", "label": True}, "prompt", "{curly} braces"),
+    ],
+)  # fmt: skip
+def test_strings_that_open_like_json_stay_text(spec: str, record: dict[str, Any], column: str, text: str) -> None:
+    row = normalize_record(record, load_spec(spec))
+    assert row[column] == text
+    assert row["messages"] is None
+
+
+def test_message_json_in_a_string_is_decoded_and_broken_message_json_is_rejected() -> None:
+    spec = load_spec("prompt_completion")
+    messages = json.dumps([{"role": "user", "content": "q"}])
+    row = normalize_record({"prompt": messages, "completion": json.dumps({"role": "assistant", "content": "a"})}, spec)
+    assert _msgs([row]) == [[("user", "q")]]
+    assert _msgs([row], "completion_messages") == [[("assistant", "a")]]
+    with pytest.raises(RowError) as caught:
+        normalize_record({"prompt": messages[:-2], "completion": "a"}, spec)
+    assert (caught.value.reason, caught.value.field) == ("invalid_json", "prompt")
+
+
+@pytest.mark.parametrize(("value", "label"), [(1, True), (0, False), (1.0, True), (0.0, False), ("1", True),
+                                              ("0", False), ("TRUE", True), (" false ", False)])  # fmt: skip
+def test_kto_labels_spelled_as_numbers_or_text(value: Any, label: bool) -> None:
+    row = normalize_record({"prompt": "p", "completion": "c", "label": value}, load_spec("kto"))
+    assert row["label"] is label
+
+
+def test_legacy_function_call_is_a_tool_call() -> None:
+    record = {"messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "function_call": {"name": "weather", "arguments": '{"city": "Paris"}'}},
+        {"role": "function", "name": "weather", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny.", "function_call": None},
+    ]}  # fmt: skip
+    messages = normalize_record(record, load_spec("openai"))["messages"]
+    assert messages[1]["tool_calls"] == [{"id": None, "name": "weather", "arguments": '{"city": "Paris"}'}]
+    assert (messages[1]["content"], messages[1]["extra"]) == (None, None)
+    assert (messages[2]["role"], messages[2]["name"]) == ("tool", "weather")
+
+
+def test_content_part_with_null_text_reads_its_value() -> None:
+    record = {"messages": [{"role": "user", "content": [{"type": "text", "text": "a", "value": None},
+                                                        {"type": "text", "text": None, "value": "b"}]}]}  # fmt: skip
+    assert normalize_record(record, load_spec("openai"))["messages"][0]["content"] == "ab"
