@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ PIECES = "pieces"  # completed pieces of a run (`dsprep.pieces`), kept for a rer
 KEY = "key"  # the run's cache key, which the pieces belong to
 FLUSH_ROWS = 4096
 FLUSH_BYTES = 16 << 20
+SHARD_NAME = re.compile(r"part-\d{5,}\.parquet")  # what `shard_name` makes
 PLAIN_COLUMNS = ("id", "example_ids", "position_ids", "seq_lens")  # unique or counting values: no dictionary pays
 
 
@@ -133,11 +135,32 @@ def _read_key(folder: Path) -> str | None:
         return None
 
 
-def _written_by_dsprep(path: Path) -> bool:
+def _is_dsprep_manifest(path: Path) -> bool:
+    try:
+        value = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return False
+    return isinstance(value, dict) and "dsprep_version" in value
+
+
+def _written_by_dsprep(path: Path, *, split: bool = False) -> bool:
+    """Whether `path`, found in an output folder, is something dsprep writes there: its manifest, rejects, shards
+    (``part-00000.parquet``; not Spark's ``part-00000-<uuid>.parquet``) or a recipe's split folder holding only those
+    (`split`: `path` is inside one, whose staging folder counts too)."""
     name = path.name
+    if path.is_symlink():
+        return False
     if path.is_dir():
-        return name in SPLIT_FOLDERS and (path / MANIFEST).is_file()
-    return name in (MANIFEST, REJECTS) or (path.is_file() and name.startswith("part-") and name.endswith(".parquet"))
+        if split:
+            return name == STAGING
+        return (
+            name in SPLIT_FOLDERS
+            and _is_dsprep_manifest(path / MANIFEST)
+            and all(_written_by_dsprep(p, split=True) for p in path.iterdir())
+        )
+    if name == MANIFEST:
+        return _is_dsprep_manifest(path)
+    return path.is_file() and (name == REJECTS or SHARD_NAME.fullmatch(name) is not None)
 
 
 class Staging:
