@@ -250,7 +250,10 @@ def load_template(name_or_path: str, tokenizer_template: str | None = None) -> C
     """A shipped template by name, a ``.jinja`` file, or ``tokenizer`` (the tokenizer's own `chat_template`)."""
     if name_or_path == "tokenizer":
         if not tokenizer_template:
-            raise TemplateError("the tokenizer has no chat_template; pass --template NAME or a .jinja file")
+            raise TemplateError(
+                "the tokenizer has no chat_template (or, of several named ones, none named 'default'); "
+                "pass --template NAME or a .jinja file"
+            )
         return ChatTemplate("tokenizer", tokenizer_template, "the tokenizer's chat_template")
     if name_or_path in shipped_template_names():
         text = resources.files("dsprep.chat_templates").joinpath(f"{name_or_path}.jinja").read_text(encoding="utf-8")

@@ -73,7 +73,11 @@ def _special_tokens(tok: Any) -> dict[str, str]:
 
 
 def _chat_template(tok: Any) -> str | None:
+    """The template `apply_chat_template` uses by default: the tokenizer's ``chat_template``, or of several named
+    ones (``tokenizer_config.json``'s list form) the one named ``default``."""
     template = getattr(tok, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
     return template if isinstance(template, str) else None
 
 
@@ -223,7 +227,11 @@ def fingerprint(tok: Any) -> str:
         h.update(json.dumps(tok.get_vocab(), sort_keys=True).encode())
     h.update(json.dumps({k: str(v) for k, v in tok.special_tokens_map.items()}, sort_keys=True).encode())
     h.update(json.dumps(sorted(str(t) for t in tok.all_special_tokens)).encode())
-    h.update((getattr(tok, "chat_template", None) or "").encode() if isinstance(tok.chat_template, str) else b"")
+    template = getattr(tok, "chat_template", None)
+    if isinstance(template, str):
+        h.update(template.encode())
+    elif isinstance(template, dict):  # several named templates
+        h.update(json.dumps(template, sort_keys=True).encode())
     return h.hexdigest()
 
 
