@@ -329,12 +329,46 @@ def _tokenizer_class(transformers: Any, path: Path) -> Any:
     return transformers.AutoTokenizer
 
 
+CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # small JSON objects, checked before loading
+MODEL_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "*.model")  # one of them is needed
+
+
+def _check_json_object(file: Path) -> None:
+    """Raise a one-line `TokenizerError` naming `file` where it is not a readable JSON object."""
+    try:
+        value = json.loads(file.read_bytes())
+    except OSError as exc:
+        raise TokenizerError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # invalid JSON or UTF-8
+        raise TokenizerError(f"{file}: not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise TokenizerError(f"{file}: expected a JSON object, got {type(value).__name__}")
+
+
+def check_tokenizer_folder(path: Path) -> None:
+    """Raise a one-line `TokenizerError` naming what a local tokenizer folder lacks: a tokenizer file, or config
+    files that are JSON objects (what `transformers` would report at length, or as an unrelated error)."""
+    for name in CONFIG_FILES:
+        if (path / name).is_file():
+            _check_json_object(path / name)
+    if not any(p.is_file() for pattern in MODEL_FILES for p in path.glob(pattern)):
+        present = ", ".join(sorted(p.name for p in path.iterdir())[:5]) or "nothing"
+        expected = f"{', '.join(MODEL_FILES[:-1])} or {MODEL_FILES[-1]}"
+        raise TokenizerError(f"{path}: not a tokenizer folder: no {expected} (it holds {present})")
+
+
 def _load_hf(name_or_path: str, path: Path) -> Any:
+    local = name_or_path not in BUILTIN
+    if local:
+        check_tokenizer_folder(path)
     transformers = _quiet_transformers()
     try:
         tok = _tokenizer_class(transformers, path).from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
-        raise TokenizerError(f"{name_or_path}: cannot load tokenizer: {type(exc).__name__}: {exc}") from None
+        if local and (path / "tokenizer.json").is_file():
+            _check_json_object(path / "tokenizer.json")  # names the file where that is what failed
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise TokenizerError(f"{name_or_path}: cannot load tokenizer: {type(exc).__name__}: {first}") from None
     if name_or_path == "mistral:v3":  # the shipped template may be newer than the cached build
         from dsprep.templates import load_template
 
