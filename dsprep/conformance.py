@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dsprep.encode import PROBE_ANSWER, PROBE_USER, EncodeOptions, Encoder
-from dsprep.errors import RowError, TemplateError
+from dsprep.errors import RowError, TemplateError, TemplateTimeoutError
 
 __all__ = ["Conformance", "check_conformance", "conformance_for"]
 
@@ -160,6 +160,8 @@ def _prefix_stable(encoder: Encoder, messages: list[dict[str, Any]]) -> bool:
                 encoder.render(tmsgs[:i], None, generation_prompt=True)
             ):
                 return False
+    except TemplateTimeoutError:
+        raise
     except TemplateError:
         return False
     return True

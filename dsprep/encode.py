@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dsprep.errors import RowError, TemplateError
+from dsprep.errors import RowError, TemplateError, TemplateTimeoutError
 from dsprep.fast_bpe import FastEncoder, FastEncoding
 from dsprep.schema import TOKENIZED_COLUMNS
 from dsprep.skeleton import SkeletonRenderer
@@ -78,6 +78,8 @@ def probe_shape(template: ChatTemplate, special_tokens: dict[str, str]) -> Templ
         bare = render(template, user, special_tokens=special_tokens)
         prompt = render(template, user, add_generation_prompt=True, special_tokens=special_tokens)
         full = render(template, both, special_tokens=special_tokens)
+    except TemplateTimeoutError:
+        raise
     except TemplateError:
         return None
     if not prompt.startswith(bare) or not full.startswith(prompt) or PROBE_ANSWER not in full[len(prompt) :]:
@@ -224,8 +226,8 @@ class Encoder:
                 continue
             try:
                 before = self.render(tmsgs[:i], tools, generation_prompt=tmsgs[i]["role"] == "assistant")
-            except TemplateError:
-                if i:
+            except TemplateError as exc:
+                if i or isinstance(exc, TemplateTimeoutError):
                     raise
                 before = ""  # a template that cannot render an empty conversation
             through = self.render(tmsgs[: i + 1], tools)

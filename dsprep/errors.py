@@ -15,6 +15,7 @@ __all__ = [
     "RowError",
     "RowFailure",
     "TemplateError",
+    "TemplateTimeoutError",
     "TokenizerError",
     "VerifyError",
 ]
@@ -48,6 +49,10 @@ class TemplateError(DsprepError):
     """A chat template cannot be loaded or rendered, or fails its conformance checks."""
 
     exit_code = 7
+
+
+class TemplateTimeoutError(TemplateError):
+    """A render ran past its time limit: a probe render that does is fatal at once, not retried another way."""
 
 
 class TokenizerError(DsprepError):

@@ -44,11 +44,12 @@ import jinja2.runtime
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from dsprep.errors import TemplateError
+from dsprep.errors import TemplateError, TemplateTimeoutError
 
 __all__ = [
     "BoundedSandboxedEnvironment",
     "BoundedTemplate",
+    "RenderTimeoutError",
     "TemplateLimitError",
     "default_environment",
     "render_bounded",
@@ -67,6 +68,10 @@ _DEPTH: ContextVar[int] = ContextVar("dsprep_template_call_depth", default=0)
 
 class TemplateLimitError(jinja2.exceptions.SecurityError):
     """A template reached for something the sandbox refuses, or went over a time, size or depth limit."""
+
+
+class RenderTimeoutError(TemplateLimitError):
+    """A render went over its wall-clock limit."""
 
 
 class _Deadline(BaseException):
@@ -297,7 +302,7 @@ class _Converted:
         if kind is None or issubclass(kind, jinja2.exceptions.TemplateError):
             return
         if issubclass(kind, _Deadline):
-            raise TemplateLimitError(f"rendering took longer than {self.env.render_seconds:g} s") from None
+            raise RenderTimeoutError(f"rendering took longer than {self.env.render_seconds:g} s") from None
         if issubclass(kind, RecursionError):
             raise TemplateLimitError("recursion too deep") from None
         if issubclass(kind, MemoryError):
@@ -528,5 +533,7 @@ def render_bounded(
         if isinstance(template, str):
             template = (environment or default_environment()).from_string(template)
         return template.render(**variables)
+    except RenderTimeoutError as exc:
+        raise TemplateTimeoutError(f"template {name}: {exc}") from None
     except jinja2.exceptions.TemplateError as exc:
         raise TemplateError(f"template {name}: {exc}") from None

@@ -22,7 +22,7 @@ from typing import Any
 
 import jinja2.nodes as nodes
 
-from dsprep.errors import TemplateError
+from dsprep.errors import TemplateError, TemplateTimeoutError
 from dsprep.sandbox import MAX_OUTPUT, MAX_STRING
 from dsprep.templates import ChatTemplate, parse_template, render
 
@@ -305,6 +305,8 @@ class SkeletonRenderer:
         try:
             text = render(self.template, placeholders, add_generation_prompt=generation_prompt,
                           special_tokens=self.special_tokens)  # fmt: skip
+        except TemplateTimeoutError:
+            raise
         except TemplateError:
             return None  # the full render reports it
         pieces = re.split(f"{OPEN}dsprep {word} (\\d+){CLOSE}", text)

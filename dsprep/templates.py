@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -27,8 +27,8 @@ import jinja2.ext
 import jinja2.nodes
 import jinja2.utils
 
-from dsprep.errors import TemplateError
-from dsprep.sandbox import BoundedSandboxedEnvironment
+from dsprep.errors import TemplateError, TemplateTimeoutError
+from dsprep.sandbox import BoundedSandboxedEnvironment, RenderTimeoutError
 
 __all__ = [
     "ChatTemplate",
@@ -164,6 +164,11 @@ def _tracking() -> Iterator[tuple[list[str], list[tuple[int, int]]]]:
         _TRACKING.reset(token)
 
 
+def _render_error(template: ChatTemplate, exc: jinja2.exceptions.TemplateError) -> TemplateError:
+    kind = TemplateTimeoutError if isinstance(exc, RenderTimeoutError) else TemplateError
+    return kind(f"template {template.name}: {exc}")
+
+
 def render(
     template: ChatTemplate,
     messages: Sequence[Mapping[str, Any]],
@@ -183,7 +188,7 @@ def render(
             **(special_tokens or {}),
         )
     except jinja2.exceptions.TemplateError as exc:
-        raise TemplateError(f"template {template.name}: {exc}") from None
+        raise _render_error(template, exc) from None
 
 
 def render_generation_spans(
@@ -201,7 +206,7 @@ def render_generation_spans(
             for piece in compiled.generate(**variables, **(special_tokens or {})):
                 blocks.append(piece)
         except jinja2.exceptions.TemplateError as exc:
-            raise TemplateError(f"template {template.name}: {exc}") from None
+            raise _render_error(template, exc) from None
         return "".join(blocks), list(spans)
 
 
@@ -246,6 +251,18 @@ def shipped_template_names() -> tuple[str, ...]:
     return tuple(sorted(f.name.removesuffix(".jinja") for f in files if f.name.endswith(".jinja")))
 
 
+def _checked(template: ChatTemplate, where: Callable[[int], str]) -> ChatTemplate:
+    """`template`, once its text is known to be a template: not blank, valid Jinja syntax; else a one-line
+    `TemplateError` starting with `where` (given the line)."""
+    if not template.text.strip():
+        raise TemplateError(f"{where(1)}: the template is empty")
+    try:
+        _compile(template.text)
+    except jinja2.exceptions.TemplateSyntaxError as exc:
+        raise TemplateError(f"{where(exc.lineno)}: template syntax error: {exc.message}") from None
+    return template
+
+
 def load_template(name_or_path: str, tokenizer_template: str | None = None) -> ChatTemplate:
     """A shipped template by name, a ``.jinja`` file, or ``tokenizer`` (the tokenizer's own `chat_template`)."""
     if name_or_path == "tokenizer":
@@ -254,15 +271,17 @@ def load_template(name_or_path: str, tokenizer_template: str | None = None) -> C
                 "the tokenizer has no chat_template (or, of several named ones, none named 'default'); "
                 "pass --template NAME or a .jinja file"
             )
-        return ChatTemplate("tokenizer", tokenizer_template, "the tokenizer's chat_template")
+        template = ChatTemplate("tokenizer", tokenizer_template, "the tokenizer's chat_template")
+        return _checked(template, lambda line: f"template tokenizer: its chat_template, line {line}")
     if name_or_path in shipped_template_names():
         text = resources.files("dsprep.chat_templates").joinpath(f"{name_or_path}.jinja").read_text(encoding="utf-8")
         return ChatTemplate(name_or_path, text, f"chat_templates/{name_or_path}.jinja")
     path = Path(name_or_path)
     if path.suffix == ".jinja" or path.is_file():
         try:
-            return ChatTemplate(path.stem, path.read_text(encoding="utf-8"), str(path))
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise TemplateError(f"{path}: cannot read template: {exc}") from None
+        return _checked(ChatTemplate(path.stem, text, str(path)), lambda line: f"{path}:{line}")
     known = ", ".join(shipped_template_names())
     raise TemplateError(f"unknown template {name_or_path!r}; expected 'tokenizer', a .jinja file, or one of: {known}")

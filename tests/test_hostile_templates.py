@@ -137,8 +137,8 @@ def test_templates_render_refuses_payload(monkeypatch: pytest.MonkeyPatch, name:
 def test_tokenizer_template_refuses_payload(monkeypatch: pytest.MonkeyPatch, name: str, text: str, bomb: bool) -> None:
     """A tokenizer's own chat_template takes the same path (`load_template('tokenizer', text)`)."""
     monkeypatch.setattr(templates._environment(), "render_seconds", 2.0)
-    template = templates.load_template("tokenizer", text)
-    _assert_refused(lambda: templates.render(template, MESSAGES), "tokenizer")
+    # refused when loaded (a syntax error) or when rendered
+    _assert_refused(lambda: templates.render(templates.load_template("tokenizer", text), MESSAGES), "tokenizer")
 
 
 def test_convert_renders_with_the_bounded_sandbox() -> None:
@@ -290,3 +290,62 @@ def test_hostile_tokenizer_template_stops_a_convert_with_exit_7(tmp_path: Path, 
     assert result.output.startswith("error: template tokenizer") and result.output.count("\n") == 1
     assert SECRET not in result.output
     assert not (out / "manifest.json").exists()
+
+
+def test_a_template_that_hangs_stops_a_convert_at_its_first_time_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The probe renders (shape, skeleton, conformance) give up on the first render that runs out of time, instead of
+    each waiting out the limit in turn: one time-out, exit 7, one line."""
+    from dsprep.cli import main
+    from dsprep.errors import TemplateTimeoutError
+
+    make_environment, make_error = templates._environment, templates._render_error
+
+    def quick(track_generation: bool = False) -> BoundedSandboxedEnvironment:
+        env = make_environment(track_generation)
+        env.render_seconds = 0.5
+        return env
+
+    timeouts: list[TemplateError] = []
+
+    def counted(template: templates.ChatTemplate, exc: jinja2.exceptions.TemplateError) -> TemplateError:
+        error = make_error(template, exc)
+        if isinstance(error, TemplateTimeoutError):
+            timeouts.append(error)
+        return error
+
+    monkeypatch.setattr(templates, "_environment", quick)
+    monkeypatch.setattr(templates, "_render_error", counted)
+    templates._compile.cache_clear()
+    loop = tmp_path / "loop.jinja"
+    loop.write_text("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+                    "{% for m in messages %}{{ m.content }}{% endfor %}")  # fmt: skip
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"messages": MESSAGES}) + "\n")
+    try:
+        result = CliRunner().invoke(
+            main, ["convert", str(data), "-o", str(tmp_path / "o"), "-t", "mistral:tekken", "--template", str(loop),
+                   "-j", "1", "-q", "--no-cache"],
+        )  # fmt: skip
+    finally:
+        templates._compile.cache_clear()
+    assert result.exit_code == 7, result.output
+    assert result.output == "error: template loop: rendering took longer than 0.5 s\n"
+    assert len(timeouts) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{% for m in messages %}\n{{ m.content }\n{% endfor %}", "{path}:2: template syntax error: unexpected '}'"),
+        ("{% if messages %}{{ messages[0].content }}", "{path}:1: template syntax error: Unexpected end of template."),
+        ("  \n", "{path}:1: the template is empty"),
+    ],
+)
+def test_a_template_file_that_is_not_a_template_names_its_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "mine.jinja"
+    path.write_text(text)
+    with pytest.raises(TemplateError) as caught:
+        templates.load_template(str(path))
+    assert str(caught.value).startswith(message.replace("{path}", str(path)))
