@@ -110,6 +110,12 @@ class ConvertResult:
         return sum(r.rows_rejected for r in self.inputs)
 
 
+def _outside(files: list[InputFile], out: Path) -> list[InputFile]:
+    """`files` less those inside the output folder (an output kept in its input folder is not read back)."""
+    root = out.resolve()
+    return [f for f in files if not f.path.resolve().is_relative_to(root)]
+
+
 @contextmanager
 def _reading(f: InputFile) -> Iterator[None]:
     """Turn a failed read (gone since it was listed, permission denied, I/O error) into a one-line `InputError`."""
@@ -311,7 +317,7 @@ def convert(
     given, adjusts each input's spec (given or detected) before it is used; the cache key cannot cover it, so such a
     run neither uses the cache nor resumes.
     """
-    files = discover(config.inputs)
+    files = _outside(discover(config.inputs), config.out)
     cacheable = config.cache and derive_spec is None
     cache = OutputCache(config.cache_dir or default_cache_dir(), config.cache_max_bytes) if cacheable else None
     workers = config.workers or default_workers()

@@ -68,3 +68,15 @@ def test_overwrite_refuses_files_that_only_look_like_dsprep_output(tmp_path: Pat
     code, output = _convert(str(TEXT), "--out", str(out), "--overwrite")
     assert code == 6 and f"holds files dsprep did not write ({name})" in output
     assert (out / name).read_bytes() == content
+
+
+def test_an_output_inside_its_input_folder_is_not_read_back(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(TEXT, data / "text.jsonl")
+    out = data / "out"
+    assert _convert(str(data), "--out", str(out), "--no-cache")[0] == 0
+    first = (out / "part-00000.parquet").read_bytes()
+    code, output = _convert(str(data), "--out", str(out), "--no-cache", "--overwrite")
+    assert code == 0, output
+    assert (out / "part-00000.parquet").read_bytes() == first
