@@ -42,12 +42,14 @@ def store_piece(folder: Path, result: BatchResult) -> BatchResult:
 
 
 def load_piece(folder: Path, seq: int) -> BatchResult | None:
-    """A complete piece's result (without its table), or None."""
+    """A complete piece's result (without its table), or None: no marker, or a damaged one (not the JSON of this
+    task's result), which marks no complete piece; the task is then run again and its piece rewritten."""
     try:
         meta = orjson.loads((folder / _name(seq)).with_suffix(".json").read_bytes())
-    except FileNotFoundError:
+        result = BatchResult(**meta)
+    except (FileNotFoundError, orjson.JSONDecodeError, TypeError):
         return None
-    return BatchResult(**meta)
+    return result if result.seq == seq else None
 
 
 def piece_path(folder: Path, seq: int) -> Path:

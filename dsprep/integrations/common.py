@@ -7,9 +7,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from dsprep.errors import DsprepError
+from dsprep.errors import DsprepError, VerifyError
+from dsprep.shards import SPLIT_FOLDERS
 from dsprep.tokenizers import fingerprint
-from dsprep.verify import check_fingerprint, verify_output
+from dsprep.verify import check_fingerprint, shard_paths, verify_output
 
 __all__ = ["MissingExtraError", "prepared_shards", "require"]
 
@@ -31,8 +32,13 @@ def require(module: str, extra: str) -> ModuleType:
 
 
 def prepared_shards(folder: str | Path, tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
-    """Verify `folder` (`dsprep verify`) and its tokenizer fingerprint against `tokenizer`; manifest and shard paths."""
-    manifest = verify_output(Path(folder))
+    """Verify `folder` (`dsprep verify`) and its tokenizer fingerprint against `tokenizer`; manifest and shard paths
+    (the files the verified manifest lists, each a plain name inside `folder`)."""
+    folder = Path(folder)
+    manifest = verify_output(folder)
+    if manifest["stage"] == "recipe":
+        splits = " or ".join(str(folder / name) for name in SPLIT_FOLDERS if name in manifest["splits"])
+        raise VerifyError(f"{folder}: a recipe output, its shards are in its split folders; pass {splits}")
     name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
     check_fingerprint(manifest, fingerprint(tokenizer), str(name))
-    return manifest, [str(Path(folder) / s["file"]) for s in manifest["shards"]]
+    return manifest, [str(path) for path in shard_paths(folder, manifest)]

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from dsprep.report.stats import histogram, summary
 from dsprep.report.tokens import example_pieces
-from dsprep.verify import read_manifest, verify_output
+from dsprep.verify import read_manifest, shard_paths, verify_output
 
 __all__ = ["inspect_output", "inspect_shards", "is_output_folder"]
 
@@ -51,8 +51,8 @@ def _token_columns(folder: Path, manifest: dict[str, Any], tok: Any, show: int) 
     lengths: list[np.ndarray] = []
     trained: list[np.ndarray] = []
     examples: list[Any] = []
-    for shard in manifest["shards"]:
-        with pq.ParquetFile(folder / shard["file"]) as parquet:
+    for shard, path in zip(manifest["shards"], shard_paths(folder, manifest), strict=True):
+        with pq.ParquetFile(path) as parquet:
             has_labels = "labels" in parquet.schema_arrow.names
             columns = ["num_tokens", "labels" if has_labels else "num_trained"]
             first_row = 0

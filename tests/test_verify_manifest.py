@@ -1,0 +1,258 @@
+"""A damaged or edited manifest is one line naming the field and exit code 8 for `dsprep verify`, `dsprep inspect`
+and the trainer integrations, never a traceback; shards and split folders must lie inside the output, each listed
+once; the rejects file and the schema version are checked too. A damaged resume marker is redone, not a crash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from dsprep.cli import main
+from dsprep.config import ConvertConfig
+from dsprep.errors import VerifyError
+from dsprep.integrations.common import prepared_shards
+from dsprep.pipeline import convert
+from dsprep.report.cli import inspect_command
+from dsprep.shards import Staging
+from dsprep.tokenizers import load_tokenizer
+
+Manifest = dict[str, Any]
+
+
+def _chats(path: Path, rows: int) -> Path:
+    with open(path, "w") as fh:
+        for n in range(rows):
+            messages = [{"role": "user", "content": f"q{n}"}, {"role": "assistant", "content": f"a{n}"}]
+            fh.write(json.dumps({"messages": messages}) + "\n")
+        fh.write("{not json\n")  # one rejected row, so the rejects file is not empty
+    return path
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A normalized output, a packed one and a recipe output (train and eval splits), each of a small chat file."""
+    root = tmp_path_factory.mktemp("outputs")
+    src = _chats(root / "chats.jsonl", 40)
+    convert(ConvertConfig(inputs=(str(src),), out=root / "normalized", workers=1))
+    convert(ConvertConfig(inputs=(str(src),), out=root / "packed", tokenizer="mistral:tekken", template="chatml",
+                          pack=512, workers=1))  # fmt: skip
+    recipe = root / "r.yaml"
+    recipe.write_text("sources:\n  - name: chats\n    path: chats.jsonl\n    eval: {rows: 4}\n"
+                      "tokenizer: mistral:tekken\ntemplate: chatml\n")  # fmt: skip
+    result = CliRunner().invoke(main, ["convert", "--recipe", str(recipe), "--out", str(root / "recipe"), "-q"])
+    assert result.exit_code == 0, result.output
+    return {"normalized": root / "normalized", "packed": root / "packed", "recipe": root / "recipe"}
+
+
+def _edited(outputs: dict[str, Path], kind: str, tmp_path: Path, change: Callable[[Manifest], object]) -> Path:
+    """A copy of an output whose manifest `change` edited."""
+    folder = Path(shutil.copytree(outputs[kind], tmp_path / kind))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def _fails(folder: Path, message: str) -> None:
+    """`dsprep verify` and `dsprep inspect` both stop with exit code 8 and exactly this one line."""
+    result = CliRunner().invoke(main, ["verify", str(folder)])
+    assert (result.exit_code, result.output) == (8, f"error: {message}\n"), result.output
+    result = CliRunner().invoke(inspect_command, [str(folder)])
+    assert (result.exit_code, result.output) == (8, f"error: {message}\n"), result.output
+
+
+def _first_shard(m: Manifest) -> Manifest:
+    return dict(m["shards"][0])
+
+
+def _added_shard(file: str) -> Callable[[Manifest], None]:
+    """An edit appending a copy of the first shard's entry, naming `file`."""
+    return lambda m: m["shards"].append({**_first_shard(m), "file": file})
+
+
+# (output, edit, message after "<folder>/manifest.json: ")
+MALFORMED = [
+    ("normalized", lambda m: m.update(shards={"a": 1}), 'shards: expected a list, got {"a":1}'),
+    ("normalized", lambda m: m.update(stage="packed"), "tokenizer: expected an object, got nothing"),
+    (
+        "normalized",
+        lambda m: m["shards"][0].pop("sha256"),
+        "shards[0].sha256: expected a sha256 (64 hex digits), got nothing",
+    ),
+    ("normalized", lambda m: m["shards"].__setitem__(0, None), "shards[0]: expected an object, got null"),
+    ("normalized", lambda m: m["shards"][0].update(rows="7"), 'shards[0].rows: expected a whole number >= 0, got "7"'),
+    ("normalized", lambda m: m.update(inputs=[5]), "inputs[0]: expected an object, got 5"),
+    (
+        "normalized",
+        lambda m: m.update(stage="sharded"),
+        'stage: expected one of normalized, tokenized, packed, recipe, got "sharded"',
+    ),
+    (
+        "packed",
+        lambda m: m["packing"].update(max_len="abc"),
+        'packing.max_len: expected a whole number >= 1, got "abc"',
+    ),
+    ("packed", lambda m: m["packing"].update(max_len=None), "packing.max_len: expected a whole number >= 1, got null"),
+    ("packed", lambda m: m["packing"].update(efficiency="x"), 'packing.efficiency: expected a number, got "x"'),
+    ("packed", lambda m: m.pop("packing"), "packing: expected an object, got nothing"),
+    ("packed", lambda m: m.update(tokenizer="x"), 'tokenizer: expected an object, got "x"'),
+    (
+        "packed",
+        lambda m: m["tokenizer"].pop("fingerprint"),
+        "tokenizer.fingerprint: expected a tokenizer fingerprint (a non-empty string), got nothing",
+    ),
+    ("packed", lambda m: m.update(template="chatml"), 'template: expected an object, got "chatml"'),
+    ("packed", lambda m: m["options"].update(max_len="x"), 'options.max_len: expected a whole number >= 1, got "x"'),
+    ("packed", lambda m: m.update(options=None), "options: expected an object, got null"),
+    (
+        "recipe",
+        lambda m: m["splits"]["train"].update(path=5),
+        'splits.train.path: expected "train" (the split\'s folder in this output), got 5',
+    ),
+    (
+        "recipe",
+        lambda m: m["rejects"].update(file="nothere.jsonl"),
+        'rejects.file: expected "rejects.jsonl", got "nothere.jsonl"',
+    ),
+    (
+        "recipe",
+        lambda m: m["sources"][0]["train"].update(tokens="x"),
+        'sources[0].train.tokens: expected a whole number >= 0, got "x"',
+    ),
+    ("recipe", lambda m: m.update(splits=[]), "splits: expected an object, got []"),
+]
+
+
+@pytest.mark.parametrize(("kind", "edit", "message"), MALFORMED, ids=[m for _, _, m in MALFORMED])
+def test_a_malformed_manifest_names_the_field(
+    outputs: dict[str, Path], tmp_path: Path, kind: str, edit: Callable[[Manifest], object], message: str
+) -> None:
+    folder = _edited(outputs, kind, tmp_path, edit)
+    _fails(folder, f"{folder / 'manifest.json'}: {message}")
+
+
+def test_a_manifest_that_is_no_object_is_named(outputs: dict[str, Path], tmp_path: Path) -> None:
+    folder = _edited(outputs, "normalized", tmp_path, lambda m: None)
+    (folder / "manifest.json").write_text("[1, 2]")
+    _fails(folder, f"{folder / 'manifest.json'}: not a dsprep manifest (expected an object with a stage, got [1,2])")
+
+
+def test_a_shard_outside_the_folder_is_refused(outputs: dict[str, Path], tmp_path: Path) -> None:
+    outside = str(outputs["normalized"] / "part-00000.parquet")
+    for n, file in enumerate(["../normalized/part-00000.parquet", outside, "part-00000.parquet/../part-00000.parquet"]):
+        folder = _edited(outputs, "normalized", tmp_path / str(n), _added_shard(file))
+        expected = "a shard file name in the output folder (part-NNNNN.parquet)"
+        _fails(folder, f"{folder / 'manifest.json'}: shards[1].file: expected {expected}, got {json.dumps(file)}")
+
+
+def test_a_shard_listed_twice_is_refused(outputs: dict[str, Path], tmp_path: Path) -> None:
+    folder = _edited(outputs, "normalized", tmp_path, lambda m: m["shards"].append(_first_shard(m)))
+    _fails(
+        folder, f"{folder / 'manifest.json'}: shards[1].file: part-00000.parquet is listed twice (also as shards[0])"
+    )
+
+
+@pytest.mark.parametrize("where", ["absolute", "../recipe/train", "eval"])
+def test_a_split_path_must_be_its_own_folder(outputs: dict[str, Path], tmp_path: Path, where: str) -> None:
+    path = str(outputs["recipe"] / "train") if where == "absolute" else where
+    folder = _edited(outputs, "recipe", tmp_path, lambda m: m["splits"]["train"].update(path=path))
+    message = f'splits.train.path: expected "train" (the split\'s folder in this output), got {json.dumps(path)}'
+    _fails(folder, f"{folder / 'manifest.json'}: {message}")
+
+
+def test_a_recipe_without_splits_or_with_a_split_left_out(outputs: dict[str, Path], tmp_path: Path) -> None:
+    folder = _edited(outputs, "recipe", tmp_path / "none", lambda m: m.update(splits={}))
+    _fails(folder, f"{folder / 'manifest.json'}: splits: expected at least one split (train, eval), got {{}}")
+    folder = _edited(outputs, "recipe", tmp_path / "unknown", lambda m: m["splits"].update(test=m["splits"]["eval"]))
+    _fails(folder, f'{folder / "manifest.json"}: splits: expected only the splits train, eval, got "test"')
+    folder = _edited(outputs, "recipe", tmp_path / "no-eval", lambda m: m["splits"].pop("eval"))
+    _fails(folder, f"{folder / 'eval'}: split folder not listed in the manifest")
+
+
+def test_a_split_holding_a_recipe_manifest_is_refused(outputs: dict[str, Path], tmp_path: Path) -> None:
+    nested = tmp_path / "recipe" / "train" / "manifest.json"
+
+    def nest(m: Manifest) -> None:  # train/ holds the recipe manifest itself, with its checksum recorded
+        nested.write_text(json.dumps(m))
+        m["splits"]["train"]["manifest_sha256"] = hashlib.sha256(nested.read_bytes()).hexdigest()
+
+    folder = _edited(outputs, "recipe", tmp_path, nest)
+    _fails(folder, f"{nested}: a recipe manifest, not the manifest of a split's shards")
+
+
+@pytest.mark.parametrize("kind", ["normalized", "recipe"])
+def test_a_deleted_or_edited_rejects_file(outputs: dict[str, Path], tmp_path: Path, kind: str) -> None:
+    folder = _edited(outputs, kind, tmp_path / "edited", lambda m: None)
+    rejects = folder / "rejects.jsonl"
+    rejects.write_bytes(rejects.read_bytes() + b'{"reason": "added"}\n')
+    _fails(folder, f"{rejects}: checksum mismatch (sha256 differs from the manifest): the file was changed")
+    rejects.unlink()
+    _fails(folder, f"{rejects}: missing; the manifest records 1 rejected rows there")
+    folder = _edited(outputs, kind, tmp_path / "rows", lambda m: m["rejects"].update(rows=3))
+    _fails(folder, f"{folder / 'rejects.jsonl'}: 1 rejected rows, the manifest says 3")
+
+
+@pytest.mark.parametrize("version", [99, 0, "1", True, None])
+def test_an_unknown_schema_version(outputs: dict[str, Path], tmp_path: Path, version: object) -> None:
+    folder = _edited(outputs, "normalized", tmp_path, lambda m: m.update(schema_version=version))
+    expected = "1 (the schema version this dsprep reads)"
+    _fails(folder, f"{folder / 'manifest.json'}: schema_version: expected {expected}, got {json.dumps(version)}")
+
+
+def test_fresh_outputs_still_verify(outputs: dict[str, Path]) -> None:
+    for kind, start in [("normalized", "ok (normalized, 1 shards, 40 rows)"), ("packed", "ok (packed, 1 shards, ")]:
+        result = CliRunner().invoke(main, ["verify", str(outputs[kind])])
+        assert result.exit_code == 0 and result.output.startswith(f"{outputs[kind]}: {start}"), result.output
+    result = CliRunner().invoke(main, ["verify", str(outputs["recipe"])])
+    assert result.exit_code == 0 and result.output.startswith(f"{outputs['recipe']}: ok (recipe: eval "), result.output
+
+
+def test_the_integrations_read_the_checked_manifest(outputs: dict[str, Path], tmp_path: Path) -> None:
+    tokenizer = load_tokenizer("mistral:tekken").tokenizer
+    manifest, paths = prepared_shards(outputs["packed"], tokenizer)
+    assert manifest["stage"] == "packed" and paths == [str(outputs["packed"] / "part-00000.parquet")]
+    folder = _edited(outputs, "packed", tmp_path, _added_shard("/etc/passwd"))
+    with pytest.raises(VerifyError, match=r"shards\[1\]\.file: expected a shard file name in the output folder"):
+        prepared_shards(folder, tokenizer)
+    recipe = outputs["recipe"]
+    with pytest.raises(
+        VerifyError, match=f"a recipe output, its shards are in its split folders; pass {recipe / 'train'} or"
+    ):
+        prepared_shards(recipe, tokenizer)
+
+
+def test_a_damaged_resume_marker_is_redone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A piece's marker that is not its result's JSON marks no complete piece: the rerun does that task again."""
+    src = _chats(tmp_path / "chats.jsonl", 1000)  # 4 tasks of 256 rows
+    out = tmp_path / "out"
+    config = ConvertConfig(inputs=(str(src),), out=out, format="openai", workers=1)
+    publish = Staging.publish
+
+    def stopped(self: Staging, names: list[str]) -> None:  # Ctrl-C once every piece is complete
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Staging, "publish", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        convert(config)
+    monkeypatch.setattr(Staging, "publish", publish)
+    pieces = out / ".dsprep-staging" / "pieces"
+    assert len(list(pieces.glob("*.json"))) == 4
+    (pieces / "000000001.json").write_text("{")
+    (pieces / "000000002.json").write_text("[1]")
+    (pieces / "000000003.json").write_text('{"seq": 0, "input_index": 0}')  # another piece's result
+
+    notes: list[str] = []
+    convert(config, on_note=notes.append)
+    assert "resumed: reused 1 of 4 completed pieces of an interrupted run" in notes
+    whole = tmp_path / "whole"
+    convert(ConvertConfig(inputs=(str(src),), out=whole, format="openai", workers=1))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {p.name: p.read_bytes() for p in whole.iterdir()}
+    assert not os.path.exists(out / ".dsprep-staging")
