@@ -5,8 +5,8 @@ Errors are one line on stderr and an exit code (see README, "Exit codes"); set D
 
 from __future__ import annotations
 
+import errno
 import os
-import re
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from dsprep.errors import DsprepError
+from dsprep.config import MAX_SEED, MAX_TOKENS, parse_fraction
+from dsprep.config import parse_size as _parse_size
+from dsprep.errors import DsprepError, OutputError
 from dsprep.version import __version__
 
 if TYPE_CHECKING:
@@ -23,30 +25,56 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 MAX_INPUT_LINES = 20  # inputs whose lines convert prints (and as many more with rejected rows)
 
 
-def parse_size(text: str) -> int:
-    """'256MB', '1g', '4096' -> bytes (binary units)."""
-    m = SIZE.match(text)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a size such as 256MB or 1GB")
-    return int(float(m.group(1)) * UNITS[(m.group(2) or "")[:1].lower()])
+def parse_size(text: str, *, positive: bool = False) -> int:
+    """'256MB', '1g', '100B', '4096' -> bytes (binary units); a usage error otherwise (see `config.parse_size`)."""
+    try:
+        return _parse_size(text, positive=positive)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _fraction(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     if value is None:
         return None
-    text = value.strip()
     try:
-        number = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a fraction such as 0.01 or 1%") from None
-    if not 0 <= number <= 1:
-        raise click.BadParameter(f"{value!r} must lie between 0 and 1")
-    return number
+        return parse_fraction(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _shard_size(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Check --shard-size up front (a shard size is positive); the text is kept, as a recipe records it."""
+    parse_size(value, positive=True)
+    return value
+
+
+def _cache_size(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    parse_size(value)
+    return value
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a file to write that is a folder, or whose folder is missing or not writable, before any work is done."""
+    if path.is_dir():
+        reason = errno.EISDIR
+    elif not path.parent.is_dir():
+        reason = errno.ENOTDIR if path.parent.exists() else errno.ENOENT
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        reason = errno.EACCES
+    else:
+        return
+    raise OutputError(f"cannot write {path}: {os.strerror(reason)}")
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write a report or recipe file; a failure is an `OutputError` (exit 6) naming the path and the reason."""
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 class _Group(click.Group):
@@ -110,6 +138,7 @@ def main() -> None:
     "--shard-size",
     default="64MB",
     show_default=True,
+    callback=_shard_size,
     help="Start a new shard past this size (packed: shards of about this size, fixed from the token count).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the contents of a previous dsprep output folder.")
@@ -132,17 +161,25 @@ def main() -> None:
     show_default=True,
     help="Trained tokens: assistant turns (per-message flags in the data override), all, or the last assistant turn.",
 )
-@click.option("--max-len", type=click.IntRange(min=1), help="Longest row in tokens; longer rows follow --overflow.")
+@click.option(
+    "--max-len",
+    type=click.IntRange(1, MAX_TOKENS),
+    help="Longest row in tokens; longer rows follow --overflow (needs --tokenizer).",
+)
 @click.option(
     "--overflow",
     type=click.Choice(["drop", "truncate-right", "truncate-left", "drop-turns", "split"]),
     default="drop",
     show_default=True,
-    help="What to do with rows over --max-len (split: text rows only).",
+    help="What to do with rows over --max-len (split: text rows only; needs --tokenizer).",
 )
 @click.option("--allow-template-warnings", is_flag=True, help="Go on when the template fails a conformance check.")
-@click.option("--pack", type=click.IntRange(min=1), metavar="L", help="Pack examples into rows of at most L tokens.")
-@click.option("--shuffle-seed", type=int, help="Shuffle the packed rows with this seed.")
+@click.option(
+    "--pack", type=click.IntRange(1, MAX_TOKENS), metavar="L", help="Pack examples into rows of at most L tokens."
+)
+@click.option(
+    "--shuffle-seed", type=click.IntRange(0, MAX_SEED), help="Shuffle the packed rows with this seed (needs --pack)."
+)
 @click.option(
     "--workers",
     "-j",
@@ -176,6 +213,7 @@ def main() -> None:
     "--cache-max-size",
     default="50GB",
     show_default=True,
+    callback=_cache_size,
     help="Keep the cache under this size: the least recently used outputs go first (files an output folder still "
     "holds count as nothing).",
 )
@@ -223,10 +261,7 @@ def convert(
         raise click.UsageError("give INPUTS (files, folders or globs) or --recipe")
     if out is None:
         raise click.UsageError("Missing option '--out' / '-o'.")
-    if pack is not None and tokenizer is None:
-        raise click.BadParameter("packing needs --tokenizer", param_hint="--pack")
-    if pack is not None and max_len is not None and max_len > pack:
-        raise click.BadParameter(f"--max-len {max_len} exceeds --pack {pack}", param_hint="--max-len")
+    _check_combination(tokenizer, max_len, pack, shuffle_seed)
     if ray_address is not None and engine != "ray":
         raise click.BadParameter("--ray-address needs --engine ray", param_hint="--ray-address")
     config = ConvertConfig(
@@ -236,7 +271,7 @@ def convert(
         on_error=on_error,  # type: ignore[arg-type]
         max_rejected=max_rejected,
         overwrite=overwrite,
-        shard_bytes=parse_size(shard_size),
+        shard_bytes=parse_size(shard_size, positive=True),
         tokenizer=tokenizer,
         template=template,
         train_on=train_on,  # type: ignore[arg-type]
@@ -293,6 +328,23 @@ def convert(
     if result.rows_read and not result.rows_kept:
         click.echo(f"warning: no row was kept; see {out / 'rejects.jsonl'} for each row's reason", err=True)
     say(f"wrote {len(shards)} shard{'s' * (len(shards) != 1)}, rejects.jsonl and manifest.json to {out}")
+
+
+def _check_combination(tokenizer: str | None, max_len: int | None, pack: int | None, shuffle_seed: int | None) -> None:
+    """Refuse options that would do nothing: token options without --tokenizer, a shuffle without --pack."""
+    from click.core import ParameterSource
+
+    overflow_given = click.get_current_context().get_parameter_source("overflow") == ParameterSource.COMMANDLINE
+    if tokenizer is None:
+        for option, given, what in (("--pack", pack is not None, "packing"),
+                                    ("--max-len", max_len is not None, "a length limit"),
+                                    ("--overflow", overflow_given, "an overflow policy")):  # fmt: skip
+            if given:
+                raise click.BadParameter(f"{what} needs --tokenizer", param_hint=option)
+    if pack is not None and max_len is not None and max_len > pack:
+        raise click.BadParameter(f"--max-len {max_len} exceeds --pack {pack}", param_hint="--max-len")
+    if shuffle_seed is not None and pack is None:
+        raise click.BadParameter("shuffling packed rows needs --pack", param_hint="--shuffle-seed")
 
 
 class _InputLines:

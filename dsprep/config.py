@@ -1,15 +1,50 @@
-"""Options of a convert run: one frozen dataclass whose defaults are the only defaults."""
+"""Options of a convert run: one frozen dataclass whose defaults are the only defaults, and the ranges and parsers
+the command line and recipes share."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["RUN_ONLY", "ConvertConfig"]
+__all__ = ["MAX_BYTES", "MAX_SEED", "MAX_TOKENS", "RUN_ONLY", "ConvertConfig", "parse_fraction", "parse_size"]
 
 # how a run is carried out, never what it writes
 RUN_ONLY = ("workers", "engine", "ray_address", "cache", "cache_dir", "cache_max_bytes")
+MAX_TOKENS = (1 << 31) - 1  # --pack and --max-len: token positions and lengths are int32 in the shards
+MAX_SEED = (1 << 63) - 1  # --shuffle-seed: a non-negative 64-bit integer
+MAX_BYTES = (1 << 63) - 1  # --shard-size and --cache-max-size
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])i?)?b?\s*$", re.IGNORECASE)
+UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str, *, positive: bool = False) -> int:
+    """'256MB', '1g', '1.5KiB', '100B', '4096' -> bytes (binary units); ValueError with a one-line reason otherwise.
+
+    With `positive`, a size under 1 byte is refused too.
+    """
+    m = SIZE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size such as 256MB, 1GB or 100B")
+    size = float(m.group(1)) * UNITS[(m.group(2) or "").lower()]
+    if size > MAX_BYTES:
+        raise ValueError(f"{text!r} is over the largest size, {MAX_BYTES} bytes")
+    if positive and size < 1:
+        raise ValueError(f"{text!r} is under 1 byte; a size must be positive")
+    return int(size)
+
+
+def parse_fraction(text: str) -> float:
+    """'0.01' or '1%' -> 0.01; ValueError unless it lies between 0 and 1."""
+    text = text.strip()
+    try:
+        number = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a fraction such as 0.01 or 1%") from None
+    if not 0 <= number <= 1:
+        raise ValueError(f"{text!r} must lie between 0 and 1")
+    return number
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +98,14 @@ class ConvertConfig:
     cache_max_bytes: int = 50 << 30
 
     def __post_init__(self) -> None:
+        for name in ("pack", "max_len"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= MAX_TOKENS:
+                raise ValueError(f"{name} {value} is not in 1..{MAX_TOKENS}")
+        if self.shuffle_seed is not None and not 0 <= self.shuffle_seed <= MAX_SEED:
+            raise ValueError(f"shuffle_seed {self.shuffle_seed} is not in 0..{MAX_SEED}")
+        if not 1 <= self.shard_bytes <= MAX_BYTES:
+            raise ValueError(f"shard_bytes {self.shard_bytes} is not in 1..{MAX_BYTES}")
         if self.pack is not None:
             if self.tokenizer is None:
                 raise ValueError("packing needs a tokenizer (--tokenizer)")

@@ -21,6 +21,7 @@ is the same packed and unpacked.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -96,14 +97,16 @@ class PackReport:
 
 
 class _Buckets:
-    """Rows grouped by free space; within a space, rows leave in the order they arrived (deterministic)."""
+    """Rows grouped by free space; within a space, rows leave in the order they arrived (deterministic). Only the
+    occupied spaces are kept, so memory does not grow with the row length."""
 
-    def __init__(self, max_len: int) -> None:
+    def __init__(self) -> None:
         self.chunks: dict[int, deque[np.ndarray]] = {}
-        self.sizes = np.zeros(max_len + 1, dtype=np.int64)
+        self.sizes: dict[int, int] = {}
+        self.occupied: list[int] = []  # the spaces holding rows, ascending
 
     def spaces_from(self, x: int) -> list[int]:
-        return (np.flatnonzero(self.sizes[x:]) + x).tolist()
+        return self.occupied[bisect.bisect_left(self.occupied, x) :]
 
     def take(self, space: int, k: int) -> np.ndarray:
         chunks = self.chunks[space]
@@ -120,11 +123,15 @@ class _Buckets:
         taken = out[0] if len(out) == 1 else np.concatenate(out)
         self.sizes[space] -= len(taken)
         if not self.sizes[space]:
-            del self.chunks[space]
+            del self.chunks[space], self.sizes[space]
+            del self.occupied[bisect.bisect_left(self.occupied, space)]
         return taken
 
     def put(self, space: int, rows: np.ndarray) -> None:
         if len(rows):
+            if space not in self.sizes:
+                bisect.insort(self.occupied, space)
+                self.sizes[space] = 0
             self.chunks.setdefault(space, deque()).append(rows)
             self.sizes[space] += len(rows)
 
@@ -138,20 +145,21 @@ def plan_packing(lengths: np.ndarray, max_len: int, *, repair: bool = True) -> P
     if len(lengths) and (lengths.min() < 1 or lengths.max() > max_len):
         raise ValueError(f"every length must lie in 1..{max_len}")
     # examples longest first; equal lengths keep their input order (a stable radix sort on small keys)
-    key = (max_len - lengths).astype(np.uint16 if max_len < 1 << 16 else np.int64)
+    longest = int(lengths.max()) if len(lengths) else 0
+    key = (longest - lengths).astype(np.uint16 if longest < 1 << 16 else np.int64)
     by_length = np.argsort(key, kind="stable")
-    counts = np.bincount(lengths, minlength=max_len + 1)[::-1]  # counts by length, longest first
-    buckets = _Buckets(max_len)
+    counts = np.bincount(lengths)  # counts by length: sized by the longest example, not by max_len
+    buckets = _Buckets()
     row_of = np.empty(len(lengths), dtype=np.int64)  # row of each example in `by_length` order
     n_rows = 0
     cursor = 0
-    for x in (max_len - np.flatnonzero(counts)).tolist():
-        hi = cursor + int(counts[max_len - x])
+    for x in np.flatnonzero(counts)[::-1].tolist():
+        hi = cursor + int(counts[x])
         for s in buckets.spaces_from(x):
             if cursor == hi:
                 break
             per_row = s // x
-            rows = buckets.take(s, min(int(buckets.sizes[s]), -(-(hi - cursor) // per_row)))
+            rows = buckets.take(s, min(buckets.sizes[s], -(-(hi - cursor) // per_row)))
             cursor = _fill(rows, per_row, x, s, cursor, hi, row_of, buckets)
         if cursor < hi:
             per_row = max_len // x
@@ -172,7 +180,7 @@ def _fill(rows: np.ndarray, per_row: int, x: int, space: int, cursor: int, hi: i
           buckets: _Buckets) -> int:  # fmt: skip
     """Give each of `rows` (free space `space`) up to `per_row` examples of length `x`; returns the new cursor."""
     n = min(hi - cursor, len(rows) * per_row)
-    row_of[cursor : cursor + n] = np.repeat(rows, per_row)[:n]
+    row_of[cursor : cursor + n] = np.repeat(rows[: -(-n // per_row)], min(per_row, n))[:n]  # never per_row × rows
     full, partial = divmod(n, per_row)
     buckets.put(space - per_row * x, rows[:full])
     if partial:
@@ -200,7 +208,8 @@ def _repair(sizes: np.ndarray, row_of: np.ndarray, n_rows: int, max_len: int) ->
     pool: dict[int, list[int]] = {}
     for i in np.flatnonzero(pooled).tolist():
         pool.setdefault(int(sizes[i]), []).append(i)
-    available = np.zeros(max_len + 1, dtype=np.int64)
+    longest = int(sizes.max())
+    available = np.zeros(longest + 1, dtype=np.int64)  # pooled examples by length
     for length, items in pool.items():
         available[length] = len(items)
         items.reverse()  # pop() hands out the lowest index first
@@ -211,7 +220,7 @@ def _repair(sizes: np.ndarray, row_of: np.ndarray, n_rows: int, max_len: int) ->
         slack = int(free[r])
         for a in by_row[starts[r] : starts[r + 1]].tolist():
             size = int(sizes[a])
-            window = available[size + 1 : min(size + slack, max_len) + 1]
+            window = available[size + 1 : min(size + slack, longest) + 1]
             if not window.any():
                 continue
             length = size + 1 + int(np.flatnonzero(window)[-1])

@@ -87,16 +87,19 @@ def init_command(
     inputs: tuple[str, ...], output: Path | None, tokenizer: str | None, template: str | None, force: bool
 ) -> None:
     """Write a commented starter recipe for INPUTS, with each input's detected format."""
+    from dsprep.cli import check_writable, write_file
     from dsprep.errors import OutputError
     from dsprep.recipe.init import starter_recipe
 
+    if output is not None:
+        check_writable(output)
+        if output.exists() and not force:
+            raise OutputError(f"{output}: exists; pass --force to replace it")
     base = output.parent if output is not None else Path.cwd()
     name = output.name if output is not None else "prep.yaml"
     text = starter_recipe(inputs, base=base, name=name, tokenizer=tokenizer, template=template)
     if output is None:
         click.echo(text, nl=False)
         return
-    if output.exists() and not force:
-        raise OutputError(f"{output}: exists; pass --force to replace it")
-    output.write_text(text, encoding="utf-8")
+    write_file(output, text.encode("utf-8"))
     click.echo(f"wrote {output}")

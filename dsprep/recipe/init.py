@@ -11,7 +11,7 @@ import orjson
 from dsprep.detect import detect_format
 from dsprep.errors import InputError
 from dsprep.pipeline import _sample  # the sample `--format auto` scores
-from dsprep.recipe.model import Source, source_label
+from dsprep.recipe.model import Source, source_label, valid_name
 from dsprep.sources import discover
 
 __all__ = ["starter_recipe"]
@@ -51,7 +51,7 @@ def _source_block(item: str, base: Path, taken: set[str]) -> str:
     else:
         fmt, note = "auto", "its files differ: " + ", ".join(f"{p} {d.spec.name}" for p, d in detections)
     path = os.path.relpath(os.path.abspath(item), base.absolute())
-    name = source_label(Source(path=path))
+    name = valid_name(source_label(Source(path=path)))
     while name in taken:
         name += "_"
     taken.add(name)

@@ -24,7 +24,8 @@ from dsprep.recipe.model import Recipe
 __all__ = ["load_recipe", "parse_recipe", "resolve_paths"]
 
 Loc = tuple[str | int, ...]
-UNION_TAGS = {"str", "int", "float", "bool", "list[str]", "RoleOverride", "EvalSplit", "Dedup", "Source"}
+UNION_TAGS = {"str", "int", "float", "constrained-float", "bool", "list[str]", "RoleOverride", "EvalSplit", "Dedup",
+              "Source"}  # fmt: skip
 EXPECTED = {
     "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
     "float_type": "a number", "float_parsing": "a number", "string_type": "a string", "bool_type": "true or false",

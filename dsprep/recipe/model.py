@@ -8,11 +8,13 @@ tokenize/pack options `dsprep convert` takes as flags.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["Dedup", "EvalSplit", "Recipe", "Source", "recipe_json_schema", "source_label"]
+from dsprep.config import MAX_SEED, MAX_TOKENS, parse_fraction, parse_size
+
+__all__ = ["Dedup", "EvalSplit", "Recipe", "Source", "recipe_json_schema", "source_label", "valid_name"]
 
 TrainOn = Literal["assistant", "all", "last"]
 Overflow = Literal["drop", "truncate-right", "truncate-left", "drop-turns", "split"]
@@ -29,7 +31,7 @@ class EvalSplit(_Strict):
 
     fraction: float | None = Field(None, gt=0, lt=1, description="Share of the source's rows held out (0..1).")
     rows: int | None = Field(None, ge=0, description="Number of the source's rows held out.")
-    seed: int | None = Field(None, description="Seed of the choice (default: the recipe's seed).")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed of the choice (default: the recipe's seed).")
 
     @model_validator(mode="after")
     def _one_size(self) -> EvalSplit:
@@ -64,7 +66,7 @@ class Source(_Strict):
     @classmethod
     def _name(cls, value: str | None) -> str | None:
         if value is not None and not NAME.match(value):
-            raise ValueError("expected letters, digits, '_', '-' or '.'")
+            raise ValueError(f"expected a letter or digit, then letters, digits, '_', '-' or '.', got {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -94,6 +96,13 @@ def source_label(source: Source) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "source"
 
 
+def valid_name(label: str) -> str:
+    """`label` as a name a source may be given (`NAME`): without what comes before its first letter or digit."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", label)
+    start = re.search(r"[A-Za-z0-9]", name)
+    return name[start.start() :] if start else "source"
+
+
 class Dedup(_Strict):
     """Exact dedup on normalized content, within and across sources; the first occurrence in recipe order is kept."""
 
@@ -110,23 +119,31 @@ class Recipe(_Strict):
     tokenizer: str | None = Field(None, description="A local tokenizer folder or a built-in (mistral:tekken, ...).")
     template: str = Field("tokenizer", description="'tokenizer', a shipped template name or a .jinja path.")
     train_on: TrainOn = "assistant"
-    max_len: int | None = Field(None, ge=1, description="Longest example in tokens (default: pack).")
+    max_len: int | None = Field(None, ge=1, le=MAX_TOKENS, description="Longest example in tokens (default: pack).")
     overflow: Overflow = "drop"
-    pack: int | None = Field(None, ge=1, description="Pack examples into rows of at most this many tokens.")
-    shuffle_seed: int | None = Field(None, description="Shuffle the packed rows with this seed.")
+    pack: int | None = Field(
+        None, ge=1, le=MAX_TOKENS, description="Pack examples into rows of at most this many tokens."
+    )
+    shuffle_seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Shuffle the packed rows with this seed.")
     allow_template_warnings: bool = False
     on_error: Literal["quarantine", "fail"] = "quarantine"
-    max_rejected: float | None = Field(None, ge=0, le=1, description="Fail past this share of rejected rows.")
-    shard_size: str = Field("64MB", description="Start a new shard past this size, e.g. 256MB.")
-    seed: int = Field(0, description="Seed of sampling and eval splits that set none of their own.")
+    max_rejected: Annotated[float, Field(ge=0, le=1)] | str | None = Field(
+        None, description="Fail past this share of rejected rows: 0..1 or a percentage such as '1%'."
+    )
+    shard_size: str | int = Field("64MB", description="Start a new shard past this size, e.g. 256MB (or bytes).")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of sampling and eval splits that set none of their own.")
     eval: EvalSplit | None = Field(None, description="Hold out part of every train source without its own 'eval'.")
     dedup: Dedup = Dedup()
 
+    @field_validator("max_rejected")
+    @classmethod
+    def _fraction(cls, value: float | str | None) -> float | None:
+        return None if value is None else parse_fraction(str(value))
+
     @field_validator("shard_size")
     @classmethod
-    def _size(cls, value: str) -> str:
-        if not re.match(r"^\s*\d+(\.\d+)?\s*([kmgt]?i?b?)?\s*$", value, re.IGNORECASE):
-            raise ValueError(f"{value!r} is not a size such as 256MB or 1GB")
+    def _size(cls, value: str | int) -> str | int:
+        parse_size(str(value), positive=True)
         return value
 
     @model_validator(mode="after")

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from dsprep.config import ConvertConfig
+from dsprep.config import ConvertConfig, parse_size
 from dsprep.errors import RecipeError, RejectedRowsError, RowFailure
 from dsprep.pipeline import ConvertResult, InputReport, convert, convert_rows
 from dsprep.progress import StartPhase
@@ -46,12 +46,6 @@ __all__ = ["run_recipe"]
 Row = dict[str, Any]
 NOT_ERRORS = ("duplicate", "not_sampled")  # left out by choice: not counted against max_rejected
 CHUNK_ROWS = 4096  # rows turned into Python objects at a time; a source otherwise stays an Arrow table
-
-
-def _size(text: str) -> int:
-    from dsprep.cli import parse_size
-
-    return parse_size(text)
 
 
 def _deriver(source: Source, label: str) -> Callable[[FormatSpec], FormatSpec] | None:
@@ -326,7 +320,7 @@ class _RecipeRun:
     def _split_config(self, split: str, train_on: str) -> ConvertConfig:
         r = self.recipe
         return ConvertConfig(
-            inputs=(), out=self.staging.dir / split, on_error=r.on_error, shard_bytes=_size(r.shard_size),
+            inputs=(), out=self.staging.dir / split, on_error=r.on_error, shard_bytes=parse_size(str(r.shard_size)),
             tokenizer=r.tokenizer, template=r.template, train_on=train_on,  # type: ignore[arg-type]
             max_len=r.max_len, overflow=r.overflow, allow_template_warnings=r.allow_template_warnings,
             pack=r.pack, shuffle_seed=r.shuffle_seed, workers=self.workers,
@@ -394,7 +388,8 @@ def run_recipe(
             splits = run.encode(selections)
         selected = leakage(plans, selections)
         sources = run.source_stats(selections)
-        _check_rejected(sources, effective.max_rejected, out)
+        limit = effective.max_rejected  # a float: the model turns '1%' into 0.01
+        _check_rejected(sources, None if limit is None else float(limit), out)
         manifest = {
             "dsprep_version": __version__,
             "schema_version": SCHEMA_VERSION,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from dsprep.config import MAX_TOKENS
 from dsprep.errors import DsprepError
 from dsprep.report.gate import GATE_EXIT_CODE
 
@@ -21,7 +23,7 @@ __all__ = ["inspect_command"]
 @click.option("--template", default="tokenizer", show_default=True, help="Chat template, as for convert.")
 @click.option("--train-on", type=click.Choice(["assistant", "all", "last"]), default="assistant", show_default=True)
 @click.option(
-    "--max-len", type=click.IntRange(min=1), help="Report rows over this many tokens and what --overflow does."
+    "--max-len", type=click.IntRange(1, MAX_TOKENS), help="Report rows over this many tokens and what --overflow does."
 )
 @click.option(
     "--overflow",
@@ -29,7 +31,7 @@ __all__ = ["inspect_command"]
     default="drop",
     show_default=True,
 )
-@click.option("--pack", type=click.IntRange(min=1), metavar="L", help="Estimate packing into rows of L tokens.")
+@click.option("--pack", type=click.IntRange(1, MAX_TOKENS), metavar="L", help="Estimate packing into rows of L tokens.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON here.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write a self-contained HTML page here.")
 @click.option("--show", type=click.IntRange(min=0), default=0, metavar="K", help="Render K examples token by token.")
@@ -47,8 +49,10 @@ def inspect_command(ctx: click.Context, paths: tuple[str, ...], fmt: str, tokeni
                     quiet: bool) -> None:  # fmt: skip
     """Validate raw files or dsprep output folders (PATHS) and report findings; see README "Inspect".
 
-    Exit codes: 0 ok, 2 usage, 3 unreadable input, 7 template, 8 shards fail verification, 11 a --fail-on rule held.
+    Exit codes: 0 ok, 2 usage, 3 unreadable input, 6 a report file cannot be written, 7 template, 8 shards fail
+    verification, 11 a --fail-on rule held.
     """
+    from dsprep.cli import check_writable
     from dsprep.progress import display
     from dsprep.report.build import InspectOptions, build_report
     from dsprep.report.gate import evaluate, parse_rules
@@ -63,8 +67,11 @@ def inspect_command(ctx: click.Context, paths: tuple[str, ...], fmt: str, tokeni
         raise click.BadParameter(str(exc), param_hint="--fail-on") from None  # an unknown metric's lists them
     options = InspectOptions(format=fmt, tokenizer=tokenizer, template=template, train_on=train_on, max_len=max_len,
                              overflow=overflow, pack=pack, show=show, workers=workers)  # fmt: skip
-    shown = display(quiet)
     try:
+        for target in (json_path, html_path):
+            if target is not None:
+                check_writable(target)  # before the inputs are read, not after
+        shown = display(quiet)
         try:
             report = build_report(paths, options, on_start=shown.starter("inspecting") if shown else None)
         finally:
@@ -86,16 +93,27 @@ def inspect_command(ctx: click.Context, paths: tuple[str, ...], fmt: str, tokeni
         from dsprep.report.terminal import print_report
 
         print_report(report, Console(file=sys.stdout, soft_wrap=True))
-    if json_path is not None:
-        from dsprep.report.jsonout import to_json
-
-        json_path.write_bytes(to_json(report))
-    if html_path is not None:
-        from dsprep.report.html import render_html
-
-        html_path.write_text(render_html(report), encoding="utf-8")
+    try:
+        _write_reports(report, json_path, html_path)
+    except DsprepError as exc:
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(exc.exit_code)
     gate = report["gate"]
     if gate is not None and not gate["passed"]:
         failed = ", ".join(f"{r['rule']} (value {r['value']:g})" for r in gate["rules"] if r["failed"])
         click.echo(f"error: gate failed: {failed}", err=True)
         ctx.exit(GATE_EXIT_CODE)
+
+
+def _write_reports(report: dict[str, Any], json_path: Path | None, html_path: Path | None) -> None:
+    """Write the JSON and HTML reports asked for; a file that cannot be written is an `OutputError`."""
+    from dsprep.cli import write_file
+
+    if json_path is not None:
+        from dsprep.report.jsonout import to_json
+
+        write_file(json_path, to_json(report))
+    if html_path is not None:
+        from dsprep.report.html import render_html
+
+        write_file(html_path, render_html(report).encode("utf-8"))
