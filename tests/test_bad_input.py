@@ -126,6 +126,7 @@ def test_max_rejected_under_the_threshold_passes(run_convert) -> None:
         ("data.json", b"42", r"data\.json: expected a JSON array or object"),
         ("data.xlsx", b"PK", r"data\.xlsx: unknown file type"),
         ("data.jsonl.gz", b"not gzip at all", r"data\.jsonl\.gz: cannot decompress \(gzip\)"),
+        ("data.jsonl.zst", b"not zstd at all", r"data\.jsonl\.zst: cannot decompress \(zstd\)"),
         ("data.parquet", b"not parquet", r"data\.parquet: cannot read as parquet"),
     ],
 )
