@@ -346,7 +346,7 @@ def convert(
     staging = Staging(config.out, overwrite=config.overwrite, key=key if derive_spec is None else None)
     reports = [_report(f, *ident, spec, det) for (f, spec, det), ident in zip(plan, identities, strict=True)]
     stage = Stage(
-        tuple(SourceInput(f.path.name, f.display, f.line_oriented, spec) for f, spec, _ in plan),
+        tuple(SourceInput(f.name, f.display, f.line_oriented, spec) for f, spec, _ in plan),
         _encode_spec(config),
         config.pack is not None,
     )

@@ -34,7 +34,7 @@ import orjson
 from dsprep import jsontext
 from dsprep.errors import InputError, RowError
 
-__all__ = ["InputFile", "Record", "discover", "read_records"]
+__all__ = ["InputFile", "Record", "discover", "printable", "read_records"]
 
 BATCH_ROWS = 1024
 CSV_FIELD_LIMIT = (1 << 31) - 1  # characters in one CSV cell (Python's default, 131072, is too small for documents)
@@ -68,14 +68,28 @@ _LONE_SURROGATE = re.compile(  # a \uD800-\uDFFF escape that may not be half of 
 Progress = Callable[[int], None]  # called with the number of input bytes consumed since the last call
 
 
+def printable(name: str) -> str:
+    """A file name as text that can be printed and stored: bytes that are not UTF-8 (which Python keeps as lone
+    surrogates) written as ``\\xff`` escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True)
 class InputFile:
-    """One input to read: where it is, how it is stored, and the name it is reported under."""
+    """One input to read: where it is, how it is stored, and the name it is reported under (`printable`)."""
 
     path: Path
     display: str
     container: str
     compression: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "display", printable(self.display))
+
+    @property
+    def name(self) -> str:
+        """The file's name, printable: what row ids are made from."""
+        return printable(self.path.name)
 
     @property
     def size(self) -> int:

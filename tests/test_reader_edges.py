@@ -8,6 +8,7 @@ import csv
 import gzip
 import io
 import json
+import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -406,3 +407,26 @@ def test_duplicate_csv_columns_are_an_input_error(tmp_path: Path, name: str, dat
     path = tmp_path / name
     path.write_bytes(data)
     assert _cli_error(path, tmp_path) == f"error: {path}: the column name 'completion' appears more than once\n"
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_with_escapes(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dsprep.cli import main
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    row = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+    (folder / "good.jsonl").write_bytes(row)
+    (Path(os.fsdecode(bytes(folder) + b"/b\xffad.jsonl"))).write_bytes(row)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["convert", str(folder), "-o", str(out), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    assert f"{folder}/b\\xffad.jsonl: read 1 = kept 1 + rejected 0" in result.output
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    assert [i["path"] for i in manifest["inputs"]] == [f"{folder}/b\\xffad.jsonl", f"{folder}/good.jsonl"]
+    rows = pq.read_table(out / "part-00000.parquet").to_pylist()
+    assert [r["source_file"] for r in rows] == [f"{folder}/b\\xffad.jsonl", f"{folder}/good.jsonl"]
+    assert len({r["id"] for r in rows}) == 2
+    inspected = CliRunner().invoke(main, ["inspect", str(folder)])
+    assert inspected.exit_code == 0, inspected.output

@@ -195,7 +195,7 @@ def check_batch(f: InputFile, spec: FormatSpec | None, no_format: str | None, re
         part.kept += 1
         part.kinds[row["kind"]] = part.kinds.get(row["kind"], 0) + 1
         _check_row(part, where, row, row_messages(row), row["kind"])
-        row.update(id=row_id(f.path.name, rec.row, rec.raw), source_file=f.display, source_row=rec.row)
+        row.update(id=row_id(f.name, rec.row, rec.raw), source_file=f.display, source_row=rec.row)
         kept.append((where, row))
     return part, kept
 
