@@ -183,22 +183,23 @@ class Encoder:
         head = shape.generation_prompt + shape.assistant_prefix
         for m, t, trained in zip(messages, tmsgs, flags, strict=True):
             content = t.get("content")
-            if m["role"] == "assistant":
-                if not trained:
-                    continue
+            if m["role"] == "assistant":  # every assistant turn is found in order, trained or not, so that a later
+                # turn with the same text is never taken for an earlier one
                 if t.get("tool_calls") or "reasoning_content" in t or not content:
                     return None
                 span = self._find_turn(text, content, cursor, head, shape.assistant_suffix)
                 if span is None:
                     return None
-                spans.append((span[0] - len(shape.assistant_prefix), span[1]))
+                if trained:
+                    spans.append((span[0] - len(shape.assistant_prefix), span[1]))
                 cursor = span[1]
             elif trained:
                 return None
             elif m["role"] != "system" and content:
-                at = text.find(content, cursor)
-                if at >= 0:
-                    cursor = at + len(content)
+                at = next((at for at in (text.find(c, cursor) for c in (content, content.strip())) if at >= 0), -1)
+                if at < 0:  # the template changed it: where this turn ends is not known
+                    return None
+                cursor = at + len(content if text.startswith(content, at) else content.strip())
         return spans
 
     @staticmethod
@@ -221,29 +222,52 @@ class Encoder:
         """
         spans: list[Span] = []
         cursor = 0
+        passed: list[int] = []  # untrained assistant turns since the last trained turn
         for i, trained in enumerate(flags):
             if not trained:
+                if tmsgs[i]["role"] == "assistant":
+                    passed.append(i)
                 continue
-            try:
-                before = self.render(tmsgs[:i], tools, generation_prompt=tmsgs[i]["role"] == "assistant")
-            except TemplateError as exc:
-                if i or isinstance(exc, TemplateTimeoutError):
-                    raise
-                before = ""  # a template that cannot render an empty conversation
-            through = self.render(tmsgs[: i + 1], tools)
-            if not through.startswith(before) or len(through) == len(before):
-                raise self._unstable(i)
+            before, through = self._turn_renders(tmsgs, tools, i)
             if text.startswith(through) and len(before) >= cursor:
                 start, end = len(before), len(through)
-            else:
+            else:  # searched for: after the untrained turns before it, so that none of them is taken for it
+                for j in passed:
+                    cursor = self._find_after(text, tmsgs, tools, j, cursor, i)
                 turn = through[len(before) :]
                 start = text.find(turn, cursor)
                 if start < 0:
                     raise self._unstable(i)
                 end = start + len(turn)
             spans.append((start, end))
-            cursor = end
+            cursor, passed = end, []
         return spans
+
+    def _turn_renders(self, tmsgs: Sequence[Row], tools: Any, i: int) -> tuple[str, str]:
+        """render(messages[:i], G) and render(messages[:i+1]): message i's turn is the second beyond the first."""
+        try:
+            before = self.render(tmsgs[:i], tools, generation_prompt=tmsgs[i]["role"] == "assistant")
+        except TemplateError as exc:
+            if i or isinstance(exc, TemplateTimeoutError):
+                raise
+            before = ""  # a template that cannot render an empty conversation
+        through = self.render(tmsgs[: i + 1], tools)
+        if not through.startswith(before) or len(through) == len(before):
+            raise self._unstable(i)
+        return before, through
+
+    def _find_after(self, text: str, tmsgs: Sequence[Row], tools: Any, j: int, cursor: int, i: int) -> int:
+        """Where untrained turn `j` ends in `text`, searched from `cursor`; where it cannot be told, trained turn `i`
+        cannot be placed with certainty either (an error, never a guess)."""
+        try:
+            before, through = self._turn_renders(tmsgs, tools, j)
+        except RowError:
+            raise self._unstable(i) from None
+        turn = through[len(before) :]
+        at = text.find(turn, cursor)
+        if at < 0:
+            raise self._unstable(i)
+        return at + len(turn)
 
     def _unstable(self, i: int) -> RowError:
         return RowError(

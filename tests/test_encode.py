@@ -300,3 +300,53 @@ def test_manifest_records_tokenizer_template_and_checks(tmp_path: Path) -> None:
     assert m["conformance"]["prefix_stable"] is True
     assert m["totals"]["rows_read"] == m["totals"]["rows_kept"] + m["totals"]["rows_rejected"]
     assert sum(m["mask_methods"].values()) > 0
+
+
+REPEATED = [_msg("user", "Say OK"), _msg("assistant", "OK"), _msg("user", "again\n"), _msg("assistant", "OK")]
+
+
+@pytest.mark.parametrize("template", ["chatml", "llama3", "gemma3", "qwen2_5", "phi4"])
+@pytest.mark.parametrize(
+    ("options", "messages", "trained"),
+    [
+        (EncodeOptions(train_on="last"), REPEATED, [False, False, False, True]),
+        (EncodeOptions(), [REPEATED[0], {**REPEATED[1], "train": False}, _msg("user", "a"), REPEATED[3]],
+         [False, False, False, True]),
+        (EncodeOptions(), [REPEATED[0], {**REPEATED[1], "weight": 0.0}, *REPEATED[2:]], [False, False, False, True]),
+    ],
+)  # fmt: skip
+def test_an_untrained_turn_is_never_taken_for_a_later_one_with_the_same_text(
+    marker_tokenizer: str, template: str, options: EncodeOptions, messages: list[dict[str, Any]], trained: list[bool]
+) -> None:
+    from oracles import prefix_oracle_labels
+
+    loaded = load_tokenizer(marker_tokenizer)
+    chat = load_template(template)
+    [[out]] = Encoder(loaded, chat, options).encode([_row(messages)])
+    expected = prefix_oracle_labels(loaded.tokenizer, chat.text, template_messages(messages), None, trained)
+    assert list(out["input_ids"]) == reference_ids(loaded.tokenizer, chat.text, template_messages(messages), None)
+    assert list(out["labels"]) == expected
+
+
+def test_a_searched_turn_comes_after_the_untrained_turns_before_it() -> None:
+    """mistral_v3 moves the system prompt to the last user turn, so its turns are searched for in the full render:
+    an untrained tool call identical to a later trained one must not take its place."""
+    call = [{"id": "abcdefghi", "name": "get_w", "arguments": '{"city": "Paris"}'}]
+    result = {"role": "tool", "content": "sunny", "tool_call_id": "abcdefghi"}
+    messages = [
+        _msg("system", "Be brief."), _msg("user", "Weather?"),
+        _msg("assistant", None, tool_calls=call, train=False), _msg(**{**_msg("tool", "sunny"), **result}),
+        _msg("assistant", "Sunny.", train=False), _msg("user", "And now?"),
+        _msg("assistant", None, tool_calls=call), _msg(**{**_msg("tool", "sunny"), **result}),
+        _msg("assistant", "Still sunny."), _msg("user", "Thanks"), _msg("assistant", "Welcome."),
+    ]  # fmt: skip
+    loaded = load_tokenizer("mistral:v3")
+    encoder = Encoder(loaded, load_template("mistral_v3"), EncodeOptions())
+    [[out]] = encoder.encode([_row(messages)])
+    tok = loaded.tokenizer
+    trained = [i for i, label in enumerate(out["labels"]) if label != -100]
+    text = tok.decode(out["input_ids"])
+    first_call = tok.decode(out["input_ids"][: trained[0]])
+    assert "And now?" in first_call  # nothing before the second user question is trained
+    assert text.count("[TOOL_CALLS]") == 2
+    assert tok.decode([out["input_ids"][i] for i in trained]).count("get_w") == 1
