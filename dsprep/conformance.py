@@ -56,7 +56,8 @@ def conformance_for(encoder: Encoder) -> Conformance:
     loaded = encoder.tok
     if loaded.stored is None:
         return check_conformance(encoder)
-    what = {"fingerprint": loaded.fingerprint, "template": encoder.template.sha256, "dsprep": __version__}
+    what = {"fingerprint": loaded.fingerprint, "template": encoder.template.sha256, "dsprep": __version__,
+            "train_on": encoder.options.train_on}  # fmt: skip
     name = f"conformance-{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]}.json"
     kept = read_beside(loaded.folder, name)
     if isinstance(kept, dict):
@@ -84,8 +85,11 @@ def check_conformance(encoder: Encoder) -> Conformance:
 
     The probes are encoded with every assistant turn trained and no length limit, whatever the run's options: the
     checks are about the template (a run's `--max-len` may be shorter than a probe, and `--train-on last` leaves
-    earlier turns untrained on purpose).
+    earlier turns untrained on purpose). A template that renders an earlier turn differently once later turns follow
+    (qwen3 drops earlier reasoning) cannot train every turn, but serves a run with ``--train-on last`` or ``all``:
+    then its probe is one turn, trained as the run trains it.
     """
+    train_on = encoder.options.train_on
     encoder = Encoder(encoder.tok, encoder.template, EncodeOptions())
     tok = encoder.tok.tokenizer
     name = encoder.template.name
@@ -93,15 +97,16 @@ def check_conformance(encoder: Encoder) -> Conformance:
         _message("system", SYSTEM), _message("user", PROBE_USER), _message("assistant", PROBE_ANSWER),
         _message("user", FOLLOW_UP), _message("assistant", SECOND),
     ]  # fmt: skip
+    probe = with_system[1:]
     problems: list[str] = []
-    try:
-        [result] = encoder.encode([_row(with_system[1:])])
-    except TemplateError as exc:
-        raise TemplateError(f"template {name} cannot render a plain two-turn conversation: {exc}") from None
+    result = _encode_probe(encoder, probe)
+    if isinstance(result, RowError) and result.reason == "template_not_prefix_stable" and train_on != "assistant":
+        encoder, probe = Encoder(encoder.tok, encoder.template, EncodeOptions(train_on=train_on)), probe[:2]
+        result = _encode_probe(encoder, probe)
     if isinstance(result, RowError):
         raise TemplateError(f"template {name} cannot encode a plain two-turn conversation: {result}")
     ids, labels = result[0]["input_ids"], result[0]["labels"]
-    eot_tokens, eot_trained, eot_special = _eot(encoder, with_system[1:], labels)
+    eot_tokens, eot_trained, eot_special = _eot(encoder, probe, labels)
     if not eot_trained:
         problems.append(f"template {name}: assistant turns end with no trained end-of-turn marker; "
                         "the model would not learn to stop")  # fmt: skip
@@ -121,6 +126,16 @@ def check_conformance(encoder: Encoder) -> Conformance:
     )
 
 
+def _encode_probe(encoder: Encoder, messages: list[dict[str, Any]]) -> Any:
+    """The probe conversation's encoding (a list of rows), or the RowError its encoding gave."""
+    try:
+        [result] = encoder.encode([_row(messages)])
+    except TemplateError as exc:
+        name = encoder.template.name
+        raise TemplateError(f"template {name} cannot render a plain two-turn conversation: {exc}") from None
+    return result
+
+
 def _eot(encoder: Encoder, messages: list[dict[str, Any]], labels: Any) -> tuple[list[str], bool, bool]:
     """The trained tokens right after each assistant answer (its end-of-turn marker); whether every turn has them."""
     from dsprep.templates import template_messages
@@ -131,7 +146,7 @@ def _eot(encoder: Encoder, messages: list[dict[str, Any]], labels: Any) -> tuple
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     markers: list[list[int]] = []
-    for answer in (PROBE_ANSWER, SECOND):
+    for answer in (m["content"] for m in messages if m["role"] == "assistant"):
         end = text.find(answer) + len(answer)
         after = [i for i, (start, _) in enumerate(offsets) if start >= end]
         run = []

@@ -350,3 +350,32 @@ def test_a_searched_turn_comes_after_the_untrained_turns_before_it() -> None:
     assert "And now?" in first_call  # nothing before the second user question is trained
     assert text.count("[TOOL_CALLS]") == 2
     assert tok.decode([out["input_ids"][i] for i in trained]).count("get_w") == 1
+
+
+@pytest.mark.parametrize("train_on", ["last", "all"])
+def test_a_template_that_rewrites_earlier_turns_serves_train_on_last_and_all(tmp_path: Path, train_on: str) -> None:
+    """qwen3 drops earlier turns' reasoning once later turns follow, so it cannot train every assistant turn; with
+    --train-on last or all it need only place what those train, and the run goes ahead."""
+    loaded = load_tokenizer("mistral:tekken")
+    qwen3 = load_template("qwen3")
+    with pytest.raises(TemplateError, match="try --train-on last"):
+        check_conformance(Encoder(loaded, qwen3, EncodeOptions()))
+    conformance = check_conformance(Encoder(loaded, qwen3, EncodeOptions(train_on=train_on)))
+    assert conformance.eot_trained and conformance.eot_text.startswith("<|im_end|>")
+    data = tmp_path / "chat.jsonl"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!", "reasoning": "greet"},
+                {"role": "user", "content": "bye"}, {"role": "assistant", "content": "Bye!", "reasoning": "wave"}]  # fmt: skip
+    data.write_text(json.dumps({"messages": messages}) + "\n")
+    config = ConvertConfig(inputs=(str(data),), out=tmp_path / "out", tokenizer="mistral:tekken", template="qwen3",
+                           train_on=train_on, cache=False)  # fmt: skip
+    result = convert(config)
+    assert result.rows_kept == 1
+    import pyarrow.parquet as pq
+
+    (row,) = pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()
+    tok = loaded.tokenizer
+    trained = tok.decode([t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100])
+    if train_on == "last":
+        assert trained == "<think>\nwave\n</think>\n\nBye!<|im_end|>\n"
+    else:
+        assert trained == tok.decode(row["input_ids"])
