@@ -107,9 +107,10 @@ def _token_range(enc: Any, start: int, end: int, n_chars: int) -> tuple[int, int
             break
     assert b is not None  # a token covers some char in the range, so the backward scan finds one
     n = len(enc)
-    while a > 0 and enc.token_to_chars(a - 1)[1] > start:
+    # tokens the tokenizer adds around the text (BOS, EOS) cover no characters (token_to_chars gives None)
+    while a > 0 and (chars := enc.token_to_chars(a - 1)) is not None and chars[1] > start:
         a -= 1
-    while b + 1 < n and enc.token_to_chars(b + 1)[0] < end:
+    while b + 1 < n and (chars := enc.token_to_chars(b + 1)) is not None and chars[0] < end:
         b += 1
     return a, b + 1
 
@@ -412,12 +413,15 @@ class Encoder:
         return self._fit(row, plan, ids, labels)
 
     def _with_specials(self, enc: Any, text: str, spans: list[Span] | None) -> tuple[np.ndarray, np.ndarray]:
-        """Plain text: the tokenizer's own special tokens (BOS), plus EOS (trained) when the tokenizer adds none."""
+        """Plain text: the tokenizer's own special tokens (BOS), plus EOS when the tokenizer adds none; the EOS is
+        trained where the trained text runs to the end (whoever added it)."""
         ids = self._ids(enc)
         labels = ids.copy() if spans is None else _labels(ids, enc, spans, len(text))
         if self.eos_id is not None and (not len(ids) or ids[-1] != self.eos_id):
             eos = np.asarray([self.eos_id], np.int32)
             ids, labels = np.concatenate([ids, eos]), np.concatenate([labels, eos])
+        elif len(ids) and spans is not None and any(end >= len(text) > start for start, end in spans):
+            labels[-1] = ids[-1]  # the tokenizer's own EOS after a trained completion
         return ids, labels
 
     def _finish_pair(self, row: Row, plan: dict[str, Any], encs: list[Any]) -> Row:
@@ -455,7 +459,10 @@ class Encoder:
 
     def _split_separately(self, plan: dict[str, Any], cut: int) -> list[tuple[np.ndarray, np.ndarray]]:
         tok = self.tok.tokenizer
-        prompt = np.asarray(tok(plan["texts"][0][:cut])["input_ids"], np.int32)
+        encoded = tok(plan["texts"][0][:cut])
+        prompt = np.asarray(encoded["input_ids"], np.int32)
+        if len(prompt) and prompt[-1] == self.eos_id and encoded.token_to_chars(len(prompt) - 1) is None:
+            prompt = prompt[:-1]  # the EOS a tokenizer appends to every text ends the continuation, not the prompt
         out = []
         for text in plan["texts"]:
             rest = tok(text[cut:], add_special_tokens=False)["input_ids"]

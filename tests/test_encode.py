@@ -379,3 +379,55 @@ def test_a_template_that_rewrites_earlier_turns_serves_train_on_last_and_all(tmp
         assert trained == "<think>\nwave\n</think>\n\nBye!<|im_end|>\n"
     else:
         assert trained == tok.decode(row["input_ids"])
+
+
+@pytest.fixture(scope="module")
+def eos_appending_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Tekken saved as a folder whose post-processor wraps every text in BOS ... EOS (as some tokenizers do)."""
+    folder = tmp_path_factory.mktemp("tekken-bos-eos")
+    load_tokenizer("mistral:tekken").tokenizer.save_pretrained(str(folder))
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    bos, eos = {"SpecialToken": {"id": "<s>", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}
+    spec["post_processor"] = {
+        "type": "TemplateProcessing", "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}, eos],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}, eos],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]},
+                           "</s>": {"id": "</s>", "ids": [2], "tokens": ["</s>"]}},
+    }  # fmt: skip
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": True, "add_eos_token": True}))
+    load_tokenizer.cache_clear()
+    return str(folder)
+
+
+@pytest.mark.parametrize("tokenizer", ["mistral:v3", "eos_appending"])
+@pytest.mark.parametrize(("prompt", "completion"), [("Hel", "lo world"), ("", "Hello there"), (" ", "Hi"),
+                                                    ("Q: 2+2=", "4")])  # fmt: skip
+def test_a_plain_completion_trains_its_tokens_and_one_eos(
+    request: pytest.FixtureRequest, tokenizer: str, prompt: str, completion: str
+) -> None:
+    """Whatever tokens the prompt ends in (a prompt inside the first token, a tokenizer that adds BOS/EOS itself),
+    the completion's tokens and exactly one EOS are trained, and nothing of the prompt after BOS."""
+    name = request.getfixturevalue("eos_appending_tokenizer") if tokenizer == "eos_appending" else tokenizer
+    loaded = load_tokenizer(name)
+    tok = loaded.tokenizer
+    row = {**_row([]), "kind": "prompt_completion", "messages": None, "prompt": prompt, "completion": completion}
+    [[out]] = Encoder(loaded, load_template("chatml"), EncodeOptions()).encode([row])
+    ids, labels = list(out["input_ids"]), list(out["labels"])
+    full = tok(prompt + completion)["input_ids"]
+    assert ids == (full if full[-1] == tok.eos_token_id else [*full, tok.eos_token_id])
+    assert ids.count(tok.eos_token_id) == 1 and labels[-1] == tok.eos_token_id
+    trained = tok.decode([t for t, label in zip(ids, labels, strict=True) if label != -100], skip_special_tokens=True)
+    assert trained.strip().endswith(completion.strip())
+
+
+def test_a_split_prompt_ends_before_the_eos_a_tokenizer_appends(eos_appending_tokenizer: str) -> None:
+    loaded = load_tokenizer(eos_appending_tokenizer)
+    tok = loaded.tokenizer
+    row = {**_row([]), "kind": "preference", "messages": None, "prompt": "Say hi ", "chosen": "hi", "rejected": "bye",
+           "chosen_messages": None, "rejected_messages": None}  # fmt: skip
+    [[out]] = Encoder(loaded, load_template("chatml"), EncodeOptions()).encode([row])
+    assert tok.eos_token_id not in list(out["prompt_input_ids"])
+    assert list(out["chosen_input_ids"])[-1] == tok.eos_token_id
+    assert list(out["rejected_input_ids"])[-1] == tok.eos_token_id
