@@ -145,6 +145,8 @@ def _content(value: Any, path: str, msg: Message) -> None:
         body = part.get("text")
         if body is None:  # absent, or null beside a "value" (Parquet gives every part both keys)
             body = part.get("value")
+        if body is None and ptype in REASONING_PARTS:  # {"type": "thinking", "thinking": ...} (Anthropic's shape)
+            body = part.get(ptype)
         if ptype in TEXT_PARTS or ptype in REASONING_PARTS:
             body = expect(body, str, f"{ppath}.text", f"the text of a {ptype} part")
             (texts if ptype in TEXT_PARTS else thoughts).append(body)

@@ -200,3 +200,10 @@ def test_content_part_with_null_text_reads_its_value() -> None:
     record = {"messages": [{"role": "user", "content": [{"type": "text", "text": "a", "value": None},
                                                         {"type": "text", "text": None, "value": "b"}]}]}  # fmt: skip
     assert normalize_record(record, load_spec("openai"))["messages"][0]["content"] == "ab"
+
+
+def test_a_thinking_part_may_hold_its_text_under_its_type() -> None:
+    content = [{"type": "thinking", "thinking": "Let me see."}, {"type": "text", "text": "4"}]
+    record = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": content}]}
+    message = normalize_record(record, load_spec("openai"))["messages"][1]
+    assert (message["reasoning"], message["content"]) == ("Let me see.", "4")
