@@ -197,10 +197,13 @@ class Encoder:
             elif trained:
                 return None
             elif m["role"] != "system" and content:
-                at = next((at for at in (text.find(c, cursor) for c in (content, content.strip())) if at >= 0), -1)
-                if at < 0:  # the template changed it: where this turn ends is not known
-                    return None
-                cursor = at + len(content if text.startswith(content, at) else content.strip())
+                at = text.find(content, cursor)
+                if at < 0:  # the template trimmed it (llama3, gemma3), or changed it: then where it ends is not known
+                    content = content.strip()
+                    at = text.find(content, cursor)
+                    if at < 0:
+                        return None
+                cursor = at + len(content)
         return spans
 
     @staticmethod
