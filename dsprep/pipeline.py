@@ -429,7 +429,9 @@ def _write(
     A resumed staging folder's completed pieces are reused; an interrupted run keeps its pieces for the next.
     """
     resumed = 0
-    if staging.replaced and on_note:
+    if staging.replaced == [REJECTS] and on_note:
+        on_note(f"replaced the {REJECTS} a failed run had left in {config.out}")
+    elif staging.replaced and on_note:
         on_note(f"replaced {len(staging.replaced)} files an interrupted run had published before it stopped")
 
     def done(seq: int) -> BatchResult | None:

@@ -167,7 +167,8 @@ class Staging:
     """The output folder and a staging folder inside it; `publish` moves finished files into place.
 
     A folder holding only what a run had published when it stopped (its staging folder still there, the manifest not
-    yet published) is replaced without ``--overwrite``: `replaced` names those files.
+    yet published), or only the rejects file a failed run left for diagnosis, is replaced without ``--overwrite``:
+    `replaced` names those files.
     """
 
     def __init__(self, out: Path, *, overwrite: bool, key: str | None = None) -> None:
@@ -179,6 +180,7 @@ class Staging:
         foreign = [p.name for p in leftovers if not _written_by_dsprep(p)]
         # the files a run had published when it stopped: staging still there, the manifest (moved last) not yet
         interrupted = not foreign and (out / STAGING).is_dir() and not (out / MANIFEST).exists()
+        interrupted |= [p.name for p in leftovers] == [REJECTS] and (out / REJECTS).is_file()  # a failed run's
         if leftovers and not (overwrite or interrupted):
             raise OutputError(f"{out}: output folder is not empty; pass --overwrite to replace its contents")
         if foreign:

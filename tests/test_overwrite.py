@@ -80,3 +80,22 @@ def test_an_output_inside_its_input_folder_is_not_read_back(tmp_path: Path) -> N
     code, output = _convert(str(data), "--out", str(out), "--no-cache", "--overwrite")
     assert code == 0, output
     assert (out / "part-00000.parquet").read_bytes() == first
+
+
+def test_a_failed_runs_rejects_do_not_block_the_rerun(tmp_path: Path) -> None:
+    """A run stopped by --max-rejected leaves its rejects.jsonl to look at; the rerun replaces it without --overwrite
+    (anything more in the folder still needs it)."""
+    bad = str(FIXTURES / "bad" / "invalid_rows.jsonl")
+    out = tmp_path / "out"
+    code, _ = _convert(bad, "--out", str(out), "--max-rejected", "1%", "--no-cache")
+    assert code == 5 and sorted(p.name for p in out.iterdir()) == ["rejects.jsonl"]
+    result = CliRunner().invoke(main, ["convert", bad, "--out", str(out), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    assert f"replaced the rejects.jsonl a failed run had left in {out}" in result.output
+    assert (out / "manifest.json").is_file()
+    (out / "manifest.json").unlink()
+    (out / "part-00000.parquet").unlink()
+    (out / "notes.txt").write_text("mine")
+    code, output = _convert(bad, "--out", str(out), "--no-cache")
+    assert code == 6 and "output folder is not empty" in output
+    assert (out / "notes.txt").read_text() == "mine"
