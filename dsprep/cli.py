@@ -5,7 +5,6 @@ Errors are one line on stderr and an exit code (see README, "Exit codes"); set D
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 from collections import Counter
@@ -17,7 +16,7 @@ import click
 
 from dsprep.config import MAX_SEED, MAX_TOKENS, parse_fraction
 from dsprep.config import parse_size as _parse_size
-from dsprep.errors import DsprepError, OutputError
+from dsprep.errors import DsprepError
 from dsprep.version import __version__
 
 if TYPE_CHECKING:
@@ -54,27 +53,6 @@ def _shard_size(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def _cache_size(ctx: click.Context, param: click.Parameter, value: str) -> str:
     parse_size(value)
     return value
-
-
-def check_writable(path: Path) -> None:
-    """Refuse a file to write that is a folder, or whose folder is missing or not writable, before any work is done."""
-    if path.is_dir():
-        reason = errno.EISDIR
-    elif not path.parent.is_dir():
-        reason = errno.ENOTDIR if path.parent.exists() else errno.ENOENT
-    elif not os.access(path.parent, os.W_OK | os.X_OK):
-        reason = errno.EACCES
-    else:
-        return
-    raise OutputError(f"cannot write {path}: {os.strerror(reason)}")
-
-
-def write_file(path: Path, data: bytes) -> None:
-    """Write a report or recipe file; a failure is an `OutputError` (exit 6) naming the path and the reason."""
-    try:
-        path.write_bytes(data)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 class _Group(click.Group):

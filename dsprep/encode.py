@@ -182,10 +182,11 @@ class Encoder:
         spans: list[Span] = []
         cursor = 0
         head = shape.generation_prompt + shape.assistant_prefix
+        # every assistant turn is found in order, trained or not, so that a later turn with the same text is never
+        # taken for an earlier one
         for m, t, trained in zip(messages, tmsgs, flags, strict=True):
             content = t.get("content")
-            if m["role"] == "assistant":  # every assistant turn is found in order, trained or not, so that a later
-                # turn with the same text is never taken for an earlier one
+            if m["role"] == "assistant":
                 if t.get("tool_calls") or "reasoning_content" in t or not content:
                     return None
                 span = self._find_turn(text, content, cursor, head, shape.assistant_suffix)

@@ -6,6 +6,7 @@ succeeds, so an output folder holding a ``manifest.json`` is always complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -26,14 +27,17 @@ from dsprep.errors import OutputError
 __all__ = [
     "MANIFEST",
     "REJECTS",
+    "SHARD_NAME",
     "SPLIT_FOLDERS",
     "RejectsWriter",
     "ShardFile",
     "ShardWriter",
     "Staging",
+    "check_writable",
     "file_sha256",
     "parquet_options",
     "shard_name",
+    "write_file",
     "write_json",
     "writing",
 ]
@@ -120,6 +124,28 @@ def writing(path: Path) -> Iterator[None]:
         raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
+def check_writable(path: Path) -> None:
+    """Refuse a report or recipe file to write that is a folder, or whose folder is missing or not writable, before
+    any work is done: an `OutputError` naming the path and the reason."""
+    if path.is_dir():
+        reason = errno.EISDIR
+    elif not path.parent.is_dir():
+        reason = errno.ENOTDIR if path.parent.exists() else errno.ENOENT
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        reason = errno.EACCES
+    else:
+        return
+    raise OutputError(f"cannot write {path}: {os.strerror(reason)}")
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write a report or recipe file; a failure is an `OutputError` (exit 6) naming the path and the reason."""
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def write_json(path: Path, value: Any) -> None:
     """Write JSON (indented, keys sorted) atomically: a temporary name, then a rename."""
     tmp = path.with_name(path.name + ".tmp")
@@ -178,14 +204,16 @@ class Staging:
             raise OutputError(f"{out}: exists and is not a folder")
         leftovers = sorted(p for p in out.iterdir() if p.name != STAGING) if out.exists() else []
         foreign = [p.name for p in leftovers if not _written_by_dsprep(p)]
-        # the files a run had published when it stopped: staging still there, the manifest (moved last) not yet
-        interrupted = not foreign and (out / STAGING).is_dir() and not (out / MANIFEST).exists()
-        interrupted |= [p.name for p in leftovers] == [REJECTS] and (out / REJECTS).is_file()  # a failed run's
-        if leftovers and not (overwrite or interrupted):
+        # what a stopped run left: the files it had published (staging still there, the manifest, moved last, not
+        # yet), or the rejects file a failed run keeps for diagnosis
+        left_by_a_run = not foreign and (
+            ((out / STAGING).is_dir() and not (out / MANIFEST).exists()) or [p.name for p in leftovers] == [REJECTS]
+        )
+        if leftovers and not (overwrite or left_by_a_run):
             raise OutputError(f"{out}: output folder is not empty; pass --overwrite to replace its contents")
         if foreign:
             raise OutputError(f"{out}: holds files dsprep did not write ({', '.join(foreign[:3])}); use another folder")
-        self.replaced = [p.name for p in leftovers] if interrupted else []
+        self.replaced = [p.name for p in leftovers] if left_by_a_run else []
         try:
             for p in leftovers:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()

@@ -87,9 +87,9 @@ def init_command(
     inputs: tuple[str, ...], output: Path | None, tokenizer: str | None, template: str | None, force: bool
 ) -> None:
     """Write a commented starter recipe for INPUTS, with each input's detected format."""
-    from dsprep.cli import check_writable, write_file
     from dsprep.errors import OutputError
     from dsprep.recipe.init import starter_recipe
+    from dsprep.shards import check_writable, write_file
 
     if output is not None:
         check_writable(output)

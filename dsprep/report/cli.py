@@ -52,10 +52,10 @@ def inspect_command(ctx: click.Context, paths: tuple[str, ...], fmt: str, tokeni
     Exit codes: 0 ok, 2 usage, 3 unreadable input, 6 a report file cannot be written, 7 template, 8 shards fail
     verification, 11 a --fail-on rule held.
     """
-    from dsprep.cli import check_writable
     from dsprep.progress import display
     from dsprep.report.build import InspectOptions, build_report
     from dsprep.report.gate import evaluate, parse_rules
+    from dsprep.shards import check_writable
 
     if pack is not None and tokenizer is None:
         raise click.BadParameter("packing needs --tokenizer", param_hint="--pack")
@@ -107,7 +107,7 @@ def inspect_command(ctx: click.Context, paths: tuple[str, ...], fmt: str, tokeni
 
 def _write_reports(report: dict[str, Any], json_path: Path | None, html_path: Path | None) -> None:
     """Write the JSON and HTML reports asked for; a file that cannot be written is an `OutputError`."""
-    from dsprep.cli import write_file
+    from dsprep.shards import write_file
 
     if json_path is not None:
         from dsprep.report.jsonout import to_json
