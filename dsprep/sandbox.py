@@ -88,15 +88,21 @@ class _Watchdog:
     sooner), so a render that starts with a deadline past its next wake-up registers it without waking the thread:
     a render costs a lock and a dict entry, not a thread switch. After `IDLE` seconds without a render it sleeps
     until the next one starts.
+
+    Python drops an exception raised inside a garbage-collector callback or a ``__del__`` method, and an asynchronous
+    exception lands in whatever Python code the thread runs next, so a deadline is raised again every `REFIRE`
+    seconds until the render ends its limit. Ending a limit whose deadline was raised clears a raise not yet
+    delivered, so none reaches the code that runs after the render.
     """
 
     TICK = 1.0
     IDLE = 30.0
+    REFIRE = 0.5
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._deadlines: dict[int, tuple[int, float]] = {}  # thread id -> (token, deadline)
+        self._deadlines: dict[int, _Entry] = {}  # thread id -> the limit it is in
         self._tokens = itertools.count()
         self._thread: threading.Thread | None = None
         self._next_check = math.inf  # when the thread wakes next (inf: only when woken)
@@ -120,11 +126,13 @@ class _Watchdog:
         with self._lock:
             while True:
                 now = time.monotonic()
-                for tid, (_, deadline) in list(self._deadlines.items()):
-                    if now >= deadline:
-                        del self._deadlines[tid]
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(_Deadline))
-                earliest = min((d for _, d in self._deadlines.values()), default=math.inf)
+                for tid, entry in list(self._deadlines.items()):
+                    if now >= entry.due:
+                        if _raise_in(tid, _Deadline):
+                            entry.fired, entry.due = True, now + self.REFIRE
+                        else:  # the thread is gone
+                            del self._deadlines[tid]
+                earliest = min((e.due for e in self._deadlines.values()), default=math.inf)
                 busy = self._deadlines or now - self._last_render < self.IDLE
                 self._next_check = min(earliest, now + self.TICK) if busy else math.inf
                 self._wake.wait(None if self._next_check == math.inf else self._next_check - now)
@@ -133,7 +141,7 @@ class _Watchdog:
         """A context in which `_Deadline` is raised once `seconds` have passed."""
         return _Limited(self, seconds)
 
-    def start(self, seconds: float) -> tuple[int, int, tuple[int, float] | None]:
+    def start(self, seconds: float) -> _Entry:
         """Register the calling thread's deadline; returns what `end` needs to remove it."""
         tid = threading.get_ident()
         token = next(self._tokens)
@@ -142,22 +150,43 @@ class _Watchdog:
             now = time.monotonic()
             deadline = now + seconds
             if outer is not None:  # a nested render keeps the outer (earlier) deadline
-                deadline = min(deadline, outer[1])
-            self._deadlines[tid] = (token, deadline)
+                deadline = min(deadline, outer.due)
+            entry = self._deadlines[tid] = _Entry(tid, token, deadline, outer)
             self._last_render = now
             if deadline < self._next_check:  # the thread would wake too late (or is not running): wake it now
                 self._ensure_thread()
                 self._next_check = deadline
                 self._wake.notify()
-        return tid, token, outer
+        return entry
 
-    def end(self, tid: int, token: int, outer: tuple[int, float] | None) -> None:
+    def end(self, entry: _Entry) -> None:
+        """Remove a limit `start` registered (again: a no-op), clearing a raise of its deadline not yet delivered."""
         with self._lock:
-            if self._deadlines.get(tid, (None,))[0] == token:
-                if outer is not None:
-                    self._deadlines[tid] = outer
+            if self._deadlines.get(entry.tid) is entry:
+                if entry.outer is not None:
+                    self._deadlines[entry.tid] = entry.outer
                 else:
-                    del self._deadlines[tid]
+                    del self._deadlines[entry.tid]
+                if entry.fired:
+                    _raise_in(entry.tid, None)
+
+
+class _Entry:
+    """One thread's limit: when the watchdog raises next, and the limit it is nested in."""
+
+    __slots__ = ("due", "fired", "outer", "tid", "token")
+
+    def __init__(self, tid: int, token: int, due: float, outer: _Entry | None) -> None:
+        self.tid = tid
+        self.token = token
+        self.due = due
+        self.outer = outer
+        self.fired = False
+
+
+def _raise_in(tid: int, exc: type[BaseException] | None) -> bool:
+    """Have thread `tid` raise `exc` at its next bytecode check (None: clear such a raise); False if no such thread."""
+    return bool(ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(exc) if exc else None))
 
 
 class _Limited:
@@ -168,15 +197,19 @@ class _Limited:
     def __init__(self, watchdog: _Watchdog, seconds: float) -> None:
         self.watchdog = watchdog
         self.seconds = seconds
-        self._started: tuple[int, int, tuple[int, float] | None] | None = None
+        self._started: _Entry | None = None
 
     def __enter__(self) -> None:
         self._started = self.watchdog.start(self.seconds)
 
     def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        """End the limit; `_Converted` calls it again where the deadline was raised as `__exit__` began."""
         if self._started is not None:
-            started, self._started = self._started, None
-            self.watchdog.end(*started)
+            self.watchdog.end(self._started)
+            self._started = None  # only once ended: a deadline raised on entering `end` leaves it to finish again
 
 
 _WATCHDOG = _Watchdog()
@@ -260,7 +293,7 @@ class BoundedTemplate(jinja2.Template):
         env = self.environment
         pieces: list[str] = []
         produced = 0
-        with _Converted(env), _WATCHDOG.limit(env.render_seconds):
+        with _Converted(env) as limit, limit:
             for piece in super().generate(*args, **kwargs):
                 produced += len(piece)
                 if produced > env.max_output:
@@ -274,7 +307,7 @@ class BoundedTemplate(jinja2.Template):
         produced = 0
         try:
             while True:
-                with _Converted(env), _WATCHDOG.limit(env.render_seconds):
+                with _Converted(env) as limit, limit:
                     try:
                         piece = next(pieces)
                     except StopIteration:
@@ -288,20 +321,26 @@ class BoundedTemplate(jinja2.Template):
 
 
 class _Converted:
-    """Turn a deadline, deep recursion, exhaustion or any non-jinja exception into a `TemplateLimitError`."""
+    """Turn a deadline, deep recursion, exhaustion or any non-jinja exception into a `TemplateLimitError`.
 
-    __slots__ = ("env",)
+    Entering it gives the time limit to enter next (``with _Converted(env) as limit, limit:``): a deadline raised
+    as the limit's ``__exit__`` begins skips that ``__exit__``, so this one ends the limit.
+    """
+
+    __slots__ = ("env", "limit")
 
     def __init__(self, env: BoundedSandboxedEnvironment) -> None:
         self.env = env
+        self.limit = _WATCHDOG.limit(env.render_seconds)
 
-    def __enter__(self) -> None:
-        return None
+    def __enter__(self) -> _Limited:
+        return self.limit
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if kind is None or issubclass(kind, jinja2.exceptions.TemplateError):
             return
         if issubclass(kind, _Deadline):
+            self.limit.finish()
             raise RenderTimeoutError(f"rendering took longer than {self.env.render_seconds:g} s") from None
         if issubclass(kind, RecursionError):
             raise TemplateLimitError("recursion too deep") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 from dsprep import templates
 from dsprep.errors import TemplateError
-from dsprep.sandbox import _WATCHDOG, BoundedSandboxedEnvironment, render_bounded
+from dsprep.sandbox import _WATCHDOG, RENDER_SECONDS, BoundedSandboxedEnvironment, _Deadline, render_bounded
 
 SECRET = "dsprep-secret-8c1f0e"
 MESSAGES = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
@@ -103,6 +104,15 @@ def _environment(**limits: Any) -> BoundedSandboxedEnvironment:
 
 
 ENV = _environment(render_seconds=2.0)
+
+
+@pytest.fixture(autouse=True)
+def _shared_limits_kept(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test that shortens the time limit of the environments every convert shares must put it back."""
+    yield
+    monkeypatch.undo()
+    for track_generation in (False, True):
+        assert templates._environment(track_generation).render_seconds == RENDER_SECONDS
 
 
 @pytest.fixture(autouse=True)
@@ -213,6 +223,38 @@ def test_time_limit_interrupts_a_loop_that_calls_nothing() -> None:
     assert render_bounded("{{ 1 }}", "after", environment=env) == "1"  # the watchdog left nothing pending
 
 
+def test_time_limit_holds_when_the_render_swallows_its_deadline() -> None:
+    """Python drops an exception raised in a garbage-collector callback or a ``__del__`` method: the deadline is
+    raised again until the render stops, and none is left pending for the code that runs after it."""
+    swallowed = 0
+
+    def swallow(seconds: float) -> str:
+        nonlocal swallowed
+        until = time.monotonic() + seconds
+        try:
+            while time.monotonic() < until:
+                pass
+        except _Deadline:
+            swallowed += 1
+        return ""
+
+    env = _environment(render_seconds=0.3)
+    env.globals["swallow"] = swallow
+    # after the swallow, a loop of some seconds (it would finish, unbounded) that the second raise interrupts
+    text = "{{ swallow(0.6) }}{% for i in range(20000) %}{% for j in range(3000) %}{% endfor %}{% endfor %}done"
+    start = time.monotonic()
+    with pytest.raises(TemplateError, match=r"rendering took longer than 0\.3 s"):
+        render_bounded(text, "swallows", environment=env)
+    assert swallowed == 1
+    assert time.monotonic() - start < 0.3 + _WATCHDOG.REFIRE + _WATCHDOG.TICK + 1
+    # a render that swallows its deadline and then ends in time leaves no raise pending
+    assert render_bounded("{{ swallow(0.6) }}ok", "ends", environment=env) == "ok"
+    assert swallowed == 2
+    for _ in range(200_000):  # bytecode checks, where a pending raise would land
+        pass
+    assert render_bounded("{{ 1 }}", "after", environment=env) == "1"
+
+
 def test_time_limit_holds_between_frequent_renders() -> None:
     """Renders that come often do not wake the watchdog one by one, yet a slow one is still stopped on time, also
     with a limit longer than the watchdog's tick (a deadline it does not hear about when the render starts)."""
@@ -300,12 +342,9 @@ def test_a_template_that_hangs_stops_a_convert_at_its_first_time_out(
     from dsprep.cli import main
     from dsprep.errors import TemplateTimeoutError
 
-    make_environment, make_error = templates._environment, templates._render_error
-
-    def quick(track_generation: bool = False) -> BoundedSandboxedEnvironment:
-        env = make_environment(track_generation)
-        env.render_seconds = 0.5
-        return env
+    make_error = templates._render_error
+    for track_generation in (False, True):
+        monkeypatch.setattr(templates._environment(track_generation), "render_seconds", 0.5)
 
     timeouts: list[TemplateError] = []
 
@@ -315,7 +354,6 @@ def test_a_template_that_hangs_stops_a_convert_at_its_first_time_out(
             timeouts.append(error)
         return error
 
-    monkeypatch.setattr(templates, "_environment", quick)
     monkeypatch.setattr(templates, "_render_error", counted)
     templates._compile.cache_clear()
     loop = tmp_path / "loop.jinja"
