@@ -1,11 +1,12 @@
 """Stages 4–5 over completed pieces: shards in input order, or packed rows — in memory bounded by a shard's pieces.
 
-Unpacked, the pieces' rows stream into the shard writer in task order. Packed, the plan (`dsprep.pack`) needs only
-the lengths (each row's ``num_tokens``, carried by the workers' results: a few bytes per example). The packed rows
-are written in chunks of ``chunk_rows`` rows, and each shard is a run of whole chunks fixed by the plan (at most about
-``--shard-size``, estimated from its tokens; a multiple of `SHARD_MULTIPLE` of them, so that threads, and a
-trainer's data-parallel ranks splitting the shards between them, get equal shares), so several shards are written at
-once — as many as there are workers, one thread each — and the output is the same for any number of them.
+Unpacked, the pieces' rows stream into the shard writer in task order as the pieces complete (`UnpackedShards`).
+Packed, the plan (`dsprep.pack`) needs only the lengths (each row's ``num_tokens``, carried by the workers' results: a
+few bytes per example). The packed rows are written in chunks of ``chunk_rows`` rows, and each shard is a run of whole
+chunks fixed by the plan (at most about ``--shard-size``, estimated from its tokens; a multiple of `SHARD_MULTIPLE` of
+them, so that threads, and a trainer's data-parallel ranks splitting the shards between them, get equal shares), so
+several shards are written at once — as many as there are workers, one thread each — and the output is the same for
+any number of them.
 
 A chunk reads exactly its examples' bytes from the piece files: the pieces are uncompressed Arrow IPC files, so
 where each example's tokens and id lie is known once from each file's layout (`_Locations`: a few more bytes per
@@ -31,10 +32,10 @@ from dsprep.errors import OutputError
 from dsprep.pack import PackPlan, PackReport, packed_table, plan_packing
 from dsprep.pieces import load_piece, piece_path, piece_table
 from dsprep.schema import PACKED
-from dsprep.shards import ShardFile, ShardWriter, parquet_options, shard_name
+from dsprep.shards import ShardFile, ShardWriter, parquet_options, shard_name, writing
 from dsprep.workers import BatchResult
 
-__all__ = ["CHUNK_TOKENS", "OnWriting", "write_packed", "write_unpacked"]
+__all__ = ["CHUNK_TOKENS", "OnWriting", "UnpackedShards", "write_packed"]
 
 CHUNK_TOKENS = 1 << 21  # tokens per materialized chunk of packed rows (at most)
 SHARD_MULTIPLE = 8  # shards come in multiples of 8: 2, 4 or 8 threads or data-parallel ranks get equal shares
@@ -47,20 +48,31 @@ TOKEN_BYTES = 4  # int32 token ids and labels
 OnWriting = Callable[[int], Callable[[int], None]]
 
 
-def write_unpacked(
-    pieces: Path, results: Sequence[BatchResult], writer: ShardWriter, on_writing: OnWriting | None = None
-) -> list[dict[str, Any]]:
-    """Stream the pieces' rows into `writer` in task order; returns the shard list. `on_writing` is told the number of
-    pieces with rows, and each one written."""
-    kept = [result for result in results if result.rows_kept]
-    step = on_writing(len(kept)) if on_writing else None
-    for result in kept:
-        stored = load_piece(pieces, result.seq)
-        assert stored is not None
-        writer.append(piece_table(pieces, result.seq), stored.approx)
+class UnpackedShards:
+    """Writes completed pieces' rows into unpacked shards in task order as the pieces come in, so that the writing
+    overlaps the workers' processing of later pieces instead of waiting for the last one; `finish` returns the shard
+    list."""
+
+    def __init__(self, pieces: Path, writer: ShardWriter) -> None:
+        self.pieces = pieces
+        self.writer = writer
+
+    def add(self, result: BatchResult) -> None:
+        """Append a completed (stored) piece's rows; a piece that kept none adds nothing."""
+        if result.rows_kept:
+            with writing(self.writer.folder):
+                stored = load_piece(self.pieces, result.seq)
+                assert stored is not None
+                self.writer.append(piece_table(self.pieces, result.seq), stored.approx)
+
+    def finish(self, on_writing: OnWriting | None = None) -> list[dict[str, Any]]:
+        """Write the rows still buffered and close the shards (`on_writing` is told of that one step)."""
+        step = on_writing(1) if on_writing else None
+        with writing(self.writer.folder):
+            shards = self.writer.close()
         if step:
             step(1)
-    return writer.close()
+        return shards
 
 
 def _lengths(kept: Sequence[BatchResult]) -> list[np.ndarray]:

@@ -5,9 +5,10 @@ input, ``rows_read == rows_kept + rows_rejected``. With a tokenizer, rows are re
 (`dsprep.encode`) after the template passes its conformance checks (`dsprep.conformance`).
 
 Records are cut into slices processed by `dsprep.workers` (inline or on a process pool); each slice's result is
-stored as a piece (`dsprep.pieces`) and counted in input order, then `dsprep.assemble` writes the shards (packed or
-not) from the pieces. The run's cache key (`dsprep.cache`) finds an identical earlier output, and names the staging
-folder's pieces so that a killed run resumes from them.
+stored as a piece (`dsprep.pieces`) and counted in input order, and `dsprep.assemble` writes the shards from the
+pieces: unpacked, each piece as it comes in; packed, all of them once the last is in. The run's cache key
+(`dsprep.cache`) finds an identical earlier output, and names the staging folder's pieces so that a killed run
+resumes from them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 
-from dsprep.assemble import OnWriting, write_packed, write_unpacked
+from dsprep.assemble import OnWriting, UnpackedShards, write_packed
 from dsprep.cache import (
     OutputCache,
     cache_key,
@@ -442,17 +443,26 @@ def _write(
 
     try:
         with RejectsWriter(staging.dir / REJECTS) as rejects:
+            unpacked = None
+            if config.pack is None:  # written as the pieces complete
+                writer = ShardWriter(staging.dir, stage.schema, shard_bytes=config.shard_bytes)
+                unpacked = UnpackedShards(staging.pieces, writer)
             accounts = _Accounts(config, reports, rejects, on_input)
             sink = functools.partial(store_piece, staging.pieces)
             workers = config.workers or default_workers()
             for result in _engine(config)(stage, tasks, workers, sink=sink, done=done):
                 accounts.add(result)
+                if unpacked is not None:
+                    unpacked.add(result)
                 if on_result is not None:
                     on_result(result)
             accounts.finish(upto=len(reports))
-        if resumed and on_note:
-            on_note(f"resumed: reused {resumed} of {len(accounts.done)} completed pieces of an interrupted run")
-        shard_list, packing = _shards(config, stage, staging, accounts.done, on_writing)
+            if resumed and on_note:
+                on_note(f"resumed: reused {resumed} of {len(accounts.done)} completed pieces of an interrupted run")
+            if unpacked is not None:
+                shard_list, packing = unpacked.finish(on_writing), None
+            else:
+                shard_list, packing = _packed(config, staging, accounts.done, on_writing)
         read = sum(r.rows_read for r in reports)
         rejected = sum(r.rows_rejected for r in reports)
         if config.max_rejected is not None and read and rejected / read > config.max_rejected:
@@ -479,14 +489,12 @@ def _write(
     return ConvertResult(reports, manifest, resumed_pieces=resumed), names
 
 
-def _shards(
-    config: ConvertConfig, stage: Stage, staging: Staging, done: list[BatchResult], on_writing: OnWriting | None
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Write the completed pieces' rows as shards, packed with `config.pack`; the shard list and packing report."""
+def _packed(
+    config: ConvertConfig, staging: Staging, done: list[BatchResult], on_writing: OnWriting | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Pack the completed pieces' rows into shards; the shard list and packing report."""
+    assert config.pack is not None
     with writing(staging.dir):
-        if config.pack is None:
-            writer = ShardWriter(staging.dir, stage.schema, shard_bytes=config.shard_bytes)
-            return write_unpacked(staging.pieces, done, writer, on_writing), None
         packing = write_packed(
             staging.pieces, done, staging.dir, max_len=config.pack, shuffle_seed=config.shuffle_seed,
             shard_bytes=config.shard_bytes, threads=config.workers or default_workers(), on_writing=on_writing,

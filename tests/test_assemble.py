@@ -3,6 +3,7 @@ at once, in shards of whole chunks that are the same whatever number of threads 
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,12 @@ import pytest
 
 import dsprep.assemble
 import dsprep.pipeline
+import dsprep.shards
 from dsprep.config import ConvertConfig
 from dsprep.errors import OutputError
 from dsprep.pack import materialize, plan_packing
 from dsprep.pipeline import convert
+from dsprep.shards import STAGING
 from paths import FIXTURES
 
 L = 512
@@ -105,8 +108,8 @@ def test_both_ways_of_reading_a_piece_read_the_same_bytes(
 def test_writing_reports_each_step_of_its_total(
     tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch, pack: int | None, threads: int
 ) -> None:
-    """`on_writing` hears the number of chunks of packed rows (or pieces, unpacked) once, then each one as it is
-    written: what the progress display shows after the last record is read."""
+    """`on_writing` hears the number of chunks of packed rows (unpacked, the one step of closing the shards) once,
+    then each one as it is written: what the progress display shows after the last record is read."""
     monkeypatch.setattr(dsprep.assemble, "CHUNK_TOKENS", 7 * L)  # chunks of 7 rows
     monkeypatch.setattr(dsprep.pipeline, "TASK_ROWS", 16)  # pieces of at most 16 records
     totals: list[int] = []
@@ -120,11 +123,38 @@ def test_writing_reports_each_step_of_its_total(
     config = ConvertConfig(inputs=(str(alpaca),), out=tmp_path / "out", tokenizer="mistral:tekken", template="chatml",
                            pack=pack, shard_bytes=7 * L * 5, workers=threads)  # fmt: skip
     result = convert(config, on_writing=on_writing)
-    assert len(totals) == 1 and totals[0] > 10
+    assert len(totals) == 1 and (totals[0] > 10 or pack is None)
     assert [n for n, _ in steps] == [1] * totals[0]
-    if pack is None:
-        pieces_at_most = sum(-(-r.rows_read // 16) for r in result.inputs)
-        assert -(-result.rows_kept // 16) <= totals[0] <= pieces_at_most
+    if pack is None:  # the pieces were written as they came in: what is left is closing the shards
+        assert totals == [1]
     else:
         assert totals[0] == -(-result.manifest["packing"]["rows"] // 7)
         assert all(name.startswith("dsprep-shard-writer") for _, name in steps)  # told once a chunk is written
+
+
+def test_unpacked_shards_are_written_as_the_pieces_come_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unpacked, a completed piece's rows go to the shards at once, while later pieces are still being processed (not
+    once the last one is), and the shards are the same as when written in one go."""
+    monkeypatch.setattr(dsprep.pipeline, "TASK_ROWS", 16)  # pieces of at most 16 records
+    monkeypatch.setattr(dsprep.shards, "FLUSH_ROWS", 20)  # a row group every 20 rows
+    inputs = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{name} {i}"},
+                                                         {"role": "assistant", "content": "ok"}]}) + "\n"
+                                for i in range(100)))  # fmt: skip
+        inputs.append(str(path))
+    out = tmp_path / "out"
+    written_when_done: list[int] = []
+
+    def on_input(report: Any) -> None:  # when an input's last rows have been processed
+        written_when_done.append(sum(p.stat().st_size for p in (out / STAGING).glob("part-*.parquet")))
+
+    result = convert(ConvertConfig(inputs=tuple(inputs), out=out, workers=1), on_input=on_input)
+    assert result.rows_kept == 200
+    assert written_when_done[0] > 0  # a's rows (all but its last piece's) were in a shard before b's were processed
+    assert written_when_done[0] < written_when_done[1] < (out / "part-00000.parquet").stat().st_size
+    table = pq.read_table(out / "part-00000.parquet")
+    assert table["messages"].to_pylist()[99][0]["content"] == "a 99"
+    assert table["messages"].to_pylist()[100][0]["content"] == "b 0"
+    assert pq.ParquetFile(out / "part-00000.parquet").metadata.num_row_groups == 10
