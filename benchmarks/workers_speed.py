@@ -8,8 +8,10 @@ each of --repeat rounds, and prints every run's wall seconds, then for each work
 seconds and the CPU seconds of the whole process tree (the convert process, its fork server and workers, read from
 /proc while it runs), then the wall speed-up and the CPU speed-up bound ``cpu(1) / (cpu(2) / 2)`` — what the
 speed-up is on two otherwise idle cores; on a shared machine the wall figure is lower, and the fastest of several
-rounds is the least disturbed. The load average at the start of each run is printed too. A report: the exit code is
-1 only when the outputs differ.
+rounds is the least disturbed. In the same rounds it times the bare tiktoken encoder dsprep uses on the pre-rendered
+rows in one process and in two (`peer_worker.py ceiling --encoder tiktoken-numpy`): the speed-up the machine's two
+cores give the encoding alone (two hyperthreads of one core give far less than two), beside dsprep's. The load
+average at the start of each run is printed too. A report: the exit code is 1 only when the outputs differ.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from bench_common import process_stats, wait_sampling
+from compare_peers import save_tokenizer, worker_result
 
 WORDS = [f"w{i}x" for i in range(3000)]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -69,20 +72,37 @@ def run(src: Path, out: Path, workers: int, pack: int | None) -> tuple[float, fl
     return wall, usage.ru_utime + usage.ru_stime + sum(seen.values())
 
 
+def encoder_run(src: Path, tokenizer: Path, processes: int) -> float:
+    """Seconds the bare tiktoken encoder dsprep uses takes on the pre-rendered corpus in `processes` processes
+    (`peer_worker.py ceiling --encoder tiktoken-numpy`): how far this machine's cores scale on the encoding alone."""
+    cmd = [sys.executable, str(Path(__file__).with_name("peer_worker.py")), "ceiling", "--corpus", str(src),
+           "--tokenizer", str(tokenizer), "--num-proc", str(processes), "--encoder", "tiktoken-numpy",
+           "--tokenizer-name", "mistral:tekken"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    result = worker_result(done.stdout)
+    if done.returncode or result is None:
+        raise SystemExit(f"the encoder measurement failed ({done.returncode}): {done.stderr[-2000:]}")
+    return float(result["seconds"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=20000)
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of both runs; each count keeps its fastest")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of all runs; each keeps its fastest")
     parser.add_argument("--pack", type=int, default=None, metavar="L", help="convert with --pack L")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         src = root / "chats.jsonl"
         corpus(src, args.rows)
+        tokenizer = root / "tokenizer"
+        save_tokenizer("mistral:tekken", "chatml", tokenizer)
         runs: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
-        for _ in range(max(1, args.repeat)):
+        bare: dict[int, list[float]] = {1: [], 2: []}
+        for _ in range(max(1, args.repeat)):  # in turns, so that the machine's drift weighs on every side alike
             for workers in runs:
                 runs[workers].append(run(src, root / f"out-{workers}", workers, args.pack))
+                bare[workers].append(encoder_run(src, tokenizer, workers))
         (one, cpu_one), (two, cpu_two) = (min(runs[w]) for w in (1, 2))
         outputs = [sorted((root / f"out-{w}").iterdir()) for w in (1, 2)]
         same = [p.name for p in outputs[0]] == [p.name for p in outputs[1]] and all(
@@ -94,6 +114,10 @@ def main() -> int:
         print(f"rows {args.rows}{packed}, fastest of {len(runs[1])}: workers 1 {one:.1f} s wall, {cpu_one:.1f} CPU s; "
               f"workers 2 {two:.1f} s wall, {cpu_two:.1f} CPU s")  # fmt: skip
         print(f"speed-up: wall {one / two:.2f}x, on two idle cores (CPU bound) {cpu_one / (cpu_two / 2):.2f}x")
+        bare_one, bare_two = min(bare[1]), min(bare[2])
+        print(f"the bare encoder on the pre-rendered rows, fastest of {len(bare[1])}: 1 process {bare_one:.2f} s, "
+              f"2 processes {bare_two:.2f} s: {bare_one / bare_two:.2f}x; dsprep's wall speed-up is "
+              f"{(one / two) / (bare_one / bare_two):.2f} of it")  # fmt: skip
         print(f"outputs byte-identical: {same}")
         return 0 if same else 1
 

@@ -22,7 +22,11 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("stage_costs.py", ["--rows", "40", "--repeat", "1"], ["ceiling: encode_to_numpy", "normalizing", "process()"]),
         ("tokenize_speed.py", ["--rows", "40", "--skip-trl"], ["ratio dsprep/ceiling ="]),
         ("pack_quality.py", ["--rows", "60", "--synthetic", "2000"], ["dsprep above bound =", "speed target"]),
-        ("workers_speed.py", ["--rows", "300", "--repeat", "1", "--pack", "512"], ["outputs byte-identical: True"]),
+        (
+            "workers_speed.py",
+            ["--rows", "300", "--repeat", "1", "--pack", "512"],
+            ["outputs byte-identical: True", "the bare encoder on the pre-rendered rows"],
+        ),
     ],
 )
 def test_benchmark_runs_on_a_tiny_input(script: str, args: list[str], expected: list[str], tmp_path: Path) -> None:
