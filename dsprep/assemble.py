@@ -74,6 +74,13 @@ class UnpackedShards:
             step(1)
         return shards
 
+    def __enter__(self) -> UnpackedShards:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None:  # the run is failing: close the open shard, whose file is about to go
+            self.writer.abort()
+
 
 def _lengths(kept: Sequence[BatchResult]) -> list[np.ndarray]:
     """Each piece's example lengths, as its result carries them (a kept record may have become several rows)."""
@@ -303,7 +310,11 @@ def _write_shard(
                 order = plan.order[starts[lo_row] : starts[hi_row]]
                 behind.write(_chunk(loc, plan.lengths, order, plan.row_counts[lo_row:hi_row], files))
     except OSError as exc:
+        shard.abort()
         raise OutputError(f"cannot read the staged pieces: {exc.strerror or exc}") from None
+    except BaseException:
+        shard.abort()
+        raise
     finally:
         files.close()
     return shard.close()

@@ -18,7 +18,7 @@ import itertools
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -312,11 +312,11 @@ def convert(
     """Normalize (and with a tokenizer, tokenize) `config.inputs` into shards, rejects and manifest in `config.out`.
 
     on_bytes receives the bytes of input read as they are read; on_writing, once every record is processed, the
-    number of steps in writing the shards (chunks of packed rows, or pieces), and returns the function each written
-    step is reported to (from the writing threads). on_note receives one-line notes on cache hits and resumed runs;
-    explain, the cache key's components and, on a miss, what changed since the newest cache entry. derive_spec, when
-    given, adjusts each input's spec (given or detected) before it is used; the cache key cannot cover it, so such a
-    run neither uses the cache nor resumes.
+    number of steps in writing the shards (chunks of packed rows, or unpacked the one of closing them), and returns
+    the function each written step is reported to (from the writing threads). on_note receives one-line notes on
+    cache hits and resumed runs; explain, the cache key's components and, on a miss, what changed since the newest
+    cache entry. derive_spec, when given, adjusts each input's spec (given or detected) before it is used; the cache
+    key cannot cover it, so such a run neither uses the cache nor resumes.
     """
     files = _outside(discover(config.inputs), config.out)
     cacheable = config.cache and derive_spec is None
@@ -442,11 +442,12 @@ def _write(
         return previous
 
     try:
-        with RejectsWriter(staging.dir / REJECTS) as rejects:
+        with ExitStack() as stack:
+            rejects = stack.enter_context(RejectsWriter(staging.dir / REJECTS))
             unpacked = None
             if config.pack is None:  # written as the pieces complete
                 writer = ShardWriter(staging.dir, stage.schema, shard_bytes=config.shard_bytes)
-                unpacked = UnpackedShards(staging.pieces, writer)
+                unpacked = stack.enter_context(UnpackedShards(staging.pieces, writer))
             accounts = _Accounts(config, reports, rejects, on_input)
             sink = functools.partial(store_piece, staging.pieces)
             workers = config.workers or default_workers()

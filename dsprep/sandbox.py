@@ -31,6 +31,7 @@ import re
 import string
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from contextvars import ContextVar
 from typing import Any, cast
@@ -127,7 +128,9 @@ class _Watchdog:
             while True:
                 now = time.monotonic()
                 for tid, entry in list(self._deadlines.items()):
-                    if now >= entry.due:
+                    if entry.owner() is None:  # its limit is gone without ending (no render runs under it)
+                        del self._deadlines[tid]
+                    elif now >= entry.due:
                         if _raise_in(tid, _Deadline):
                             entry.fired, entry.due = True, now + self.REFIRE
                         else:  # the thread is gone
@@ -141,23 +144,28 @@ class _Watchdog:
         """A context in which `_Deadline` is raised once `seconds` have passed."""
         return _Limited(self, seconds)
 
-    def start(self, seconds: float) -> _Entry:
-        """Register the calling thread's deadline; returns what `end` needs to remove it."""
+    def start(self, limit: _Limited) -> None:
+        """Register the calling thread's deadline, and give `limit` what `end` needs to remove it."""
         tid = threading.get_ident()
         token = next(self._tokens)
         with self._lock:
             outer = self._deadlines.get(tid)
+            if outer is not None and outer.owner() is None:
+                outer = None  # left by a limit that is gone: no render runs under it
             now = time.monotonic()
-            deadline = now + seconds
+            deadline = now + limit.seconds
             if outer is not None:  # a nested render keeps the outer (earlier) deadline
                 deadline = min(deadline, outer.due)
-            entry = self._deadlines[tid] = _Entry(tid, token, deadline, outer)
+            entry = _Entry(tid, token, deadline, outer, weakref.ref(limit))
+            # registered and handed over with no call between: a raise (the deadline of an outer render, Ctrl-C)
+            # can land before or after the two, never between them, so whatever registered the limit can end it
+            self._deadlines[tid] = entry
+            limit._started = entry
             self._last_render = now
             if deadline < self._next_check:  # the thread would wake too late (or is not running): wake it now
                 self._ensure_thread()
                 self._next_check = deadline
                 self._wake.notify()
-        return entry
 
     def end(self, entry: _Entry) -> None:
         """Remove a limit `start` registered (again: a no-op), clearing a raise of its deadline not yet delivered."""
@@ -167,20 +175,24 @@ class _Watchdog:
                     self._deadlines[entry.tid] = entry.outer
                 else:
                     del self._deadlines[entry.tid]
-                if entry.fired:
-                    _raise_in(entry.tid, None)
+                if entry.fired:  # a C call, made inline: no Python frame where a raise could land before it
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(entry.tid), None)
 
 
 class _Entry:
-    """One thread's limit: when the watchdog raises next, and the limit it is nested in."""
+    """One thread's limit: when the watchdog raises next, the limit it is nested in, and the `_Limited` it belongs to
+    (an entry whose `_Limited` is gone was never ended, and is dropped)."""
 
-    __slots__ = ("due", "fired", "outer", "tid", "token")
+    __slots__ = ("due", "fired", "outer", "owner", "tid", "token")
 
-    def __init__(self, tid: int, token: int, due: float, outer: _Entry | None) -> None:
+    def __init__(
+        self, tid: int, token: int, due: float, outer: _Entry | None, owner: weakref.ReferenceType[_Limited]
+    ) -> None:
         self.tid = tid
         self.token = token
         self.due = due
         self.outer = outer
+        self.owner = owner
         self.fired = False
 
 
@@ -192,21 +204,22 @@ def _raise_in(tid: int, exc: type[BaseException] | None) -> bool:
 class _Limited:
     """`_Watchdog.limit` as a plain context manager (a render enters one per piece it yields)."""
 
-    __slots__ = ("_started", "seconds", "watchdog")
+    __slots__ = ("__weakref__", "_started", "seconds", "watchdog")
 
     def __init__(self, watchdog: _Watchdog, seconds: float) -> None:
         self.watchdog = watchdog
         self.seconds = seconds
-        self._started: _Entry | None = None
+        self._started: _Entry | None = None  # set by `_Watchdog.start`
 
     def __enter__(self) -> None:
-        self._started = self.watchdog.start(self.seconds)
+        self.watchdog.start(self)
 
     def __exit__(self, *exc: object) -> None:
         self.finish()
 
     def finish(self) -> None:
-        """End the limit; `_Converted` calls it again where the deadline was raised as `__exit__` began."""
+        """End the limit (once); `_Converted` calls it again, for a raise that landed as `__enter__` returned or as
+        `__exit__` began."""
         if self._started is not None:
             self.watchdog.end(self._started)
             self._started = None  # only once ended: a deadline raised on entering `end` leaves it to finish again
@@ -323,8 +336,9 @@ class BoundedTemplate(jinja2.Template):
 class _Converted:
     """Turn a deadline, deep recursion, exhaustion or any non-jinja exception into a `TemplateLimitError`.
 
-    Entering it gives the time limit to enter next (``with _Converted(env) as limit, limit:``): a deadline raised
-    as the limit's ``__exit__`` begins skips that ``__exit__``, so this one ends the limit.
+    Entering it gives the time limit to enter next (``with _Converted(env) as limit, limit:``). A raise that lands
+    as the limit's ``__enter__`` returns or its ``__exit__`` begins skips that ``__exit__``, so this one ends the
+    limit too.
     """
 
     __slots__ = ("env", "limit")
@@ -337,10 +351,10 @@ class _Converted:
         return self.limit
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        self.limit.finish()
         if kind is None or issubclass(kind, jinja2.exceptions.TemplateError):
             return
         if issubclass(kind, _Deadline):
-            self.limit.finish()
             raise RenderTimeoutError(f"rendering took longer than {self.env.render_seconds:g} s") from None
         if issubclass(kind, RecursionError):
             raise TemplateLimitError("recursion too deep") from None

@@ -6,6 +6,7 @@ succeeds, so an output folder holding a ``manifest.json`` is always complete.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -220,7 +221,7 @@ class Staging:
             self.dir = out / STAGING
             self.resumed = key is not None and _read_key(self.dir) == key
             for p in self.dir.iterdir() if self.resumed else ():
-                if p.name != PIECES:
+                if p.name not in (PIECES, KEY):  # the key too: a resumed run that is stopped can be resumed again
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
             if not self.resumed:
                 shutil.rmtree(self.dir, ignore_errors=True)
@@ -287,6 +288,13 @@ class ShardFile:
         return {"file": self.path.name, "rows": self.rows, "bytes": self._file.size,
                 "sha256": self._file.sha256.hexdigest()}  # fmt: skip
 
+    def abort(self) -> None:
+        """Close the file on an error, unfinished (what fails in closing it is not reported: the run is failing)."""
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(OSError):
+            self._file.close()
+
 
 class ShardWriter:
     """Appends rows to ``part-00000.parquet``, ``part-00001.parquet``, … each closed once it passes `shard_bytes`."""
@@ -345,6 +353,12 @@ class ShardWriter:
             self.shards.append(self._shard.close())
             self._shard = None
 
+    def abort(self) -> None:
+        """Close the open shard, unfinished, on an error (its rows are not reported)."""
+        if self._shard is not None:
+            shard, self._shard = self._shard, None
+            shard.abort()
+
     def close(self) -> list[dict[str, Any]]:
         """Flush and close; returns the shard list for the manifest (one empty shard when no row was written)."""
         self._flush()
@@ -372,6 +386,28 @@ class RejectsWriter:
     def __enter__(self) -> RejectsWriter:
         return self
 
-    def __exit__(self, *exc: object | TracebackType) -> None:
-        with writing(self.path):
+    def __exit__(self, kind: type[BaseException] | None, *exc: object | TracebackType) -> None:
+        if kind is None:
+            with writing(self.path):
+                self._fh.close()
+            return
+        # leaving on an error (a full disk, say): keep that error, and leave a file of whole lines to look at
+        with contextlib.suppress(OSError):
             self._fh.close()
+        with contextlib.suppress(OSError):
+            _trim_to_last_line(self.path)
+
+
+def _trim_to_last_line(path: Path, block: int = 1 << 16) -> None:
+    """Cut a file of lines after its last newline (a write that failed part way leaves a line cut short)."""
+    with open(path, "r+b") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(0, end - block)
+            fh.seek(start)
+            found = fh.read(end - start).rfind(b"\n")
+            if found >= 0:
+                fh.truncate(start + found + 1)
+                return
+            end = start
+        fh.truncate(0)

@@ -3,7 +3,9 @@ at once, in shards of whole chunks that are the same whatever number of threads 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import dsprep.assemble
 import dsprep.pipeline
 import dsprep.shards
 from dsprep.config import ConvertConfig
-from dsprep.errors import OutputError
+from dsprep.errors import OutputError, RowFailure
 from dsprep.pack import materialize, plan_packing
 from dsprep.pipeline import convert
 from dsprep.shards import STAGING
@@ -158,3 +160,27 @@ def test_unpacked_shards_are_written_as_the_pieces_come_in(tmp_path: Path, monke
     assert table["messages"].to_pylist()[99][0]["content"] == "a 99"
     assert table["messages"].to_pylist()[100][0]["content"] == "b 0"
     assert pq.ParquetFile(out / "part-00000.parquet").metadata.num_row_groups == 10
+
+
+def test_a_run_that_fails_while_writing_unpacked_shards_leaves_none_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--on-error fail` stops a run whose shard is being written: the shard is closed before its file is deleted."""
+    monkeypatch.setattr(dsprep.pipeline, "TASK_ROWS", 16)
+    monkeypatch.setattr(dsprep.shards, "FLUSH_ROWS", 20)
+    rows = [json.dumps({"messages": [{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": "a"}]})
+            for i in range(100)]  # fmt: skip
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join([*rows, "{not json"]) + "\n")
+    out = tmp_path / "out"
+    with pytest.raises(RowFailure, match=r"in\.jsonl:101"):
+        convert(ConvertConfig(inputs=(str(src),), out=out, format="openai", workers=1, on_error="fail"))
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc to list this process's open files")
+    held = []
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            held.append(os.readlink(fd))
+    assert not [p for p in held if str(out) in p]
+    assert not (out / STAGING / "part-00000.parquet").exists()

@@ -8,6 +8,7 @@ data never escape the output folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -278,3 +279,31 @@ def test_unwritable_output_folder_is_an_output_error(tmp_path: Path) -> None:
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert "cannot write" in result.stderr
     assert not (parent / "dsprep-out").exists()
+
+
+def test_a_run_failing_to_write_keeps_its_error_and_whole_reject_lines(tmp_path: Path) -> None:
+    """When writing a shard fails on a full disk, closing the rejects file fails too: the shard's error is the one
+    reported, and the rejects file kept to look at ends with a whole line."""
+    from dsprep.errors import OutputError
+    from dsprep.shards import RejectsWriter
+
+    path = tmp_path / "rejects.jsonl"
+
+    def fail_on_a_full_disk() -> None:
+        with RejectsWriter(path) as rejects:
+            rejects.write_line('{"row": 1}')
+            rejects._fh.flush()
+            rejects._fh.write(b'{"row": 2, "cut')
+            rejects._fh.flush()  # the disk took part of a line
+            close = rejects._fh.close
+
+            def full_disk() -> None:
+                close()
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            rejects._fh.close = full_disk  # type: ignore[method-assign]
+            raise OutputError("out/part-00000.parquet: cannot write: No space left on device")
+
+    with pytest.raises(OutputError, match=r"part-00000\.parquet"):
+        fail_on_a_full_disk()
+    assert path.read_bytes() == b'{"row": 1}\n'

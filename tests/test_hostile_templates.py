@@ -7,7 +7,10 @@ takes, for shipped, file and tokenizer templates alike).
 from __future__ import annotations
 
 import json
+import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,14 @@ from click.testing import CliRunner
 
 from dsprep import templates
 from dsprep.errors import TemplateError
-from dsprep.sandbox import _WATCHDOG, RENDER_SECONDS, BoundedSandboxedEnvironment, _Deadline, render_bounded
+from dsprep.sandbox import (
+    _WATCHDOG,
+    RENDER_SECONDS,
+    BoundedSandboxedEnvironment,
+    RenderTimeoutError,
+    _Deadline,
+    render_bounded,
+)
 
 SECRET = "dsprep-secret-8c1f0e"
 MESSAGES = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
@@ -253,6 +263,33 @@ def test_time_limit_holds_when_the_render_swallows_its_deadline() -> None:
     for _ in range(200_000):  # bytecode checks, where a pending raise would land
         pass
     assert render_bounded("{{ 1 }}", "after", environment=env) == "1"
+
+
+def test_a_deadline_due_as_its_limit_starts_or_ends_leaves_nothing_behind() -> None:
+    """Renders whose deadline falls due while their limit is being entered or ended (a limit of 20 µs, threads
+    switched as often as Python allows): each ends with its text or a time-out, none leaves its limit registered, and
+    no raise lands in the code that runs after them."""
+    env = _environment(render_seconds=2e-5)
+    template = env.from_string("{% for i in range(50) %}{{ i }}{% endfor %}")
+    me = threading.get_ident()
+    outcomes: Counter[str] = Counter()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        start = time.monotonic()
+        while time.monotonic() - start < 2:
+            try:
+                template.render()
+                outcomes["rendered"] += 1
+            except RenderTimeoutError:
+                outcomes["timed out"] += 1
+            assert _WATCHDOG._deadlines.get(me) is None, outcomes
+    finally:
+        sys.setswitchinterval(interval)
+    assert outcomes["rendered"] and outcomes["timed out"], outcomes
+    until = time.monotonic() + 2 * _WATCHDOG.REFIRE
+    while time.monotonic() < until:  # bytecode checks, where a raise would land
+        pass
 
 
 def test_time_limit_holds_between_frequent_renders() -> None:

@@ -11,9 +11,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import dsprep.pipeline
 from dsprep.config import ConvertConfig
 from dsprep.errors import OutputError
 from dsprep.pipeline import convert
@@ -133,3 +135,38 @@ def test_a_complete_output_still_needs_overwrite(tmp_path: Path) -> None:
     (out / STAGING).mkdir()  # even beside a stray staging folder: the manifest says the output is complete
     with pytest.raises(OutputError, match="not empty; pass --overwrite"):
         convert(config)
+
+
+def test_a_resumed_run_that_is_stopped_again_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run resumed from an interrupted one keeps the key its pieces belong to, so a third run resumes from the
+    pieces of both."""
+    src = tmp_path / "chats.jsonl"
+    _corpus(src)
+    out = tmp_path / "out"
+    config = ConvertConfig(inputs=(str(src),), out=out, format="openai", tokenizer="mistral:tekken",
+                           template="chatml", pack=1024, workers=1)  # fmt: skip
+    store = dsprep.pipeline.store_piece
+
+    def stopping_after(n: int) -> Any:
+        stored = 0
+
+        def store_or_stop(*args: Any, **kwargs: Any) -> Any:  # Ctrl-C once n more pieces are stored
+            nonlocal stored
+            if stored == n:
+                raise KeyboardInterrupt
+            stored += 1
+            return store(*args, **kwargs)
+
+        return store_or_stop
+
+    for _ in range(2):
+        monkeypatch.setattr(dsprep.pipeline, "store_piece", stopping_after(3))
+        with pytest.raises(KeyboardInterrupt):
+            convert(config)
+    monkeypatch.setattr(dsprep.pipeline, "store_piece", store)
+    notes: list[str] = []
+    convert(config, on_note=notes.append)
+    reused = [n for n in notes if n.startswith("resumed: reused ")]
+    assert reused and reused[0].split()[2] == "6", notes
+    _convert(src, tmp_path / "whole")
+    assert _files(out) == _files(tmp_path / "whole")
