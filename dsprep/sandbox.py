@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import itertools
 import math
 import os
 import re
@@ -104,7 +103,6 @@ class _Watchdog:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._deadlines: dict[int, _Entry] = {}  # thread id -> the limit it is in
-        self._tokens = itertools.count()
         self._thread: threading.Thread | None = None
         self._next_check = math.inf  # when the thread wakes next (inf: only when woken)
         self._last_render = -math.inf
@@ -131,7 +129,7 @@ class _Watchdog:
                     if entry.owner() is None:  # its limit is gone without ending (no render runs under it)
                         del self._deadlines[tid]
                     elif now >= entry.due:
-                        if _raise_in(tid, _Deadline):
+                        if _raise_deadline(tid):
                             entry.fired, entry.due = True, now + self.REFIRE
                         else:  # the thread is gone
                             del self._deadlines[tid]
@@ -147,7 +145,6 @@ class _Watchdog:
     def start(self, limit: _Limited) -> None:
         """Register the calling thread's deadline, and give `limit` what `end` needs to remove it."""
         tid = threading.get_ident()
-        token = next(self._tokens)
         with self._lock:
             outer = self._deadlines.get(tid)
             if outer is not None and outer.owner() is None:
@@ -156,7 +153,7 @@ class _Watchdog:
             deadline = now + limit.seconds
             if outer is not None:  # a nested render keeps the outer (earlier) deadline
                 deadline = min(deadline, outer.due)
-            entry = _Entry(tid, token, deadline, outer, weakref.ref(limit))
+            entry = _Entry(tid, deadline, outer, weakref.ref(limit))
             # registered and handed over with no call between: a raise (the deadline of an outer render, Ctrl-C)
             # can land before or after the two, never between them, so whatever registered the limit can end it
             self._deadlines[tid] = entry
@@ -183,22 +180,19 @@ class _Entry:
     """One thread's limit: when the watchdog raises next, the limit it is nested in, and the `_Limited` it belongs to
     (an entry whose `_Limited` is gone was never ended, and is dropped)."""
 
-    __slots__ = ("due", "fired", "outer", "owner", "tid", "token")
+    __slots__ = ("due", "fired", "outer", "owner", "tid")
 
-    def __init__(
-        self, tid: int, token: int, due: float, outer: _Entry | None, owner: weakref.ReferenceType[_Limited]
-    ) -> None:
+    def __init__(self, tid: int, due: float, outer: _Entry | None, owner: weakref.ReferenceType[_Limited]) -> None:
         self.tid = tid
-        self.token = token
         self.due = due
         self.outer = outer
         self.owner = owner
         self.fired = False
 
 
-def _raise_in(tid: int, exc: type[BaseException] | None) -> bool:
-    """Have thread `tid` raise `exc` at its next bytecode check (None: clear such a raise); False if no such thread."""
-    return bool(ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(exc) if exc else None))
+def _raise_deadline(tid: int) -> bool:
+    """Have thread `tid` raise `_Deadline` at its next bytecode check; False if there is no such thread."""
+    return bool(ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(_Deadline)))
 
 
 class _Limited:
