@@ -28,7 +28,7 @@ import orjson
 
 from dsprep.config import ConvertConfig
 from dsprep.schema import SCHEMA_VERSION
-from dsprep.shards import file_sha256
+from dsprep.shards import MANIFEST, file_sha256
 from dsprep.sources import InputFile
 from dsprep.version import __version__
 
@@ -171,11 +171,14 @@ class OutputCache:
         self.max_bytes = max_bytes
 
     def lookup(self, key: str) -> list[Path] | None:
-        """The entry's files (manifest last) if it holds `key` unchanged, else None (a changed entry is dropped)."""
+        """The entry's files (manifest last) if it holds `key` unchanged, else None (a changed or malformed entry is
+        dropped)."""
         entry = self.folder / key
-        try:
-            meta = orjson.loads((entry / ENTRY).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+        if not (entry / ENTRY).is_file():
+            return None
+        meta = _read_entry(entry / ENTRY)
+        if meta is None:
+            shutil.rmtree(entry, ignore_errors=True)
             return None
         files = [entry / name for name in meta["files"]]
         try:
@@ -190,12 +193,11 @@ class OutputCache:
         return files
 
     def _entries(self) -> Iterator[dict[str, Any]]:
-        """Every readable entry's metadata."""
+        """Every readable, well-formed entry's metadata."""
         for meta_path in self.folder.glob(f"*/{ENTRY}"):
-            try:
-                yield orjson.loads(meta_path.read_bytes())
-            except (OSError, orjson.JSONDecodeError):
-                continue
+            meta = _read_entry(meta_path)
+            if meta is not None:
+                yield meta
 
     def may_hold(self, paths: list[str]) -> bool:
         """Whether an entry was made from inputs at these paths (a key covers them: without one, no lookup hits)."""
@@ -254,6 +256,29 @@ class OutputCache:
             total -= size
             evicted = Evicted(evicted.entries + 1, evicted.bytes + size)
         return evicted
+
+
+def _read_entry(path: Path) -> dict[str, Any] | None:
+    """An entry's ``cache.json`` as `OutputCache.store` writes it, or None where it cannot be read or has another
+    shape (an entry of another layout, or edited by hand, is never served)."""
+    try:
+        meta = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    files, components, created = meta.get("files"), meta.get("components"), meta.get("created")
+    if not isinstance(files, dict) or MANIFEST not in files or not isinstance(created, (int, float)):
+        return None
+    for name, stat in files.items():
+        if Path(name).name != name or name in (".", "..", ENTRY):
+            return None
+        if not (isinstance(stat, list) and len(stat) == 2 and all(type(v) is int for v in stat)):
+            return None
+    inputs = components.get("inputs") if isinstance(components, dict) else None
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) and isinstance(i.get("path"), str) for i in inputs):
+        return None
+    return meta
 
 
 def _own_bytes(entry: Path) -> int:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 import dsprep.workers
-from dsprep.cache import size_text
+from dsprep.cache import OutputCache, size_text
 from dsprep.config import ConvertConfig
 from dsprep.pipeline import ConvertResult, convert
 from dsprep.templates import load_template
@@ -194,3 +194,32 @@ def test_a_cache_folder_that_cannot_be_made_costs_only_the_cache(run: Runner, tm
     assert f"{blocker / 'cache'} (Not a directory)" in run.notes[0]
     again, out2 = run(cache_dir=blocker / "cache")
     assert not again.cached and _files(out2) == _files(out)
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {},
+        {"files": {}},
+        {"key": "x", "created": 1},
+        [],
+        {"files": {"manifest.json": [1, 2]}, "created": 1, "components": {"inputs": "x"}},
+        {"files": {"../manifest.json": [1, 2], "manifest.json": [1, 2]}, "created": 1, "components": {"inputs": []}},
+    ],
+    ids=["empty", "no-files", "no-components", "not-an-object", "inputs-not-a-list", "a-path-outside"],
+)
+def test_an_entry_of_another_shape_is_a_quiet_miss(run: Runner, output_cache: Path, meta: Any) -> None:
+    """A ``cache.json`` of another shape (another layout, edited by hand), for this run's key or any other, is never
+    served and never stops a run: not the lookup, not --explain-cache, not the check for entries of the same
+    inputs that a multi-worker run makes."""
+    _, out1 = run()
+    entry = next(output_cache.glob("*/cache.json")).parent
+    (entry / "cache.json").write_bytes(orjson.dumps(meta))
+    (output_cache / "other").mkdir()
+    (output_cache / "other" / "cache.json").write_bytes(orjson.dumps(meta))
+    assert not OutputCache(output_cache).may_hold([str(i) for i in run.inputs])
+    again, out2 = run()
+    assert not again.cached and run.verdict.startswith("cache: miss")
+    assert _files(out2) == _files(out1)
+    third, _ = run()
+    assert third.cached  # the malformed entry made way for this run's
