@@ -176,18 +176,39 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_tokenized_shards_ending_in_kto_rows_count_trained_tokens(tmp_path: Path) -> None:
+@pytest.mark.parametrize("files", [("openai.jsonl", "kto.jsonl"), ("preference.jsonl",)], ids=["kto", "preference"])
+def test_tokenized_shards_of_every_kind_count_their_trained_tokens(tmp_path: Path, files: tuple[str, ...]) -> None:
+    """Preference and KTO rows have no labels but train their completions (`num_trained`): a shard folder's
+    statistics and `--fail-on untrained_rows` count them as the raw inputs' inspection does."""
     out = tmp_path / "o"
-    inputs = tuple(str(FIXTURES / "formats" / f) for f in ("openai.jsonl", "kto.jsonl"))
+    inputs = tuple(str(FIXTURES / "formats" / f) for f in files)
     convert(ConvertConfig(inputs=inputs, out=out, tokenizer="mistral:tekken", template="chatml"))
     table = pq.read_table(out / "part-00000.parquet")
-    assert table.column("kind").to_pylist()[-1] == "kto"
-    code, output, report = run(out, tmp=tmp_path)
+    assert table.column("kind").to_pylist()[-1] in ("kto", "preference")
+    code, output, report = run(out, "--fail-on", "untrained_rows>0", tmp=tmp_path)
     assert code == 0, output
     stats = report["shards"][0]["token_stats"]
-    conversations = [r for r in table.to_pylist() if r["kind"] == "conversation"]
-    assert stats["trained_tokens"] == sum(r["num_trained"] for r in conversations)
-    assert stats["untrained_rows"] == table.num_rows - len(conversations)
+    assert stats["trained_tokens"] == sum(table.column("num_trained").to_pylist()) > 0
+    assert stats["untrained_rows"] == 0
+    code, output, raw = run(*inputs, "--tokenizer", "mistral:tekken", "--template", "chatml", tmp=tmp_path)
+    assert code == 0, output
+    assert raw["tokens"]["untrained_rows"] == 0
+
+
+def test_text_from_the_data_is_shown_as_text_not_terminal_markup(tmp_path: Path) -> None:
+    """Roles, contents, reject details and file names holding ``[/]`` or ``[bold]`` print as they are, and the report
+    files are written."""
+    src = tmp_path / "chat[dim].jsonl"
+    src.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "[bold]hi[/]"}, {"role": "assistant", "content": "[/]"}]})
+        + "\n"
+        + json.dumps({"messages": [{"role": "[/]", "content": "hi"}, {"role": "assistant", "content": "x"}]})
+        + "\n"
+    )
+    code, output, report = run(src, tmp=tmp_path)
+    assert code == 0, output
+    assert report is not None and report["totals"]["rows_rejected"] == 1
+    assert "chat[dim].jsonl" in output and "[/]" in output
 
 
 def test_shard_statistics_and_examples_follow_every_shard_and_row_group(

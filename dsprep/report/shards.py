@@ -53,7 +53,8 @@ def _token_columns(folder: Path, manifest: dict[str, Any], tok: Any, show: int) 
     examples: list[Any] = []
     for shard, path in zip(manifest["shards"], shard_paths(folder, manifest), strict=True):
         with pq.ParquetFile(path) as parquet:
-            has_labels = "labels" in parquet.schema_arrow.names
+            names = parquet.schema_arrow.names
+            has_labels = "labels" in names and "num_trained" not in names  # num_trained is exact for every kind
             columns = ["num_tokens", "labels" if has_labels else "num_trained"]
             first_row = 0
             for group in range(parquet.metadata.num_row_groups):

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -32,30 +33,31 @@ def _tallies(console: Console, title: str, tallies: dict[str, Any]) -> None:
     table.add_column("examples")
     for name, t in tallies.items():
         examples = "\n".join(f"{e['location']}: {e['detail'][:100]}" for e in t["examples"])
-        table.add_row(name, str(t["count"]), examples)
+        table.add_row(escape(name), str(t["count"]), escape(examples))
     console.print(table)
 
 
 def _input(console: Console, d: dict[str, Any]) -> None:
     fmt, rows = d["format"], d["rows"]
-    console.rule(f"[bold]{d['path']}")
+    console.rule(f"[bold]{escape(d['path'])}")
     if fmt["name"]:
         conf = f" (confidence {fmt['confidence']:.0%})" if fmt["confidence"] is not None else ""
-        console.print(f"format [bold]{fmt['name']}[/]{conf}; mapping as a spec:")
+        console.print(f"format [bold]{escape(fmt['name'])}[/]{conf}; mapping as a spec:")
         console.print(Text(fmt["spec"], style="dim"))
     else:
-        console.print(f"[red]no format: {fmt['error']}[/]")
+        console.print(f"[red]no format: {escape(str(fmt['error']))}[/]")
     console.print(f"rows: read {rows['read']} = kept {rows['kept']} + rejected {rows['rejected']}")
     _tallies(console, "rejected", d["rejected_by_reason"])
     _tallies(console, "findings", d["findings"])
     dup = d["duplicates"]
     if dup["rows"]:
-        console.print(f"[yellow]duplicates: {dup['rows']} rows ({_pct(dup['share'])}), e.g. "
-                      f"{'; '.join(e['location'] + ' ' + e['detail'] for e in dup['examples'][:2])}")  # fmt: skip
+        examples = "; ".join(e["location"] + " " + e["detail"] for e in dup["examples"][:2])
+        console.print(f"[yellow]duplicates: {dup['rows']} rows ({_pct(dup['share'])}), e.g. {escape(examples)}")
     c = d["chars"]
     longest = c["longest_message"]
     console.print(f"characters per row: min {c['min']}, median {c['p50']}, p99 {c['p99']}, max {c['max']}; "
-                  f"longest message {longest['chars']} chars ({longest['role']}, {longest['location']})")  # fmt: skip
+                  f"longest message {longest['chars']} chars ({longest['role']}, {longest['location']})",
+                  markup=False)  # fmt: skip
 
 
 def _notable(d: dict[str, Any]) -> bool:
@@ -83,7 +85,8 @@ def _inputs(console: Console, inputs: list[dict[str, Any]]) -> None:
     console.print(
         f"{len(rest)} more inputs not shown, {flagged} of them with rejects, findings or duplicates: formats "
         f"{', '.join(f'{name} {n}' for name, n in formats.most_common())}; rows: read {read} = kept {kept} + rejected "
-        f"{read - kept}; --json writes every input's section"
+        f"{read - kept}; --json writes every input's section",
+        markup=False,
     )
 
 
@@ -100,7 +103,8 @@ def _tokens(console: Console, t: dict[str, Any]) -> None:
     console.rule("[bold]tokens")
     console.print(
         f"tokenizer {t['tokenizer']['name']}, template {t['template']['name']}; {t['rows_encoded']} rows, "
-        f"{t['tokens']} tokens, trained {_pct(t['trained_share'])}, untrained rows {t['untrained_rows']}"
+        f"{t['tokens']} tokens, trained {_pct(t['trained_share'])}, untrained rows {t['untrained_rows']}",
+        markup=False,
     )
     _histogram(console, t["lengths"]["histogram"])
     o = t["overflow"]
@@ -113,7 +117,8 @@ def _tokens(console: Console, t: dict[str, Any]) -> None:
     c = t["conformance"]
     console.print(
         f"template checks: end-of-turn {c['eot_text']!r} {'trained' if c['eot_trained'] else 'NOT trained'}, "
-        f"single BOS {c['single_bos']}, prefix-stable {c['prefix_stable']}"
+        f"single BOS {c['single_bos']}, prefix-stable {c['prefix_stable']}",
+        markup=False,
     )
     _tallies(console, "encode errors", t["encode_errors"])
     if p := t["packing"]:
@@ -125,17 +130,17 @@ def _recipe_sources(console: Console, sources: list[dict[str, Any]]) -> None:
     table = Table("source", "read", "rejected", "examples", "tokens", "trained", "share (examples / tokens)")
     for r in sources:
         share = f"{r['share_of_examples']:.1%} / {r['share_of_tokens']:.1%}"
-        table.add_row(r["name"], str(r["rows_read"]), str(r["rows_rejected"]), str(r["examples"]), str(r["tokens"]),
-                      str(r["trained_tokens"]), share)  # fmt: skip
+        table.add_row(escape(r["name"]), str(r["rows_read"]), str(r["rows_rejected"]), str(r["examples"]),
+                      str(r["tokens"]), str(r["trained_tokens"]), share)  # fmt: skip
     console.print(table)
 
 
 def _shards(console: Console, s: dict[str, Any]) -> None:
-    console.rule(f"[bold]{s['path']}")
+    console.rule(f"[bold]{escape(s['path'])}")
     console.print(f"[green]verified[/]: {s['stage']}, {s['shards']} shards, {s['rows']} rows, {s['bytes']} bytes")
     for i in s["inputs"]:
         console.print(f"  {i['path']}: {i['format']}, read {i['rows_read']} = kept {i['rows_kept']} + "
-                      f"rejected {i['rows_rejected']}")  # fmt: skip
+                      f"rejected {i['rows_rejected']}", markup=False)  # fmt: skip
     if sources := s.get("recipe_sources"):
         _recipe_sources(console, sources)
     if ts := s["token_stats"]:
@@ -148,7 +153,7 @@ def _shards(console: Console, s: dict[str, Any]) -> None:
 
 
 def _example(console: Console, e: dict[str, Any]) -> None:
-    console.rule(f"example {e['location']} ({e['kind']}, {e['tokens']} tokens)")
+    console.rule(Text(f"example {e['location']} ({e['kind']}, {e['tokens']} tokens)"))
     text = Text()
     for k, (piece, trained) in enumerate(e["pieces"]):
         shade = "on grey19" if k % 2 else "on grey27"
@@ -161,7 +166,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     console = console or Console()
     _inputs(console, report["inputs"])
     for o in report["overlaps"][:MAX_SECTIONS]:
-        console.print(f"[yellow]overlap: {o['rows']} rows of {o['b']} also in {o['a']}")
+        console.print(f"[yellow]overlap: {o['rows']} rows of {escape(o['b'])} also in {escape(o['a'])}")
     if len(report["overlaps"]) > MAX_SECTIONS:
         more = report["overlaps"][MAX_SECTIONS:]
         console.print(f"[yellow]overlap: {len(more)} more pairs of inputs share rows ({sum(o['rows'] for o in more)} "
@@ -177,4 +182,5 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
                   f"{t['rows_rejected']}; duplicates {t['duplicate_rows']}, overlap {t['overlap_rows']}")  # fmt: skip
     if gate := report["gate"]:
         for r in gate["rules"]:
-            console.print(f"gate {r['rule']}: value {r['value']:g} → {'[red]FAIL' if r['failed'] else '[green]ok'}")
+            verdict = "[red]FAIL" if r["failed"] else "[green]ok"
+            console.print(f"gate {escape(r['rule'])}: value {r['value']:g} → {verdict}")
