@@ -20,8 +20,9 @@ common case:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -145,6 +146,14 @@ class Encoder:
     def fast(self) -> FastEncoder | None:
         """The tokenizer's tiktoken encoder where it has one (built when first used)."""
         return self.tok.fast
+
+    def training(self, train_on: TrainOn) -> Encoder:
+        """This encoder with another `train_on`, sharing its tokenizer, template and method counts."""
+        if train_on == self.options.train_on:
+            return self
+        other = copy.copy(self)
+        other.options = replace(self.options, train_on=train_on)
+        return other
 
     # --- rendering -------------------------------------------------------------------------------------------
     def render(self, messages: Sequence[dict[str, Any]], tools: Any, *, generation_prompt: bool = False) -> str:

@@ -68,9 +68,15 @@ class VerifyError(DsprepError):
 
 
 class RowFailure(DsprepError):
-    """`--on-error fail` stopped at the first row that could not be normalized."""
+    """`--on-error fail` stopped at the first row that could not be normalized (or encoded): its message, and where
+    known the index of its input and its reject line."""
 
     exit_code = 4
+
+    def __init__(self, message: str, *, input_index: int | None = None, reject: str | None = None) -> None:
+        super().__init__(message)
+        self.input_index = input_index
+        self.reject = reject
 
 
 class RejectedRowsError(DsprepError):

@@ -184,7 +184,7 @@ class _Accounts:
             self.finish(upto=result.failed_input)
             self.rejects.write_line(result.rejects[0])
             self.reports[result.failed_input].rows_rejected += 1
-            raise RowFailure(result.failure)
+            raise RowFailure(result.failure, input_index=result.failed_input, reject=result.rejects[0])
         for line in result.rejects:
             self.rejects.write_line(line)
         for share in result.shares:
@@ -381,19 +381,25 @@ def convert_rows(
     location: Callable[[Row], str],
     on_result: Callable[[BatchResult, pa.Table], None] | None = None,
     on_writing: OnWriting | None = None,
+    train_on: Sequence[str | None] | None = None,
 ) -> ConvertResult:
     """Tokenize (with `config.tokenizer`) and pack rows that are already normalized, such as a recipe's selection.
 
     `config.inputs` is not read, and the output cache is not used: each source is a report (its identity filled in by
     the caller; the row accounting is added here) and its normalized rows, which keep their `id`, `source_file` and
     `source_row`. `location` names a row in the rejects file; `on_result` sees each task's result, in order, with its
-    kept rows; `on_writing` is told of writing the shards as in `convert`. Shards, rejects and the manifest are written
-    to `config.out` as `convert` writes them.
+    kept rows; `on_writing` is told of writing the shards as in `convert`; `train_on` gives a source a loss policy of
+    its own (None: `config.train_on`). Shards, rejects and the manifest are written to `config.out` as `convert`
+    writes them.
     """
     encoded = _encoder(config)
     staging = Staging(config.out, overwrite=config.overwrite)
     reports = [report for report, _ in sources]
-    inputs = tuple(SourceInput(r.path, r.path, True, None, rows=True) for r in reports)
+    policies = list(train_on) if train_on is not None else [None] * len(reports)
+    inputs = tuple(
+        SourceInput(r.path, r.path, True, None, rows=True, train_on=None if p == config.train_on else p)
+        for r, p in zip(reports, policies, strict=True)
+    )
     stage = Stage(inputs, _encode_spec(config), config.pack is not None)
     seen = None if on_result is None else lambda r: on_result(r, piece_table(staging.pieces, r.seq))
     tasks = _row_tasks(sources, location)

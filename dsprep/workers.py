@@ -133,6 +133,7 @@ class SourceInput:
 
     rows: its records' values are already normalized rows (with their own id, source_file and source_row), which
     are encoded as they are.
+    train_on: the input's own loss policy, where it differs from the encoding's (a recipe source's ``train_on``).
     """
 
     name: str
@@ -140,6 +141,7 @@ class SourceInput:
     line_oriented: bool
     spec: FormatSpec | None
     rows: bool = False
+    train_on: str | None = None  # trains its rows' tokens so instead of as the encoding says
 
 
 @dataclass(frozen=True)
@@ -317,6 +319,20 @@ def _table(rows: list[Row], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def _encoded(encoder: Encoder, kept: list[tuple[_Collector, Record, Row]]) -> list[list[Row] | RowError]:
+    """Encode the kept rows, each input's with its own `SourceInput.train_on` where it has one; in order."""
+    policies = [out.src.train_on for out, _, _ in kept]
+    if not any(policies):
+        return encoder.encode([row for _, _, row in kept])
+    results: list[list[Row] | RowError] = [[] for _ in kept]
+    for policy in dict.fromkeys(policies):
+        at = [i for i, p in enumerate(policies) if p == policy]
+        variant = encoder if policy is None else encoder.training(policy)  # type: ignore[arg-type]
+        for i, result in zip(at, variant.encode([kept[i][2] for i in at]), strict=True):
+            results[i] = result
+    return results
+
+
 def process(stage: Stage, task: Task) -> BatchResult:
     """Normalize (and encode) one task's records; a pure function of the stage and the task.
 
@@ -343,7 +359,7 @@ def process(stage: Stage, task: Task) -> BatchResult:
             kept = [(out, rec, row) for out, rec, row in kept if row["kind"] not in UNPACKABLE]
         encoder = encoder_for(stage.encoding)
         before = dict(encoder.method_counts)
-        results = encoder.encode([row for _, _, row in kept])
+        results = _encoded(encoder, kept)
         methods = {k: v - before.get(k, 0) for k, v in encoder.method_counts.items()}
         for (out, rec, _), result in zip(kept, results, strict=True):
             if isinstance(result, RowError):

@@ -103,6 +103,32 @@ def test_a_source_train_on_gives_the_masks_of_that_policy(mix: tuple[Path, dict[
     assert got != expected["assistant"]  # the fixture has a multi-turn row, so the policy matters
 
 
+@pytest.mark.parametrize("other", [None, "last"])
+def test_a_source_trained_on_all_has_the_labels_of_a_plain_convert_whatever_the_other_sources_do(
+    other: str | None, tmp_path: Path
+) -> None:
+    """`all` trains the template's own tokens too, as `--train-on all` does, also beside a source of another policy."""
+    src = FIXTURES / "formats" / "openai.jsonl"
+    config = ConvertConfig(inputs=(str(src),), out=tmp_path / "plain", tokenizer="mistral:tekken", template="chatml",
+                           train_on="all", allow_template_warnings=True)  # fmt: skip
+    convert(config)
+    plain = {r["source_row"]: r["labels"] for r in pq.read_table(tmp_path / "plain" / "part-00000.parquet").to_pylist()}
+    assert all(-100 not in labels for labels in plain.values())
+    sources = [{"path": str(src), "train_on": "all"}]
+    if other is not None:
+        sources.append({"path": str(FIXTURES / "formats" / "sharegpt.jsonl"), "format": "sharegpt", "train_on": other})
+    recipe = tmp_path / "mix.yaml"
+    recipe.write_text(yaml.safe_dump({"sources": sources, "tokenizer": "mistral:tekken", "template": "chatml",
+                                      "allow_template_warnings": True}))  # fmt: skip
+    result = run_cli("--recipe", str(recipe), "--out", str(tmp_path / "out"), "-q")
+    assert result.exit_code == 0, result.output
+    rows = load(tmp_path / "out")["_rows"]["train"]
+    got = {r["source_row"]: r["labels"] for r in rows if r["source_file"] == str(src)}
+    assert got == plain
+    if other is not None:
+        assert any(-100 in r["labels"] for r in rows if r["source_file"] != str(src))
+
+
 def test_the_manifest_recipe_reproduces_byte_identical_shards(mix: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     out, manifest = mix
     recorded = tmp_path / "recorded.yaml"
@@ -293,6 +319,18 @@ def test_bad_rows_follow_on_error_and_max_rejected(tmp_path: Path, options: str,
         (first, second) = manifest["sources"]
         assert first["rows_rejected"] > 0 and second["rows_rejected"] == 0
         assert first["rows_read"] == first["rows_kept"] + first["rows_rejected"]
+
+
+def test_a_row_that_stops_the_tokenize_stage_on_error_fail_is_in_the_recipe_rejects(tmp_path: Path) -> None:
+    recipe = tmp_path / "prep.yaml"
+    recipe.write_text(f"sources:\n  - path: {FIXTURES / 'formats' / 'text.jsonl'}\n  - path: "
+                      f"{FIXTURES / 'formats' / 'openai.jsonl'}\ntokenizer: mistral:tekken\ntemplate: chatml\n"
+                      "allow_template_warnings: true\non_error: fail\nmax_len: 12\n")  # fmt: skip
+    result = run_cli("--recipe", str(recipe), "--out", str(tmp_path / "o"), "-q")
+    assert result.exit_code == 4, result.output
+    (entry,) = [orjson.loads(line) for line in (tmp_path / "o" / "rejects.jsonl").read_bytes().splitlines()]
+    assert entry["reason"] == "too_long" and entry["source"] in ("text", "openai")
+    assert entry["location"] in result.output
 
 
 def test_a_recipe_without_out_needs_the_option(tmp_path: Path) -> None:

@@ -76,16 +76,6 @@ def _deriver(source: Source, label: str) -> Callable[[FormatSpec], FormatSpec] |
     return derive
 
 
-def _with_train_on(row: Row, policy: str) -> Row:
-    """A conversation row whose messages carry `train` flags for `policy` ('all' or 'last')."""
-    if row["kind"] != "conversation" or not row["messages"]:
-        return row
-    messages = row["messages"]
-    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
-    flags = [True] * len(messages) if policy == "all" else [i == last for i in range(len(messages))]
-    return {**row, "messages": [{**m, "train": f} for m, f in zip(messages, flags, strict=True)]}
-
-
 def _location(file: str, row: int, line_oriented: dict[str, bool]) -> str:
     """Where a row of `file` is: ``file:line`` for line-oriented files, else ``file[row]``."""
     return f"{file}:{row + 1}" if line_oriented.get(file, True) else f"{file}[{row}]"
@@ -122,18 +112,18 @@ class _Source:
         for batch in self._batches():
             yield batch.to_pylist()
 
-    def take(self, picks: list[tuple[int, int]], flags: str | None) -> Iterator[Row]:
-        """The picked rows in order, repeated copies with their own ids, with `flags` train flags when given.
+    def take(self, picks: list[tuple[int, int]]) -> Iterator[Row]:
+        """The picked rows in order, repeated copies with their own ids.
 
         Picks come in ascending runs (one per pass over the source); each run is one streaming read of the shards.
         """
         start = 0
         for end in range(1, len(picks) + 1):
             if end == len(picks) or picks[end][0] <= picks[end - 1][0]:
-                yield from self._take_run(picks[start:end], flags)
+                yield from self._take_run(picks[start:end])
                 start = end
 
-    def _take_run(self, run: list[tuple[int, int]], flags: str | None) -> Iterator[Row]:
+    def _take_run(self, run: list[tuple[int, int]]) -> Iterator[Row]:
         i, offset = 0, 0
         for batch in self._batches():
             j = i
@@ -144,7 +134,7 @@ class _Source:
                 for (_, copy), row in zip(run[i:j], rows, strict=True):
                     if copy:
                         row["id"] = f"{row['id']}-r{copy}"
-                    yield _with_train_on(row, flags) if flags else row
+                    yield row
                 i = j
             offset += batch.num_rows
             if i == len(run):
@@ -262,29 +252,29 @@ class _RecipeRun:
                      "reason": reason, "message": message, "raw": "", **extra})  # fmt: skip
 
     # --- stage 3 ------------------------------------------------------------------------------------------------
-    def _policies(self) -> tuple[str, list[str | None]]:
-        """The encoder's train_on, and per source the flags to set on its messages (None: none)."""
-        effective = [s.train_on or self.recipe.train_on for s in self.recipe.sources]
-        if all(p == self.recipe.train_on for p in effective):
-            return self.recipe.train_on, [None] * len(effective)
-        return "assistant", [None if p == "assistant" else p for p in effective]
-
     def encode(self, selections: list[Selection]) -> dict[str, dict[str, Any]]:
-        train_on, flags = self._policies()
+        policies = [s.train_on or self.recipe.train_on for s in self.recipe.sources]
         splits: dict[str, dict[str, Any]] = {}
         for split in SPLIT_FOLDERS:
             feeds = []
-            for i, (src, sel) in enumerate(zip(self.sources, selections, strict=True)):
+            for src, sel in zip(self.sources, selections, strict=True):
                 picks = sel.train if split == "train" else [(r, 0) for r in sel.eval]
                 src.split[split] = {"examples": 0, "rejected": 0, "tokens": 0, "trained_tokens": 0}
                 report = InputReport(path=src.label, container="recipe", compression=None, bytes=0, sha256="",
                                      format=src.formats, format_origin="recipe", format_sha256="")  # fmt: skip
-                feeds.append((report, src.take(picks, flags[i])))
-            config = self._split_config(split, train_on)
+                feeds.append((report, src.take(picks)))
+            config = self._split_config(split)
             total = sum(len(sel.train if split == "train" else sel.eval) for sel in selections)
             count = functools.partial(self._count, split, self._phase(f"tokenizing {split}", total, counted=True))
-            result = convert_rows(config, feeds, location=self._locate(), on_result=count,
-                                  on_writing=self._writing(f"{split} shards"))  # fmt: skip
+            try:
+                result = convert_rows(config, feeds, location=self._locate(), on_result=count,
+                                      on_writing=self._writing(f"{split} shards"), train_on=policies)  # fmt: skip
+            except RowFailure as exc:  # on_error: fail — its row goes to the recipe's rejects like every other
+                if exc.input_index is not None and exc.reject is not None:
+                    entry = orjson.loads(exc.reject)
+                    self._reject_at(self.sources[exc.input_index], entry["source_file"], entry["source_row"],
+                                    entry["reason"], entry["message"])  # fmt: skip
+                raise
             splits[split] = {"path": split, "stage": result.manifest["stage"],
                              "rows": sum(s["rows"] for s in result.manifest["shards"]),
                              "examples": sum(r.rows_kept for r in result.inputs),
@@ -317,11 +307,11 @@ class _RecipeRun:
                 self.encode_rejected.add(where)
                 self._reject_at(src, where[1], where[2], entry["reason"], entry["message"])
 
-    def _split_config(self, split: str, train_on: str) -> ConvertConfig:
+    def _split_config(self, split: str) -> ConvertConfig:
         r = self.recipe
         return ConvertConfig(
             inputs=(), out=self.staging.dir / split, on_error=r.on_error, shard_bytes=parse_size(str(r.shard_size)),
-            tokenizer=r.tokenizer, template=r.template, train_on=train_on,  # type: ignore[arg-type]
+            tokenizer=r.tokenizer, template=r.template, train_on=r.train_on,
             max_len=r.max_len, overflow=r.overflow, allow_template_warnings=r.allow_template_warnings,
             pack=r.pack, shuffle_seed=r.shuffle_seed, workers=self.workers,
         )  # fmt: skip
