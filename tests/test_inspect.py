@@ -323,6 +323,62 @@ def test_fail_on_exit_codes(tmp_path: Path, rules: str, code: int) -> None:
         assert "error: gate failed:" in output
 
 
+@pytest.fixture(scope="module")
+def all_rejected(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An output of the alpaca fixture packed to 5 tokens: every row too long, 3 read = 0 kept + 3 rejected."""
+    out = tmp_path_factory.mktemp("all_rejected") / "o"
+    inputs = (str(FIXTURES / "formats" / "alpaca.jsonl"),)
+    convert(ConvertConfig(inputs=inputs, out=out, tokenizer="mistral:tekken", template="chatml", pack=5))
+    return out
+
+
+def test_an_output_folders_rejects_count_in_the_totals_and_the_gate(
+    all_rejected: Path, packed: Path, tmp_path: Path
+) -> None:
+    """The rows a convert run read, kept and rejected (its manifest's inputs) are the report's totals and what the
+    gate's `rejected` metrics measure, as for raw inputs: an output that rejected every row fails the gate."""
+    code, output, report = run(all_rejected, "--fail-on", "rejected>1%,rejected_rows>0", tmp=tmp_path)
+    assert code == 11, output
+    jsonschema.validate(report, load_schema())
+    assert report["totals"] == {"inputs": 1, "rows_read": 3, "rows_kept": 0, "rows_rejected": 3, "duplicate_rows": 0,
+                                "overlap_rows": 0, "shard_folders": 1}  # fmt: skip
+    assert [(r["metric"], r["value"]) for r in report["gate"]["rules"]] == [("rejected", 1.0), ("rejected_rows", 3)]
+    assert "total: 1 inputs, read 3 = kept 0 + rejected 3;" in output
+    code, output, report = run(packed, "--fail-on", "rejected_rows>0", tmp=tmp_path)
+    assert code == 0, output
+    assert report["totals"]["inputs"] == 3 and report["totals"]["rows_read"] == report["totals"]["rows_kept"] == 9
+
+
+@pytest.fixture(scope="module")
+def recipe_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The formats_mix recipe's output: train/ and eval/ split folders under a top-level manifest."""
+    from dsprep.cli import main
+
+    out = tmp_path_factory.mktemp("recipe") / "o"
+    result = CliRunner().invoke(main, ["convert", "--recipe", str(FIXTURES / "recipes" / "formats_mix.yaml"),
+                                       "--out", str(out), "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_totals_of_raw_inputs_and_output_folders_add_up_once(
+    recipe_output: Path, all_rejected: Path, tmp_path: Path
+) -> None:
+    """A recipe output counts its sources once (its top-level manifest: 5 files, 13 rows read = 12 kept + 1 not
+    sampled), not its splits' repeated or shared rows (their manifests say 15 read); raw inputs and other output
+    folders add their own."""
+    raw = FIXTURES / "formats" / "openai.jsonl"
+    code, output, report = run(recipe_output, raw, all_rejected, "--fail-on", "rejected_rows>3", tmp=tmp_path)
+    assert code == 11, output
+    jsonschema.validate(report, load_schema())
+    assert sorted(Path(s["path"]).name for s in report["shards"]) == ["eval", "o", "train"]
+    assert report["totals"] == {"inputs": 5 + 1 + 1, "rows_read": 13 + 3 + 3, "rows_kept": 12 + 3 + 0,
+                                "rows_rejected": 1 + 0 + 3, "duplicate_rows": 0, "overlap_rows": 0,
+                                "shard_folders": 3}  # fmt: skip
+    assert report["gate"]["rules"][0]["value"] == 4
+    assert "total: 7 inputs, read 19 = kept 15 + rejected 4;" in output
+
+
 def test_tokens_json_validates(tmp_path: Path) -> None:
     src = FIXTURES / "formats" / "openai.jsonl"
     args = (

@@ -9,7 +9,7 @@ from typing import Any
 
 from dsprep.report.raw import overlaps as find_overlaps
 from dsprep.report.scan import scan_inputs
-from dsprep.report.shards import inspect_output, is_output_folder
+from dsprep.report.shards import COUNTS, inspect_output, is_output_folder
 from dsprep.sources import discover
 from dsprep.version import __version__
 from dsprep.workers import EncodeSpec, default_workers, start_server
@@ -47,14 +47,16 @@ class InspectOptions:
 def build_report(
     paths: Sequence[str], options: InspectOptions, *, on_start: Callable[[int], Callable[[int], None]] | None = None
 ) -> dict[str, Any]:
-    """Inspect every path (raw files, folders, globs, or dsprep output folders) and return the report.
+    """Inspect every path (raw files, folders, globs, or dsprep output folders) and return the report. Its totals
+    add up the raw inputs and, for each output folder, what its run read, kept and rejected (`output_counts`).
 
     on_start, when given, is told the bytes of the raw inputs before they are read, and returns what the bytes read
     are reported to as they are read.
     """
     folders = [Path(p) for p in paths if is_output_folder(Path(p))]
     raw_paths = [p for p in paths if not is_output_folder(Path(p))]
-    shards = [s for f in folders for s in inspect_output(f, tokenizer=options.tokenizer, show=options.show)]
+    outputs = [inspect_output(f, tokenizer=options.tokenizer, show=options.show) for f in folders]
+    shards = [s for entries, _ in outputs for s in entries]
     files = discover(raw_paths) if raw_paths else []
     size = sum(f.size for f in files)
     measure = None  # how rows are encoded for the token statistics, if they are
@@ -79,16 +81,16 @@ def build_report(
     examples = list(stats.examples) if stats is not None else []
     for s in shards:
         examples.extend((s["token_stats"] or {}).pop("examples", []))
-    read = sum(i["rows"]["read"] for i in inputs)
-    kept = sum(i["rows"]["kept"] for i in inputs)
+    counted = [{"inputs": 1, "rows_read": i["rows"]["read"], "rows_kept": i["rows"]["kept"],
+                "rows_rejected": i["rows"]["rejected"]} for i in inputs] + [c for _, c in outputs]  # fmt: skip
+    totals = {k: sum(c[k] for c in counted) for k in ("inputs", *COUNTS)}
     return {
         "report_version": REPORT_VERSION,
         "dsprep_version": __version__,
         "options": {"paths": list(paths), "format": options.format, "tokenizer": options.tokenizer,
                     "template": options.template, "train_on": options.train_on, "max_len": options.max_len,
                     "overflow": options.overflow, "pack": options.pack, "show": options.show},
-        "totals": {"inputs": len(inputs), "rows_read": read, "rows_kept": kept, "rows_rejected": read - kept,
-                   "duplicate_rows": sum(i["duplicates"]["rows"] for i in inputs),
+        "totals": {**totals, "duplicate_rows": sum(i["duplicates"]["rows"] for i in inputs),
                    "overlap_rows": sum(o["rows"] for o in overlaps), "shard_folders": len(shards)},
         "inputs": inputs,
         "overlaps": overlaps,

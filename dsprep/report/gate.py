@@ -23,7 +23,7 @@ OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
 }  # fmt: skip
 METRICS = {
-    "rejected": "share of rows read that were rejected (0..1)",
+    "rejected": "share of rows read that were rejected (0..1), by raw inputs and output folders alike",
     "rejected_rows": "number of rows rejected",
     "duplicates": "share of rows that duplicate an earlier row of the same input (0..1)",
     "duplicate_rows": "number of such rows",
@@ -69,14 +69,15 @@ def parse_rules(text: str) -> list[Rule]:
 
 
 def metrics(report: dict[str, Any]) -> dict[str, float]:
-    """Every gate metric the report can give (those needing a tokenizer or --pack only when present)."""
+    """Every gate metric the report can give (those needing a tokenizer or --pack only when present). Rejects count
+    over the report's totals (raw inputs and output folders' runs); duplicates and findings over the raw inputs."""
     inputs, shards, tokens = report["inputs"], report["shards"], report["tokens"]
-    read = sum(i["rows"]["read"] for i in inputs)
-    rejected = sum(i["rows"]["rejected"] for i in inputs)
+    read, rejected = report["totals"]["rows_read"], report["totals"]["rows_rejected"]
+    raw_read = sum(i["rows"]["read"] for i in inputs)
     dups = sum(i["duplicates"]["rows"] for i in inputs)
     out: dict[str, float] = {
         "rejected": rejected / read if read else 0.0, "rejected_rows": rejected,
-        "duplicates": dups / read if read else 0.0, "duplicate_rows": dups,
+        "duplicates": dups / raw_read if raw_read else 0.0, "duplicate_rows": dups,
         "overlap": sum(o["rows"] for o in report["overlaps"]),
     }  # fmt: skip
     for name in ANOMALIES:

@@ -16,7 +16,9 @@ from dsprep.report.stats import histogram, summary
 from dsprep.report.tokens import example_pieces
 from dsprep.verify import read_manifest, shard_paths, verify_output
 
-__all__ = ["inspect_output", "inspect_shards", "is_output_folder"]
+__all__ = ["COUNTS", "inspect_output", "inspect_shards", "is_output_folder", "output_counts"]
+
+COUNTS = ("rows_read", "rows_kept", "rows_rejected")
 
 
 def is_output_folder(path: Path) -> bool:
@@ -104,11 +106,23 @@ def inspect_shards(folder: Path, *, tokenizer: str | None = None, show: int = 0,
     return out
 
 
-def inspect_output(folder: Path, *, tokenizer: str | None = None, show: int = 0) -> list[dict[str, Any]]:
-    """Inspect an output folder; a recipe output gives one entry per split, with its per-source statistics."""
+def output_counts(manifest: dict[str, Any]) -> dict[str, int]:
+    """The input files an output's run read and its rows read, kept and rejected: for a recipe, over its sources
+    (rows its splits share or repeat are counted once, rows left out or rejected while encoding as rejected)."""
+    stage = manifest["stage"]
+    inputs = [i for s in manifest["sources"] for i in s["inputs"]] if stage == "recipe" else manifest["inputs"]
+    totals = manifest.get("totals") or {k: sum(i[k] for i in inputs) for k in COUNTS}
+    return {"inputs": len(inputs), **{k: int(totals[k]) for k in COUNTS}}
+
+
+def inspect_output(
+    folder: Path, *, tokenizer: str | None = None, show: int = 0
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Inspect an output folder: its entries (a recipe output: one per split, with its per-source statistics) and
+    its `output_counts`."""
     manifest = verify_output(folder, tokenizer=tokenizer)
     if manifest["stage"] != "recipe":
-        return [inspect_shards(folder, tokenizer=tokenizer, show=show, manifest=manifest)]
+        return [inspect_shards(folder, tokenizer=tokenizer, show=show, manifest=manifest)], output_counts(manifest)
     out = []
     for name, split in manifest["splits"].items():
         split_manifest = read_manifest(folder / split["path"])  # verified with the recipe
@@ -121,4 +135,4 @@ def inspect_output(folder: Path, *, tokenizer: str | None = None, show: int = 0)
             for s in manifest["sources"]
         ]  # fmt: skip
         out.append(entry)
-    return out
+    return out, output_counts(manifest)
