@@ -371,7 +371,7 @@ def _convert_recipe(
     """`dsprep convert --recipe`: the recipe's values, overridden by the options given on the command line.
 
     Recipe runs do not use the output cache: --cache, --cache-dir, --cache-max-size and --explain-cache are refused,
-    --no-cache accepted.
+    --no-cache accepted. They run on the local engine: --engine ray and --ray-address are refused.
     """
     from click.core import ParameterSource
 
@@ -385,6 +385,9 @@ def _convert_recipe(
     for name in ("cache", "cache_dir", "cache_max_size", "explain_cache"):
         if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE and ctx.params[name]:
             raise click.UsageError(f"--{name.replace('_', '-')}: recipe runs do not use the output cache")
+    for name in ("engine", "ray_address"):
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE and ctx.params[name] not in (None, "local"):
+            raise click.UsageError(f"--{name.replace('_', '-')}: recipe runs use the local engine (with --workers)")
     overrides = {}
     for name in OVERRIDES:
         if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:

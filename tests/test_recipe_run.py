@@ -144,10 +144,10 @@ def test_command_line_options_override_the_recipe_and_are_recorded(
     mix: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     out = tmp_path / "o"
-    result = run_cli("--recipe", str(MIX), "--out", str(out), "-q", "--max-len", "100", "--shuffle-seed", "5")
+    result = run_cli("--recipe", str(MIX), "--out", str(out), "-q", "--max-len", "100", "--shard-size", "1MB")
     assert result.exit_code == 0, result.output
     manifest = load(out)
-    assert (manifest["recipe"]["max_len"], manifest["recipe"]["shuffle_seed"]) == (100, 5)
+    assert (manifest["recipe"]["max_len"], manifest["recipe"]["shard_size"]) == (100, "1MB")
     assert manifest["recipe"]["out"] == str(out)
     assert manifest["recipe"]["tokenizer"] == "mistral:tekken"  # not given: the recipe's value
     assert orjson.loads((out / "train" / "manifest.json").read_bytes())["options"]["max_len"] == 100
@@ -331,6 +331,49 @@ def test_a_row_that_stops_the_tokenize_stage_on_error_fail_is_in_the_recipe_reje
     (entry,) = [orjson.loads(line) for line in (tmp_path / "o" / "rejects.jsonl").read_bytes().splitlines()]
     assert entry["reason"] == "too_long" and entry["source"] in ("text", "openai")
     assert entry["location"] in result.output
+
+
+@pytest.mark.parametrize(
+    ("recipe_lines", "options", "message"),
+    [
+        ("shuffle_seed: 3\n", (), "prep.yaml:2: the recipe: 'shuffle_seed' shuffles packed rows: it needs 'pack'"),
+        ("max_len: 10\n", (), "prep.yaml:2: the recipe: 'max_len' needs a 'tokenizer'"),
+        ("overflow: split\n", (), "prep.yaml:2: the recipe: 'overflow' needs a 'tokenizer'"),
+        ("", ("--max-len", "5"), "with the command-line options: options: 'max_len' needs a 'tokenizer'"),
+        ("", ("--shuffle-seed", "1"), "'shuffle_seed' shuffles packed rows: it needs 'pack'"),
+        ("", ("--engine", "ray"), "--engine: recipe runs use the local engine"),
+        ("", ("--ray-address", "1.2.3.4:1"), "--ray-address: recipe runs use the local engine"),
+        ("", ("--max-len", "5", "--overflow", "split"), "'max_len' needs a 'tokenizer'"),
+    ],
+)  # fmt: skip
+def test_recipe_options_that_would_do_nothing_are_refused(
+    tmp_path: Path, recipe_lines: str, options: tuple[str, ...], message: str
+) -> None:
+    recipe = tmp_path / "prep.yaml"
+    recipe.write_text(f"sources: [{{path: {FIXTURES / 'formats' / 'openai.jsonl'}}}]\n{recipe_lines}")
+    result = run_cli("--recipe", str(recipe), "--out", str(tmp_path / "o"), "-q", *options)
+    assert result.exit_code in (2, 10), result.output
+    assert message in result.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("rows: 1000000000000", "prep.yaml:2: sources[0].rows: Input should be less than or equal to 100000000"),
+        ("weight: .inf", "prep.yaml:2: sources[0].weight: Input should be a finite number"),
+        ("weight: 1.0e+12", "source openai: weight 1000000000000.0 asks for 3,000,000,000,000 of its 3 rows, more "
+                            "than the 100,000,000 one source may give"),
+    ],
+)  # fmt: skip
+def test_a_source_asking_for_more_rows_than_a_source_may_give_is_a_recipe_error(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    recipe = tmp_path / "prep.yaml"
+    recipe.write_text(f"sources:\n  - {{path: {FIXTURES / 'formats' / 'openai.jsonl'}, {line}}}\n")
+    result = run_cli("--recipe", str(recipe), "--out", str(tmp_path / "o"), "-q")
+    assert result.exit_code == 10, result.output
+    assert result.output.strip().endswith(message)
 
 
 def test_a_recipe_without_out_needs_the_option(tmp_path: Path) -> None:

@@ -14,12 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from dsprep.config import MAX_SEED, MAX_TOKENS, parse_fraction, parse_size
 
-__all__ = ["Dedup", "EvalSplit", "Recipe", "Source", "recipe_json_schema", "source_label", "valid_name"]
+__all__ = ["MAX_ROWS", "Dedup", "EvalSplit", "Recipe", "Source", "recipe_json_schema", "source_label", "valid_name"]
 
 TrainOn = Literal["assistant", "all", "last"]
 Overflow = Literal["drop", "truncate-right", "truncate-left", "drop-turns", "split"]
 KeysOrKey = str | list[str]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_ROWS = 100_000_000  # rows one source may give a split (each selected row is held in memory until tokenized)
 
 
 class _Strict(BaseModel):
@@ -57,8 +58,10 @@ class Source(_Strict):
     message: dict[str, KeysOrKey] | None = Field(None, description="Overrides of the format's [message] mapping.")
     roles: dict[str, str | RoleOverride] | None = Field(None, description="Overrides of the format's [roles] mapping.")
     train_on: TrainOn | None = Field(None, description="Trained tokens for this source (default: the recipe's).")
-    weight: float | None = Field(None, ge=0, description="Rows used = weight x rows available (2 repeats each twice).")
-    rows: int | None = Field(None, ge=0, description="Use exactly this many rows (down- or up-sampled).")
+    weight: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="Rows used = weight x rows available (2 repeats each twice)."
+    )
+    rows: int | None = Field(None, ge=0, le=MAX_ROWS, description="Use exactly this many rows (down- or up-sampled).")
     split: Literal["train", "eval"] = Field("train", description="'eval' puts the whole source in the eval split.")
     eval: EvalSplit | None = Field(None, description="Hold out part of this source for eval (default: the recipe's).")
 
@@ -152,11 +155,15 @@ class Recipe(_Strict):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"source names must be unique; give 'name' to the sources called {', '.join(twice)}")
-        if self.pack is not None:
-            if self.tokenizer is None:
-                raise ValueError("'pack' needs a 'tokenizer'")
-            if self.max_len is not None and self.max_len > self.pack:
-                raise ValueError(f"'max_len' {self.max_len} exceeds 'pack' {self.pack}")
+        if self.tokenizer is None:  # what would do nothing without tokens, as `dsprep convert` refuses it
+            for key, given in (("pack", self.pack is not None), ("max_len", self.max_len is not None),
+                               ("overflow", self.overflow != "drop")):  # fmt: skip
+                if given:
+                    raise ValueError(f"'{key}' needs a 'tokenizer'")
+        if self.pack is not None and self.max_len is not None and self.max_len > self.pack:
+            raise ValueError(f"'max_len' {self.max_len} exceeds 'pack' {self.pack}")
+        if self.shuffle_seed is not None and self.pack is None:
+            raise ValueError("'shuffle_seed' shuffles packed rows: it needs 'pack'")
         if all(s.split == "eval" for s in self.sources):
             raise ValueError("every source has split 'eval'; at least one must feed the train split")
         return self

@@ -7,8 +7,9 @@ The steps, all deterministic:
    repeats an eval row is the one removed (the eval set stays as given) and, within a split, the first occurrence
    in recipe order is kept.
 2. **Eval split**: a train source with an ``eval`` block (its own or the recipe's) holds out ``rows`` or
-   ``round(fraction × n)`` of its remaining rows, chosen by seed. Identical rows are held out together (a group of
-   equal keys is never split between train and eval), so holding out never leaks.
+   ``round(fraction × n)`` of its remaining rows, chosen by seed. Identical rows of the source are held out
+   together (a group of equal keys is never split between its train and eval rows); a row another source repeats
+   is that source's own to hold out or keep, which the leakage counts show (dedup removes such twins).
 3. **Sampling**: ``rows: N`` or ``weight: w`` (N = round(w × n)) over the rows left in the source's split; fewer
    than n rows are drawn without replacement, more repeat every row ``N // n`` times plus ``N % n`` rows drawn.
 
@@ -24,6 +25,9 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
+
+from dsprep.errors import RecipeError
+from dsprep.recipe.model import MAX_ROWS
 
 __all__ = ["Selection", "SourcePlan", "content_key", "leakage", "select"]
 
@@ -115,6 +119,9 @@ def _sample(plan: SourcePlan, rows: list[int], *, repeat: bool) -> tuple[list[tu
     """Draw the plan's `rows`/`weight` worth of `rows`: (chosen as (row, copy)), left out)."""
     n = len(rows)
     target = plan.rows if plan.rows is not None else round(plan.weight * n) if plan.weight is not None else n
+    if target > MAX_ROWS:
+        raise RecipeError(f"source {plan.label}: weight {plan.weight} asks for {target:,} of its {n:,} rows, more than "
+                          f"the {MAX_ROWS:,} one source may give")  # fmt: skip
     if not repeat or n == 0:
         target = min(target, n)
     rng = _rng(plan.seed, plan.label, 2)
