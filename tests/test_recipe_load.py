@@ -63,6 +63,11 @@ def test_unknown_keys_name_the_line_and_suggest_the_key(text: str, expected: str
         ("sources:\n  - path: a.json\n    path: b.json\n", "prep.yaml:3: key 'path' appears twice in sources[0]"),
         ("sources: [\n", "prep.yaml:2: not valid YAML: expected the node content, but found '<stream end>'"),
         ("- a\n- b\n", "prep.yaml:1: a recipe is a mapping with at least a 'sources' list"),
+        ("sources: &s [*s]\n", "prep.yaml:1: sources[0] contains itself (a recursive alias)"),
+        ("x: &x {y: *x}\nsources:\n  - path: a.json\n", "prep.yaml:1: x.y contains itself (a recursive alias)"),
+        ("sources:\n  - path: a.json\n    format: nosuch\n",
+         "prep.yaml:3: sources[0].format: expected 'auto', a shipped format (alpaca, hh_transcript, kto, openai, "
+         "preference, prompt_completion, sharegpt, text) or a .toml spec path, got 'nosuch'"),
     ],
 )  # fmt: skip
 def test_wrong_values_name_the_key_and_what_was_expected(text: str, expected: str) -> None:

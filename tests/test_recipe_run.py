@@ -221,7 +221,8 @@ def test_spec_overrides_map_other_keys_and_bad_ones_name_the_source(tmp_path: Pa
     recipe.write_text("sources:\n  - path: qa.jsonl\n    format: prompt_completion\n    fields: {answer: x}\n")
     bad = run_cli("--recipe", str(recipe), "--out", str(tmp_path / "o2"))
     assert bad.exit_code == 10
-    assert "source qa: its overrides make an invalid prompt_completion spec" in bad.output
+    assert bad.output.startswith(f"error: {recipe}: source qa: its overrides make an invalid prompt_completion spec: ")
+    assert ": :" not in bad.output  # an error of the whole spec names no empty location
 
 
 def test_a_derived_spec_neither_uses_nor_fills_the_output_cache(tmp_path: Path, output_cache: Path) -> None:

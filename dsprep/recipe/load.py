@@ -33,9 +33,13 @@ EXPECTED = {
 }  # fmt: skip
 
 
-def _lines(node: yaml.Node, loc: Loc, out: dict[Loc, int], origin: str) -> None:
-    """Record the 1-based line of every key and value below `node` (keys under loc + (key,) + ('<key>',))."""
+def _lines(node: yaml.Node, loc: Loc, out: dict[Loc, int], origin: str, path: frozenset[int] = frozenset()) -> None:
+    """Record the 1-based line of every key and value below `node` (keys under loc + (key,) + ('<key>',)); `path`:
+    the nodes above it, so that an alias of one of them (a recursive recipe) is an error, not endless recursion."""
     out.setdefault(loc, node.start_mark.line + 1)
+    if id(node) in path:
+        raise RecipeError(f"{origin}:{node.start_mark.line + 1}: {_where(loc)} contains itself (a recursive alias)")
+    path = path | {id(node)}
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -46,10 +50,10 @@ def _lines(node: yaml.Node, loc: Loc, out: dict[Loc, int], origin: str) -> None:
                 )
             seen.add(key)
             out[(*loc, key, "<key>")] = key_node.start_mark.line + 1
-            _lines(value_node, (*loc, key), out, origin)
+            _lines(value_node, (*loc, key), out, origin, path)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _lines(item, (*loc, i), out, origin)
+            _lines(item, (*loc, i), out, origin, path)
 
 
 def _where(loc: Loc) -> str:
@@ -133,9 +137,24 @@ def parse_recipe(text: str, *, origin: str) -> Recipe:
     lines: dict[Loc, int] = {}
     _lines(node, (), lines, origin)
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(_message(exc, lines, origin)) from None
+    _check_formats(recipe, lines, origin)
+    return recipe
+
+
+def _check_formats(recipe: Recipe, lines: dict[Loc, int], origin: str) -> None:
+    """Each source's format is 'auto', a shipped format's name, or a spec file's path (a .toml or with a '/')."""
+    from dsprep.specs import shipped_spec_names
+
+    names = shipped_spec_names()
+    for i, source in enumerate(recipe.sources):
+        value = source.format
+        if value != "auto" and value not in names and not value.endswith(".toml") and "/" not in value:
+            loc: Loc = ("sources", i, "format")
+            raise RecipeError(f"{origin}:{_line(lines, loc, key=False)}: {_where(loc)}: expected 'auto', a shipped "
+                              f"format ({', '.join(names)}) or a .toml spec path, got {value!r}")  # fmt: skip
 
 
 def load_recipe(path: Path) -> Recipe:

@@ -48,8 +48,9 @@ NOT_ERRORS = ("duplicate", "not_sampled")  # left out by choice: not counted aga
 CHUNK_ROWS = 4096  # rows turned into Python objects at a time; a source otherwise stays an Arrow table
 
 
-def _deriver(source: Source, label: str) -> Callable[[FormatSpec], FormatSpec] | None:
-    """A function applying the source's field/message/role overrides to a spec, or None without overrides."""
+def _deriver(source: Source, label: str, origin: str | None) -> Callable[[FormatSpec], FormatSpec] | None:
+    """A function applying the source's field/message/role overrides to a spec, or None without overrides (`origin`:
+    the recipe file, named in its errors)."""
     if not (source.fields or source.message or source.roles):
         return None
     overrides: dict[str, dict[str, Any]] = {
@@ -70,8 +71,9 @@ def _deriver(source: Source, label: str) -> Callable[[FormatSpec], FormatSpec] |
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"] if "[" not in str(p))
-            raise RecipeError(f"source {label}: its overrides make an invalid {spec.name} spec: {where}: "
-                              f"{err['msg'].removeprefix('Value error, ')}") from None  # fmt: skip
+            at = [origin] if origin else []
+            at += [f"source {label}", f"its overrides make an invalid {spec.name} spec"] + ([where] if where else [])
+            raise RecipeError(": ".join([*at, err["msg"].removeprefix("Value error, ")])) from None
 
     return derive
 
@@ -146,13 +148,14 @@ class _Source:
 
 class _RecipeRun:
     """Drives one recipe run inside a staging folder (`workers`: processes per stage, None: every usable core;
-    `progress`: where each stage's progress goes, if anywhere)."""
+    `progress`: where each stage's progress goes, if anywhere; `origin`: the recipe file)."""
 
     def __init__(
         self, recipe: Recipe, staging: Staging, say: Callable[[str], None], workers: int | None,
-        progress: StartPhase | None = None,
+        progress: StartPhase | None = None, origin: str | None = None,
     ) -> None:  # fmt: skip
         self.recipe = recipe
+        self.origin = origin
         self.staging = staging
         self.say = say
         self.workers = workers
@@ -179,7 +182,7 @@ class _RecipeRun:
                                    workers=self.workers)  # fmt: skip
             found = discover(source.paths)
             try:
-                result = convert(config, derive_spec=_deriver(source, label),
+                result = convert(config, derive_spec=_deriver(source, label, self.origin),
                                  on_bytes=self._phase(f"reading {label}", sum(f.size for f in found)),
                                  on_writing=self._writing(f"{label}'s normalized rows"))  # fmt: skip
             except RowFailure:  # on_error: fail — the failing row (in the source's rejects) is the one to show
@@ -368,7 +371,7 @@ def run_recipe(
     effective = recipe.model_copy(update={"out": str(out)})
     staging = Staging(out, overwrite=overwrite)
     try:
-        run = _RecipeRun(effective, staging, say, workers, progress)
+        run = _RecipeRun(effective, staging, say, workers, progress, origin)
         with run.rejects:
             run.normalize()
             plans = run.plans()
