@@ -295,6 +295,33 @@ def test_recipe_init_writes_a_recipe_that_runs(tmp_path: Path) -> None:
     assert verify_output(tmp_path / "prepared")["stage"] == "recipe"
 
 
+def test_recipe_init_writes_local_template_and_tokenizer_relative_to_the_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dsprep.recipe.load import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(FIXTURES / "formats" / "openai.jsonl", "chats.jsonl")
+    Path("my.jinja").write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    Path("tok").mkdir()
+    Path("sub").mkdir()
+    args = ["recipe", "init", "chats.jsonl", "-o", "sub/prep.yaml", "--tokenizer", "tok", "--template", "my.jinja"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    data = yaml.safe_load(Path("sub/prep.yaml").read_text())
+    assert (data["sources"][0]["path"], data["tokenizer"], data["template"]) == (
+        "../chats.jsonl",
+        "../tok",
+        "../my.jinja",
+    )
+    recipe = load_recipe(Path("sub/prep.yaml"))
+    assert (recipe.tokenizer, recipe.template) == (str(tmp_path / "tok"), str(tmp_path / "my.jinja"))
+    args = ["recipe", "init", "chats.jsonl", "-o", "prep.yaml", "--tokenizer", "tok", "--template", "a: b"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    data = yaml.safe_load(Path("prep.yaml").read_text())  # a value YAML would misread is quoted
+    assert (data["tokenizer"], data["template"]) == ("./tok", "a: b")
+    assert load_recipe(Path("prep.yaml")).tokenizer == str(tmp_path / "tok")
+
+
 @pytest.mark.parametrize(
     ("options", "code", "message"),
     [

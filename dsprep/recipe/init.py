@@ -76,9 +76,24 @@ def starter_recipe(
     """A commented recipe for `inputs` (paths written relative to `base`, the recipe's folder)."""
     taken: set[str] = set()
     blocks = [_source_block(item, base, taken) for item in inputs]
+    tokenizer_local = tokenizer is not None and Path(tokenizer).exists()
+    template = template or "tokenizer"
+    template_local = Path(template).exists() or template.endswith((".jinja", ".j2"))
     return (
         HEADER.format(name=name)
         + "sources:\n"
         + "".join(blocks)
-        + FOOTER.format(tokenizer=tokenizer or "mistral:tekken", template=template or "tokenizer")
+        + FOOTER.format(
+            tokenizer=_value(tokenizer or "mistral:tekken", base, local=tokenizer_local),
+            template=_value(template, base, local=template_local),
+        )
     )
+
+
+def _value(value: str, base: Path, *, local: bool) -> str:
+    """A tokenizer or template value as a quoted YAML string: a local file or folder written relative to `base`."""
+    if local:
+        value = os.path.relpath(os.path.abspath(value), base.absolute())
+        if not value.startswith("."):  # read back as a path, not a name: `load.resolve_paths` resolves ./ and ../
+            value = f"./{value}"
+    return orjson.dumps(value).decode()
