@@ -3,8 +3,9 @@
 Unpacked, the pieces' rows stream into the shard writer in task order as the pieces complete (`UnpackedShards`).
 Packed, the plan (`dsprep.pack`) needs only the lengths (each row's ``num_tokens``, carried by the workers' results: a
 few bytes per example). The packed rows are written in chunks of ``chunk_rows`` rows, and each shard is a run of whole
-chunks fixed by the plan (at most about ``--shard-size``, estimated from its tokens; a multiple of `SHARD_MULTIPLE` of
-them, so that threads, and a trainer's data-parallel ranks splitting the shards between them, get equal shares), so
+chunks fixed by the plan (at most about ``--shard-size``, estimated from its tokens, so no chunk is larger; a multiple
+of `SHARD_MULTIPLE` of them where the rows fill that many chunks, so that threads, and a trainer's data-parallel
+ranks splitting the shards between them, get equal shares), so
 several shards are written at once — as many as there are workers, one thread each — and the output is the same for
 any number of them.
 
@@ -99,8 +100,9 @@ class _Layout:
     @classmethod
     def of(cls, plan: PackPlan, shard_bytes: int) -> _Layout:
         """Shards of at most about `shard_bytes` (estimated from the plan's tokens), a multiple of `SHARD_MULTIPLE` of
-        them where there are enough chunks, as even as whole chunks allow."""
-        chunk_rows = max(1, CHUNK_TOKENS // plan.max_len)
+        them where there are enough chunks, as even as whole chunks allow; a chunk holds no more than a shard."""
+        chunk_tokens = min(CHUNK_TOKENS, int(shard_bytes / PACKED_BYTES_PER_TOKEN))
+        chunk_rows = max(1, chunk_tokens // plan.max_len)
         chunks = math.ceil(plan.rows / chunk_rows)
         estimate = int(plan.lengths.sum()) * PACKED_BYTES_PER_TOKEN
         shards = SHARD_MULTIPLE * math.ceil(estimate / shard_bytes / SHARD_MULTIPLE)

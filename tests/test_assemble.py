@@ -68,6 +68,23 @@ def test_packing_from_pieces_equals_packing_in_memory(
         assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, many, strict=True))
 
 
+def test_a_small_shard_size_bounds_the_chunks_so_packed_shards_keep_to_it(tmp_path: Path) -> None:
+    """A chunk (2M tokens at most) holds no more than --shard-size's worth of tokens: 1000 Alpaca rows packed with a
+    40 kB shard size make several shards of a few rows, not one shard of every row."""
+    text = "".join(
+        json.dumps({"instruction": f"say {i}", "output": "word " * (i % 50 + 20)}) + "\n" for i in range(1000)
+    )
+    (tmp_path / "a.jsonl").write_text(text)
+    shard_bytes = 40_000  # 16,000 tokens a chunk: 31 rows of 512
+    config = ConvertConfig(inputs=(str(tmp_path / "a.jsonl"),), out=tmp_path / "o", tokenizer="mistral:tekken",
+                           template="chatml", pack=L, shard_bytes=shard_bytes, workers=1)  # fmt: skip
+    manifest = convert(config).manifest
+    rows = [s["rows"] for s in manifest["shards"]]
+    assert sum(rows) == manifest["packing"]["rows"] > 31
+    assert len(rows) > 1 and all(n % 31 == 0 for n in rows[:-1])  # whole chunks of 31 rows
+    assert len(rows) % 8 == 0 or len(rows) == -(-sum(rows) // 31)  # a multiple of 8, or one shard per chunk
+
+
 def test_an_unreadable_piece_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_packed = dsprep.pipeline.write_packed
 
