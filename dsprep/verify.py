@@ -3,10 +3,12 @@
 Checks: the manifest parses and has the form dsprep writes (`read_manifest`: each value of the type it must have,
 shards named as dsprep names them and each listed once, the schema version this dsprep reads); every shard it lists
 exists with its sha256 and row count, and no other shard is present; the rejects file has its recorded sha256 and
-rows; each shard has the schema of its stage; packed rows keep their invariants (`input_ids`, `labels` and
-`position_ids` of one length, `position_ids` restarting exactly at the `seq_lens` boundaries, each example's first
-label -100, no row over the packing length); a tokenizer fingerprint is recorded, and matches the tokenizer given.
-A recipe output is verified split by split, each split's manifest against the checksum the recipe manifest records.
+rows; each shard has the schema of its stage; packed rows keep their invariants (no nulls, `input_ids`, `labels` and
+`position_ids` of one length, `num_tokens`, one `seq_lens` entry of at least 1 per example id and none empty,
+`position_ids` restarting exactly at the `seq_lens` boundaries, each example's first label -100, no row over the
+packing length); the counts the shards determine are the manifest's (packed rows and tokens, rows kept); a tokenizer
+fingerprint is recorded, and matches the tokenizer given. A recipe output is verified split by split, each split's
+manifest against the checksum the recipe manifest records, and each split's rows and examples against its manifest.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 import orjson
@@ -142,13 +144,16 @@ def _check_form(form: _Form, m: dict[str, Any]) -> None:
     if packing is not None:
         form.get(packing, "max_len", "packing", "length")
         form.get(packing, "rows", "packing", "count")
+        form.get(packing, "tokens", "packing", "count")
         form.get(packing, "efficiency", "packing", "number")
     if "options" in m:  # read as `manifest.get("options", {})`: absent, or an object
         form.get(form.get(m, "options", "", "object"), "max_len", "options", "length", optional=True)
     if (template := form.get(m, "template", "", "object", optional=True)) is not None:
         form.get(template, "name", "template", "text", optional=True)
+    form.get(form.get(m, "totals", "", "object"), "rows_kept", "totals", "count")
     if "inputs" in m:
-        form.items(m, "inputs")
+        for where, item in form.items(m, "inputs"):
+            form.get(item, "rows_kept", where, "count")
 
 
 def _check_recipe_form(form: _Form, m: dict[str, Any]) -> None:
@@ -165,6 +170,7 @@ def _check_recipe_form(form: _Form, m: dict[str, Any]) -> None:
                 f"splits.{name}.path", f'"{name}" (the split\'s folder in this output)', split.get("path", _ABSENT)
             )
         form.get(split, "rows", f"splits.{name}", "count")
+        form.get(split, "examples", f"splits.{name}", "count")
         form.get(split, "manifest_sha256", f"splits.{name}", "sha256")
     for where, source in form.items(m, "sources"):
         form.get(source, "name", where, "text")
@@ -181,52 +187,86 @@ def shard_paths(folder: Path, manifest: dict[str, Any]) -> list[Path]:
     return [Path(folder) / s["file"] for s in manifest["shards"]]
 
 
-def _packed_invariants(name: str, table: pa.Table, max_len: int, first_row: int = 0) -> None:
+class _Counts(NamedTuple):
+    """What shards hold: rows, and for packed rows their tokens (`num_tokens`) and examples (`seq_lens` entries)."""
+
+    rows: int
+    tokens: int = 0
+    examples: int = 0
+
+    def plus(self, other: _Counts) -> _Counts:
+        """Both counts together."""
+        return _Counts(*(a + b for a, b in zip(self, other, strict=True)))
+
+
+_LISTS = ("input_ids", "labels", "position_ids", "seq_lens", "example_ids")
+
+
+def _packed_invariants(name: str, table: pa.Table, max_len: int, first_row: int = 0) -> _Counts:
     """Raise VerifyError naming the first row (counted in the shard: `table` starts at row `first_row`) whose packed
-    invariants do not hold."""
-    ids, labels, positions, seq_lens = (
-        table.column(c).combine_chunks() for c in ("input_ids", "labels", "position_ids", "seq_lens")
-    )
+    invariants do not hold; else the table's counts. The shape the arithmetic relies on is checked first: no nulls,
+    `labels` and `position_ids` as long as `input_ids` and `num_tokens`, as many `seq_lens` as `example_ids`, each
+    at least 1, and no empty row."""
+
+    def fail(row: int, message: str) -> NoReturn:
+        raise VerifyError(f"{name}: row {first_row + row}: {message}")
+
+    columns = {c: table.column(c).combine_chunks() for c in (*_LISTS, "num_tokens")}
+    for column, values in columns.items():
+        if values.null_count:
+            fail(int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0]), f"{column} is null")
+        if column in _LISTS and (flat := values.flatten()).null_count:
+            first = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+            fail(int(pc.list_parent_indices(values)[first].as_py()), f"{column} holds a null")
+    ids, labels, positions, seq_lens = (columns[c] for c in ("input_ids", "labels", "position_ids", "seq_lens"))
     n = pc.list_value_length(ids).to_numpy()
-    if not (
-        np.array_equal(n, pc.list_value_length(labels).to_numpy())
-        and np.array_equal(n, pc.list_value_length(positions).to_numpy())
+    for column, other in (
+        ("labels", pc.list_value_length(labels).to_numpy()),
+        ("position_ids", pc.list_value_length(positions).to_numpy()),
+        ("num_tokens", columns["num_tokens"].to_numpy()),
     ):
-        raise VerifyError(f"{name}: input_ids, labels and position_ids differ in length in some row")
+        if not np.array_equal(n, other):
+            row = int(np.flatnonzero(n != other)[0])
+            said = f"says {int(other[row])}" if column == "num_tokens" else f"has {int(other[row])} values"
+            fail(row, f"{column} {said}, input_ids has {int(n[row])}")
+    counts = pc.list_value_length(seq_lens).to_numpy()
+    named = pc.list_value_length(columns["example_ids"]).to_numpy()
+    if not np.array_equal(counts, named):
+        row = int(np.flatnonzero(counts != named)[0])
+        fail(row, f"seq_lens has {int(counts[row])} entries, example_ids {int(named[row])}")
+    if (counts == 0).any():
+        fail(int(np.flatnonzero(counts == 0)[0]), "an empty packed row (seq_lens lists no example)")
+    lens = seq_lens.flatten().to_numpy().astype(np.int64)
+    if len(lens) and lens.min() < 1:
+        at = int(np.flatnonzero(lens < 1)[0])
+        row = int(pc.list_parent_indices(seq_lens)[at].as_py())
+        fail(row, f"seq_lens holds {int(lens[at])}; every example has at least 1 token")
     if len(n) and n.max() > max_len:
         row = int(np.argmax(n))
-        raise VerifyError(f"{name}: row {first_row + row} has {int(n[row])} tokens, over the packing length {max_len}")
-    lens = seq_lens.flatten().to_numpy().astype(np.int64)
-    per_row = np.add.reduceat(lens, seq_lens.offsets.to_numpy()[:-1]) if len(lens) else np.zeros(len(n), np.int64)
-    counts = pc.list_value_length(seq_lens).to_numpy()
-    sums = np.where(counts > 0, per_row, 0)
+        fail(row, f"{int(n[row])} tokens, over the packing length {max_len}")
+    offsets = seq_lens.offsets.to_numpy()
+    sums = np.add.reduceat(lens, offsets[:-1] - offsets[0]) if len(lens) else np.zeros(0, np.int64)
     if not np.array_equal(sums, n):
         row = int(np.flatnonzero(sums != n)[0])
-        raise VerifyError(
-            f"{name}: row {first_row + row}: seq_lens add up to {int(sums[row])}, the row has {int(n[row])} tokens"
-        )
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        fail(row, f"seq_lens add up to {int(sums[row])}, the row has {int(n[row])} tokens")
+    starts = np.cumsum(lens) - lens
     expected = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(starts, lens)
     flat_positions = positions.flatten().to_numpy().astype(np.int64)
     ends = np.cumsum(n)
 
     def located(at: int) -> tuple[int, int]:
-        """The row (counted in the shard) holding token `at` of the table's flattened tokens, and its place there."""
+        """The row (counted in the table) holding token `at` of the table's flattened tokens, and its place there."""
         row = int(np.searchsorted(ends, at, side="right"))
-        return first_row + row, at - int(ends[row] - n[row])
+        return row, at - int(ends[row] - n[row])
 
     if not np.array_equal(flat_positions, expected):
         row, token = located(int(np.flatnonzero(flat_positions != expected)[0]))
-        raise VerifyError(
-            f"{name}: row {row}: position_ids do not restart at the seq_lens boundaries (token {token} of the row)"
-        )
+        fail(row, f"position_ids do not restart at the seq_lens boundaries (token {token} of the row)")
     first_labels = labels.flatten().to_numpy()[starts]
     if (first_labels != -100).any():
         row, token = located(int(starts[np.flatnonzero(first_labels != -100)[0]]))
-        raise VerifyError(
-            f"{name}: row {row}: an example's first label is not -100 (token {token} of the row), so a label crosses "
-            "a boundary"
-        )
+        fail(row, f"an example's first label is not -100 (token {token} of the row), so a label crosses a boundary")
+    return _Counts(table.num_rows, int(n.sum()), len(lens))
 
 
 def verify_output(folder: Path, *, tokenizer: str | None = None) -> dict[str, Any]:
@@ -245,6 +285,7 @@ def _verify_shards(folder: Path, manifest: dict[str, Any], tokenizer: str | None
     for extra in sorted(p.name for p in folder.glob("part-*.parquet") if p.name not in listed):
         raise VerifyError(f"{folder / extra}: shard not listed in the manifest")
     max_len = int(manifest["packing"]["max_len"]) if stage == "packed" else None
+    total = _Counts(0)
     for shard, path in zip(manifest["shards"], shard_paths(folder, manifest), strict=True):
         if not path.is_file():
             raise VerifyError(f"{path}: shard listed in the manifest is missing")
@@ -252,15 +293,38 @@ def _verify_shards(folder: Path, manifest: dict[str, Any], tokenizer: str | None
             raise VerifyError(
                 f"{path}: checksum mismatch (sha256 differs from the manifest): the shard was changed or damaged"
             )
-        rows = _verify_shard(path, SCHEMAS[stage], stage, max_len)
-        if rows != shard["rows"]:
-            raise VerifyError(f"{path}: {rows} rows, the manifest says {shard['rows']}")
+        counts = _verify_shard(path, SCHEMAS[stage], stage, max_len)
+        if counts.rows != shard["rows"]:
+            raise VerifyError(f"{path}: {counts.rows} rows, the manifest says {shard['rows']}")
+        total = total.plus(counts)
+    _verify_counts(folder / MANIFEST, manifest, total)
     _verify_rejects(folder, manifest["rejects"])
     if stage != "normalized" and tokenizer is not None:
         from dsprep.tokenizers import load_tokenizer
 
         check_fingerprint(manifest, load_tokenizer(tokenizer).fingerprint, tokenizer)
     return manifest
+
+
+def _verify_counts(path: Path, manifest: dict[str, Any], total: _Counts) -> None:
+    """The manifest's counts that the shards determine are theirs: packed, `packing.rows` and `packing.tokens`;
+    `totals.rows_kept` is the examples the shards hold (at most that with `overflow: split`, which cuts a kept text
+    row into several), and the sum of `inputs[].rows_kept`."""
+
+    def differs(field: str, recorded: int, held: int, what: str) -> NoReturn:
+        raise VerifyError(f"{path}: {field}: {recorded} in the manifest, the shards hold {held} {what}")
+
+    if (packing := manifest.get("packing")) is not None:
+        if packing["rows"] != total.rows:
+            differs("packing.rows", packing["rows"], total.rows, "rows")
+        if packing["tokens"] != total.tokens:
+            differs("packing.tokens", packing["tokens"], total.tokens, "tokens")
+    kept = manifest["totals"]["rows_kept"]
+    split = manifest.get("options", {}).get("overflow") == "split"
+    if kept != total.examples and not (split and 0 < kept < total.examples):
+        differs("totals.rows_kept", kept, total.examples, "examples")
+    if "inputs" in manifest and (inputs := sum(i["rows_kept"] for i in manifest["inputs"])) != kept:
+        raise VerifyError(f"{path}: inputs[].rows_kept: add up to {inputs}, totals.rows_kept is {kept}")
 
 
 def _verify_rejects(folder: Path, rejects: dict[str, Any]) -> None:
@@ -282,22 +346,23 @@ def _verify_rejects(folder: Path, rejects: dict[str, Any]) -> None:
         raise VerifyError(f"{path}: {lines} rejected rows, the manifest says {rejects['rows']}")
 
 
-def _verify_shard(path: Path, schema: pa.Schema, stage: str, max_len: int | None) -> int:
+def _verify_shard(path: Path, schema: pa.Schema, stage: str, max_len: int | None) -> _Counts:
     """Read one shard row group by row group (memory: one row group, whatever the shard's size), checking its schema
-    and, with `max_len` (packed), each row's invariants; returns its rows."""
-    rows = 0
+    and, with `max_len` (packed), each row's invariants; returns its counts (an unpacked row is one example)."""
+    counts = _Counts(0)
     try:
         with pq.ParquetFile(path) as parquet:
             if not parquet.schema_arrow.equals(schema, check_metadata=False):
                 raise VerifyError(f"{path}: schema differs from the {stage} schema")
             for group in range(parquet.metadata.num_row_groups):
                 table = parquet.read_row_group(group)
+                got = _Counts(table.num_rows, 0, table.num_rows)
                 if max_len is not None:
-                    _packed_invariants(str(path), table, max_len, rows)
-                rows += table.num_rows
+                    got = _packed_invariants(str(path), table, max_len, counts.rows)
+                counts = counts.plus(got)
     except (pa.ArrowException, OSError) as exc:
         raise VerifyError(f"{path}: cannot read as Parquet ({exc})") from None
-    return rows
+    return counts
 
 
 def _verify_recipe(folder: Path, manifest: dict[str, Any], tokenizer: str | None) -> dict[str, Any]:
@@ -314,6 +379,16 @@ def _verify_recipe(folder: Path, manifest: dict[str, Any], tokenizer: str | None
         if split_manifest["stage"] == "recipe":
             raise VerifyError(f"{sub / MANIFEST}: a recipe manifest, not the manifest of a split's shards")
         _verify_shards(sub, split_manifest, tokenizer)
+        held = (
+            ("rows", sum(s["rows"] for s in split_manifest["shards"]), "rows"),
+            ("examples", split_manifest["totals"]["rows_kept"], "examples kept"),
+        )
+        for key, count, what in held:
+            if split[key] != count:
+                raise VerifyError(
+                    f"{folder / MANIFEST}: splits.{name}.{key}: {split[key]} in the manifest, the split holds {count} "
+                    f"{what}"
+                )
     return manifest
 
 

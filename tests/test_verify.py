@@ -44,7 +44,8 @@ def _rewrite(folder: Path, change, row_group_size: int | None = None) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     from dsprep.shards import file_sha256
 
-    manifest["shards"][0]["sha256"] = file_sha256(path)  # a consistent checksum, so the invariant check must catch it
+    # a consistent checksum and row count, so the invariant check must catch it
+    manifest["shards"][0].update(sha256=file_sha256(path), rows=len(rows))
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -109,6 +110,56 @@ def test_boundary_label(copy: Path) -> None:
     _rewrite(copy, leak)
     with pytest.raises(VerifyError, match="row 0: an example's first label is not -100"):
         verify_output(copy)
+
+
+def _negative_seq_len(rows):  # the seq_lens still add up to the row's length
+    rows[-1]["seq_lens"][-1] += 3
+    rows[-1]["seq_lens"].append(-3)
+    rows[-1]["example_ids"].append("x")
+
+
+def _zero_at_the_end(rows):
+    rows[-1]["seq_lens"].append(0)
+    rows[-1]["example_ids"].append("x")
+
+
+def _zero_in_the_middle(rows):
+    rows[0]["seq_lens"].insert(1, 0)
+    rows[0]["example_ids"].insert(1, "ghost")
+
+
+def _empty_row(rows):
+    rows.append({"input_ids": [], "labels": [], "position_ids": [], "seq_lens": [], "example_ids": [], "num_tokens": 0})
+
+
+# (change to the rows of the fixture's shard (2 packed rows: 505 tokens in 2 examples, 337 in 7), message after
+# "<shard>: "); each a shard whose checksum and row count match the manifest
+MALFORMED_ROWS = [
+    (_negative_seq_len, "row 1: seq_lens holds -3; every example has at least 1 token"),
+    (_zero_at_the_end, "row 1: seq_lens holds 0; every example has at least 1 token"),
+    (_zero_in_the_middle, "row 0: seq_lens holds 0; every example has at least 1 token"),
+    (_empty_row, "row 2: an empty packed row (seq_lens lists no example)"),
+    (lambda rows: rows[0]["example_ids"].append("x"), "row 0: seq_lens has 2 entries, example_ids 3"),
+    (lambda rows: rows[1]["labels"].__setitem__(3, None), "row 1: labels holds a null"),
+    (lambda rows: rows[0]["labels"].pop(), "row 0: labels has 504 values, input_ids has 505"),
+    (lambda rows: rows[1]["position_ids"].append(0), "row 1: position_ids has 338 values, input_ids has 337"),
+    (lambda rows: rows[0].update(num_tokens=506), "row 0: num_tokens says 506, input_ids has 505"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), MALFORMED_ROWS, ids=[m for _, m in MALFORMED_ROWS])
+def test_malformed_packed_rows_are_named_not_internal_errors(copy: Path, change, message: str) -> None:
+    _rewrite(copy, change)
+    result = CliRunner().invoke(main, ["verify", str(copy)])
+    assert (result.exit_code, result.output) == (8, f"error: {copy / 'part-00000.parquet'}: {message}\n")
+
+
+def test_a_shard_of_no_rows_is_checked_against_the_packing_counts(copy: Path) -> None:
+    """A shard of one empty row group (no packed row): no internal error; the manifest's packed rows differ."""
+    _rewrite(copy, lambda rows: rows.clear())
+    result = CliRunner().invoke(main, ["verify", str(copy)])
+    message = f"{copy / 'manifest.json'}: packing.rows: 2 in the manifest, the shards hold 0 rows"
+    assert (result.exit_code, result.output) == (8, f"error: {message}\n")
 
 
 def test_wrong_tokenizer(copy: Path) -> None:

@@ -38,18 +38,25 @@ def _chats(path: Path, rows: int) -> Path:
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A normalized output, a packed one and a recipe output (train and eval splits), each of a small chat file."""
+    """A normalized output, a tokenized one, a packed one and a recipe output (train and eval splits), each of a small
+    chat file, and a tokenized output of 3 text rows that `overflow: split` cut into more rows."""
     root = tmp_path_factory.mktemp("outputs")
     src = _chats(root / "chats.jsonl", 40)
     convert(ConvertConfig(inputs=(str(src),), out=root / "normalized", workers=1))
+    convert(ConvertConfig(inputs=(str(src),), out=root / "tokenized", tokenizer="mistral:tekken", template="chatml",
+                          workers=1))  # fmt: skip
     convert(ConvertConfig(inputs=(str(src),), out=root / "packed", tokenizer="mistral:tekken", template="chatml",
                           pack=512, workers=1))  # fmt: skip
+    text = root / "text.jsonl"
+    text.write_text("".join(json.dumps({"text": f"row {n}: " + "word " * 12 * n}) + "\n" for n in range(1, 4)))
+    convert(ConvertConfig(inputs=(str(text),), out=root / "split", tokenizer="mistral:tekken", template="chatml",
+                          max_len=8, overflow="split", workers=1))  # fmt: skip
     recipe = root / "r.yaml"
     recipe.write_text("sources:\n  - name: chats\n    path: chats.jsonl\n    eval: {rows: 4}\n"
                       "tokenizer: mistral:tekken\ntemplate: chatml\n")  # fmt: skip
     result = CliRunner().invoke(main, ["convert", "--recipe", str(recipe), "--out", str(root / "recipe"), "-q"])
     assert result.exit_code == 0, result.output
-    return {"normalized": root / "normalized", "packed": root / "packed", "recipe": root / "recipe"}
+    return {name: root / name for name in ("normalized", "tokenized", "packed", "split", "recipe")}
 
 
 def _edited(outputs: dict[str, Path], kind: str, tmp_path: Path, change: Callable[[Manifest], object]) -> Path:
@@ -128,6 +135,23 @@ MALFORMED = [
         'sources[0].train.tokens: expected a whole number >= 0, got "x"',
     ),
     ("recipe", lambda m: m.update(splits=[]), "splits: expected an object, got []"),
+    (
+        "recipe",
+        lambda m: m["splits"]["eval"].pop("examples"),
+        "splits.eval.examples: expected a whole number >= 0, got nothing",
+    ),
+    ("packed", lambda m: m["packing"].update(tokens=-1), "packing.tokens: expected a whole number >= 0, got -1"),
+    ("normalized", lambda m: m.pop("totals"), "totals: expected an object, got nothing"),
+    (
+        "tokenized",
+        lambda m: m["totals"].update(rows_kept="9"),
+        'totals.rows_kept: expected a whole number >= 0, got "9"',
+    ),
+    (
+        "normalized",
+        lambda m: m["inputs"][0].pop("rows_kept"),
+        "inputs[0].rows_kept: expected a whole number >= 0, got nothing",
+    ),
 ]
 
 
@@ -136,6 +160,81 @@ def test_a_malformed_manifest_names_the_field(
     outputs: dict[str, Path], tmp_path: Path, kind: str, edit: Callable[[Manifest], object], message: str
 ) -> None:
     folder = _edited(outputs, kind, tmp_path, edit)
+    _fails(folder, f"{folder / 'manifest.json'}: {message}")
+
+
+def _set(*keys: str | int) -> Callable[[Manifest], None]:
+    """An edit setting the manifest value at `keys` to 999."""
+
+    def edit(m: Manifest) -> None:
+        for key in keys[:-1]:
+            m = m[key]
+        m[keys[-1]] = 999
+
+    return edit
+
+
+# (output, edit, message after "<folder>/manifest.json: ", formatted with the unedited manifest): a count that the
+# shards determine, edited
+MISCOUNTED = [
+    ("packed", _set("packing", "rows"), "packing.rows: 999 in the manifest, the shards hold {packing[rows]} rows"),
+    (
+        "packed",
+        _set("packing", "tokens"),
+        "packing.tokens: 999 in the manifest, the shards hold {packing[tokens]} tokens",
+    ),
+    ("packed", _set("totals", "rows_kept"), "totals.rows_kept: 999 in the manifest, the shards hold 40 examples"),
+    ("packed", _set("inputs", 0, "rows_kept"), "inputs[].rows_kept: add up to 999, totals.rows_kept is 40"),
+    ("tokenized", _set("totals", "rows_kept"), "totals.rows_kept: 999 in the manifest, the shards hold 40 examples"),
+    ("tokenized", _set("inputs", 0, "rows_kept"), "inputs[].rows_kept: add up to 999, totals.rows_kept is 40"),
+    ("normalized", _set("totals", "rows_kept"), "totals.rows_kept: 999 in the manifest, the shards hold 40 examples"),
+    ("normalized", _set("inputs", 0, "rows_kept"), "inputs[].rows_kept: add up to 999, totals.rows_kept is 40"),
+    (
+        "split",
+        _set("totals", "rows_kept"),
+        "totals.rows_kept: 999 in the manifest, the shards hold {shards[0][rows]} examples",
+    ),
+    (
+        "recipe",
+        _set("splits", "train", "rows"),
+        "splits.train.rows: 999 in the manifest, the split holds {splits[train][rows]} rows",
+    ),
+    (
+        "recipe",
+        _set("splits", "train", "examples"),
+        "splits.train.examples: 999 in the manifest, the split holds 36 examples kept",
+    ),
+    ("recipe", _set("splits", "eval", "rows"), "splits.eval.rows: 999 in the manifest, the split holds 4 rows"),
+    (
+        "recipe",
+        _set("splits", "eval", "examples"),
+        "splits.eval.examples: 999 in the manifest, the split holds 4 examples kept",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "edit", "message"), MISCOUNTED, ids=[f"{k}-{m[:24]}" for k, _, m in MISCOUNTED])
+def test_a_count_the_shards_contradict_names_the_field(
+    outputs: dict[str, Path], tmp_path: Path, kind: str, edit: Callable[[Manifest], object], message: str
+) -> None:
+    recorded = json.loads((outputs[kind] / "manifest.json").read_text())
+    folder = _edited(outputs, kind, tmp_path, edit)
+    _fails(folder, f"{folder / 'manifest.json'}: {message.format(**recorded)}")
+
+
+def test_overflow_split_keeps_fewer_rows_than_it_writes(outputs: dict[str, Path], tmp_path: Path) -> None:
+    """`overflow: split` cuts a kept text row into several: `totals.rows_kept` may be below the rows, never above."""
+    manifest = json.loads((outputs["split"] / "manifest.json").read_text())
+    rows = manifest["shards"][0]["rows"]
+    assert manifest["totals"]["rows_kept"] == 3 < rows
+    result = CliRunner().invoke(main, ["verify", str(outputs["split"])])
+    assert result.exit_code == 0 and result.output.startswith(f"{outputs['split']}: ok (tokenized, 1 shards, {rows}")
+
+    def above(m: Manifest) -> None:
+        m["totals"]["rows_kept"] = m["inputs"][0]["rows_kept"] = rows + 1
+
+    folder = _edited(outputs, "split", tmp_path, above)
+    message = f"totals.rows_kept: {rows + 1} in the manifest, the shards hold {rows} examples"
     _fails(folder, f"{folder / 'manifest.json'}: {message}")
 
 
