@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from dsprep.errors import DsprepError
-from dsprep.integrations.common import prepared_shards, require
+from dsprep.integrations.common import local_tokenizer, prepared_shards, require
 from dsprep.integrations.trl import sft_dataset, sft_trainer
 
 
@@ -35,14 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> Any:
     """The SFTTrainer for `args`, after the shards passed verification and the tokenizer check."""
-    transformers = require("transformers", extra="trl")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+    tokenizer = local_tokenizer(args.model, extra="trl")
     _, shards = prepared_shards(args.shards, tokenizer)
-    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True)
+    dataset = sft_dataset(shards)  # before the model loads: the shards may still be refused
+    model = require("transformers", extra="trl").AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True)
     return sft_trainer(
         model=model,
         tokenizer=tokenizer,
-        dataset=sft_dataset(shards),
+        dataset=dataset,
         output_dir=args.output_dir,
         max_steps=args.max_steps,
         num_train_epochs=args.epochs,

@@ -6,9 +6,11 @@
 The shards are verified (`dsprep verify`) and their tokenizer fingerprint is checked against the model folder's
 tokenizer first. Packed shards become a parquet of exactly ``input_ids``, ``labels``, ``position_ids`` (Axolotl
 trains such rows as-is with ``skip_prepare_dataset: true`` and ``sample_packing: false``; a ``seq_lens`` column
-would crash its collator and any ``attention_mask`` would let packed examples attend across each other).
-Unpacked (tokenized) shards become ``input_ids``, ``attention_mask``, ``labels``, which Axolotl detects as
-pre-tokenized and, with ``sample_packing: true``, packs itself. The YAML is the template
+would crash its collator and any ``attention_mask`` would let packed examples attend across each other). Under
+flash attention transformers keeps them apart only in one-row batches, so such a config must keep
+``micro_batch_size: 1`` (`check_packed_config`). Unpacked (tokenized) shards become ``input_ids``,
+``attention_mask``, ``labels`` with each row's first label -100, which Axolotl detects as pre-tokenized and, with
+``sample_packing: true``, packs itself. The YAML is the template
 ``train_entry/axolotl_sft.yaml`` with the dsprep-owned keys filled in and its comments kept.
 """
 
@@ -27,9 +29,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dsprep.errors import DsprepError, OutputError, VerifyError
-from dsprep.integrations.common import prepared_shards, require
+from dsprep.integrations.common import local_tokenizer, prepared_shards, require
 
-__all__ = ["SUPPORTED_AXOLOTL", "TEMPLATE", "AxolotlRun", "main", "prepare", "render_config", "write_dataset"]
+__all__ = [
+    "SUPPORTED_AXOLOTL",
+    "TEMPLATE",
+    "AxolotlRun",
+    "check_packed_config",
+    "main",
+    "prepare",
+    "render_config",
+    "write_dataset",
+]
 
 SUPPORTED_AXOLOTL = "0.19.0"  # the version the tests train with (CPU); its pins differ from TRL's and Unsloth's
 EXTRA = "axolotl"
@@ -37,6 +48,7 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "train_entry" / "axolotl_sft.ya
 TOKENS = pa.list_(pa.int32())
 PACKED_COLUMNS = ("input_ids", "labels", "position_ids")
 UNPACKED_COLUMNS = ("input_ids", "attention_mask", "labels")
+IGNORE_INDEX = -100  # the label that trains nothing
 OWNED = ("datasets", "skip_prepare_dataset", "sample_packing")  # how Axolotl reads the parquet: never overridden
 
 Mode = Literal["packed", "unpacked"]
@@ -60,16 +72,6 @@ class AxolotlRun:
         return f"axolotl preprocess {self.config} && {train}" if self.sample_packing else train
 
 
-def _load_tokenizer(folder: Path) -> Any:
-    if not folder.is_dir():
-        raise DsprepError(f"{folder}: not a model folder (Axolotl's base_model must be a local folder here)")
-    transformers = require("transformers", EXTRA)
-    try:
-        return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:
-        raise DsprepError(f"{folder}: cannot load its tokenizer ({type(exc).__name__}: {exc})") from None
-
-
 def _batches(paths: Sequence[str], columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
     for path in paths:
         yield from pq.ParquetFile(path).iter_batches(columns=list(columns))
@@ -86,7 +88,19 @@ def _unpacked_batch(batch: pa.RecordBatch, where: str) -> pa.RecordBatch:
         raise VerifyError(f"{where}: input_ids is not a list column")
     offsets = pc.subtract(ids.offsets, ids.offsets[0])
     mask = pa.ListArray.from_arrays(offsets, pa.array(np.ones(len(ids.flatten()), np.int32)))
-    return pa.record_batch([ids, mask, batch.column("labels")], names=list(UNPACKED_COLUMNS))
+    return pa.record_batch([ids, mask, _first_label_ignored(batch.column("labels"))], names=list(UNPACKED_COLUMNS))
+
+
+def _first_label_ignored(labels: pa.ListArray) -> pa.ListArray:
+    """`labels` with each row's first label -100, as dsprep's packer sets it: when Axolotl's sample_packing
+    concatenates rows, no example's last token then learns the next example's first token (text and
+    `--train-on all` rows train their first label, a BOS). Without packing it changes nothing: position 0 is
+    never a target."""
+    offsets = labels.offsets.to_numpy().astype(np.int64)
+    values = labels.flatten().to_numpy(zero_copy_only=False).astype(np.int32)  # a copy, safe to write
+    starts = offsets[:-1][offsets[1:] > offsets[:-1]] - offsets[0]
+    values[starts] = IGNORE_INDEX
+    return pa.ListArray.from_arrays(pa.array(offsets - offsets[0], pa.int32()), pa.array(values, pa.int32()))
 
 
 def write_dataset(shards: str | Path, model: str | Path, data: str | Path) -> tuple[Mode, int, int]:
@@ -94,7 +108,7 @@ def write_dataset(shards: str | Path, model: str | Path, data: str | Path) -> tu
 
     Raises `VerifyError` when the shards are damaged or were tokenized with another tokenizer.
     """
-    manifest, paths = prepared_shards(shards, _load_tokenizer(Path(model)))
+    manifest, paths = prepared_shards(shards, local_tokenizer(model, EXTRA))  # base_model: a local folder
     stage = manifest["stage"]
     columns: tuple[str, ...]
     if stage == "packed":
@@ -163,6 +177,31 @@ def render_config(template: str, values: Mapping[str, Any]) -> str:
     return text
 
 
+def check_packed_config(cfg: Mapping[str, Any], packing_len: int) -> None:
+    """Refuse an Axolotl config under which the examples inside packed rows (of length `packing_len`) would mix.
+
+    Packed rows stay apart only through their restarting ``position_ids``. transformers reads those as example
+    boundaries under sdpa/eager for any batch size, but under flash attention only for a one-row batch: with
+    ``micro_batch_size`` > 1 it runs plain causal attention over whole rows. ``batch_flattening`` swaps in a
+    collator that rebuilds ``position_ids`` per row, which erases the boundaries inside each row.
+    """
+    if int(cfg.get("sequence_len") or 0) < packing_len:
+        raise DsprepError(f"sequence_len {cfg.get('sequence_len')} is below the shards' packing length {packing_len}")
+    if cfg.get("batch_flattening"):
+        raise DsprepError(
+            "batch_flattening: must stay off for packed shards (its collator restarts position_ids only per row, "
+            "so the examples packed in a row would attend to each other)"
+        )
+    attn = str(cfg.get("attn_implementation") or ("flash_attention_2" if cfg.get("flash_attention") else ""))
+    batch = int(cfg.get("micro_batch_size") or 1)
+    if "flash" in attn and batch > 1:
+        raise DsprepError(
+            f"micro_batch_size: {batch} with attn_implementation {attn}: packed shards need micro_batch_size: 1 "
+            "under flash attention (with more rows per batch their examples attend to each other); "
+            "raise gradient_accumulation_steps instead"
+        )
+
+
 def prepare(
     shards: str | Path,
     model: str | Path,
@@ -178,7 +217,7 @@ def prepare(
 
     `sample_packing` applies to unpacked shards only (packed rows are never re-packed). `overrides` set other YAML
     keys (`max_steps`, `learning_rate`, ...); the keys that decide how Axolotl reads the rows (`OWNED`) are refused,
-    and so is a `sequence_len` below the packing length of packed shards.
+    and so is, for packed shards, a config `check_packed_config` refuses (nothing is left written then).
     """
     locked = sorted(set(overrides or {}) & set(OWNED))
     if locked:
@@ -200,9 +239,13 @@ def prepare(
         "output_dir": str(Path(output_dir).absolute() if output_dir is not None else out.parent / f"{out.stem}-out"),
     }
     values.update(overrides or {})
-    if mode == "packed" and int(values["sequence_len"]) < sequence_len:
-        raise DsprepError(f"sequence_len {values['sequence_len']} is below the shards' packing length {sequence_len}")
     text = render_config(template_path.read_text(encoding="utf-8"), values)
+    if mode == "packed":
+        try:
+            check_packed_config(require("yaml", EXTRA).safe_load(text), sequence_len)
+        except DsprepError:
+            data_path.unlink()
+            raise
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     return AxolotlRun(out, data_path, mode, rows, int(values["sequence_len"]), bool(values["sample_packing"]))

@@ -134,6 +134,7 @@ def packed_shards(
     max_seq_len: int | None = None,
     padding_idx: int | None = None,
     packed: bool = True,
+    model_max_seq_len: int | None = None,
 ) -> PackedShards:
     """Verified dsprep packed shards as a torchtune packed dataset.
 
@@ -147,6 +148,8 @@ def packed_shards(
     padding_idx: the id padding tokens get (they carry no label and form their own mask block); default the recipe
         tokenizer's ``pad_id``, else the HF tokenizer's pad token, else 0.
     packed: must stay True: the recipe reads ``dataset.packed`` to collate with ``padded_collate_packed``.
+    model_max_seq_len: the model's ``max_seq_len`` (the configs pass ``${oc.select:model.max_seq_len,null}``);
+        samples longer than it are refused here rather than at the model's first forward.
     """
     require("torchtune", extra="torchtune")
     from dsprep.tokenizers import load_tokenizer
@@ -181,6 +184,11 @@ def packed_shards(
         raise DsprepError(
             f"max_seq_len={size} is shorter than the longest packed row ({longest} tokens); "
             f"leave it unset or at least {longest}, or re-run dsprep convert with --pack {size}"
+        )
+    if model_max_seq_len is not None and size > int(model_max_seq_len):
+        raise DsprepError(
+            f"the samples are {size} tokens long (the shards' packing length or dataset.max_seq_len) but the model's "
+            f"max_seq_len is {model_max_seq_len}: re-run dsprep convert with --pack {model_max_seq_len} or lower"
         )
     if padding_idx is None:
         padding_idx = getattr(model_tokenizer, "pad_id", None)

@@ -70,8 +70,11 @@ def dpo_dataset(shards: Sequence[str | Path]) -> datasets.Dataset:
     """Tokenized preference shards as a Dataset of `prompt_ids`, `chosen_ids` and `rejected_ids`."""
     ds = require("datasets", extra="trl")
     table = _read(shards, "prompt_input_ids", "tokenized preference rows")
-    table = table.filter(pc.equal(table["kind"], "preference")).select(list(DPO_COLUMNS))
-    return ds.Dataset(table.rename_columns(DPO_COLUMNS))
+    pairs = table.filter(pc.equal(table["kind"], "preference")).select(list(DPO_COLUMNS))
+    if pairs.num_rows == 0:  # KTO rows have prompt_input_ids too, but no chosen/rejected pair
+        kinds = ", ".join(sorted(k for k in pc.unique(table["kind"]).to_pylist() if k))
+        raise DsprepError(f"no tokenized preference rows in the shards (only {kinds} rows): DPO needs chosen/rejected")
+    return ds.Dataset(pairs.rename_columns(DPO_COLUMNS))
 
 
 def sft_trainer(

@@ -308,3 +308,143 @@ def test_unpacked_trains_with_axolotl_sample_packing(
         float64_model(tiny_model_dir), first["input_ids"], first["labels"], first["position_ids"]
     )
     assert examples_seen >= 4 and worst <= 1e-9, (worst, examples_seen)
+
+
+@pytest.mark.axolotl
+@pytest.mark.parametrize(
+    ("overrides", "expected_error"),
+    [
+        ({"attn_implementation": "flash_attention_2", "micro_batch_size": 2}, "micro_batch_size: 2 with attn"),
+        ({"attn_implementation": "kernels-community/flash-attn3", "micro_batch_size": 4}, "micro_batch_size: 4 with"),
+        ({"attn_implementation": None, "flash_attention": True, "micro_batch_size": 2}, "micro_batch_size: 2 with"),
+        ({"batch_flattening": True}, "batch_flattening: must stay off"),
+        ({"batch_flattening": "auto", "micro_batch_size": 2}, "batch_flattening: must stay off"),
+    ],
+)
+def test_packed_refuses_batches_that_mix_examples(
+    overrides: dict[str, Any], expected_error: str, packed_shards: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(DsprepError, match=expected_error):
+        dsprep_axolotl.prepare(packed_shards, tiny_model_dir, tmp_path / "a.yaml", overrides=overrides)
+    assert not list(tmp_path.iterdir()), "nothing is written for a refused config"
+    argv = [str(packed_shards), "--model", str(tiny_model_dir), "--out", str(tmp_path / "b.yaml")]
+    argv += [f"--set={k}={'null' if v is None else v}" for k, v in overrides.items()]
+    assert dsprep_axolotl.main(argv) == 1
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.axolotl
+def test_template_keeps_flash_attention_batches_to_one_packed_row(
+    packed_shards: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    template = yaml.safe_load(dsprep_axolotl.TEMPLATE.read_text())
+    assert (template["micro_batch_size"], template["gradient_accumulation_steps"]) == (1, 2)
+    run = dsprep_axolotl.prepare(
+        packed_shards, tiny_model_dir, tmp_path / "a.yaml", overrides={"attn_implementation": "flash_attention_2"}
+    )
+    cfg = yaml.safe_load(run.config.read_text())
+    assert (cfg["attn_implementation"], cfg["micro_batch_size"]) == ("flash_attention_2", 1)
+
+
+@pytest.fixture
+def fa2_emulation(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """transformers' own flash_attention_2 dispatch (mask handling, varlen detection) with the flash-attn kernels
+    replaced by exact torch references, registered as attn_implementation "dsprep_fa2_emulation"; the kernels
+    each forward called are recorded."""
+    import transformers.modeling_flash_attention_utils as fau
+    from transformers import AttentionInterface
+    from transformers.integrations.flash_attention import flash_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+    calls: list[str] = []
+
+    def attend(q: Any, k: Any, v: Any, causal: bool, scale: float | None) -> Any:  # [S, H, D], GQA allowed
+        k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], 1).transpose(0, 1) for x in (k, v))
+        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k, v, is_causal=causal, scale=scale)
+        return out.transpose(0, 1)
+
+    def flash_attn_func(q: Any, k: Any, v: Any, dropout_p: float = 0.0, softmax_scale: Any = None,
+                        causal: bool = False, **_: Any) -> Any:  # fmt: skip
+        calls.append("dense")
+        return torch.stack([attend(q[b], k[b], v[b], causal, softmax_scale) for b in range(q.shape[0])])
+
+    def flash_attn_varlen_func(q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, max_seqlen_q: Any,
+                               max_seqlen_k: Any, dropout_p: float = 0.0, softmax_scale: Any = None,
+                               causal: bool = False, **_: Any) -> Any:  # fmt: skip
+        calls.append("varlen")
+        cu = cu_seqlens_q.tolist()
+        return torch.cat([attend(q[a:z], k[a:z], v[a:z], causal, softmax_scale) for a, z in itertools.pairwise(cu)])
+
+    kernels = (flash_attn_func, flash_attn_varlen_func, None, None, None)
+    monkeypatch.setattr(fau, "_lazy_imports", lambda *args, **kwargs: kernels)
+    AttentionInterface.register("dsprep_fa2_emulation", flash_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("dsprep_fa2_emulation", flash_attention_mask)
+    return calls
+
+
+@pytest.mark.axolotl
+def test_flash_attention_isolates_packed_rows_only_one_per_batch(
+    fa2_emulation: list[str], packed_shards: Path, tiny_model_dir: Path
+) -> None:
+    """Why `check_packed_config` refuses flash attention with micro_batch_size > 1: transformers reads restarting
+    position_ids as example boundaries only in a one-row batch; two rows (padded as Axolotl's collator pads them)
+    get plain causal attention over each whole row."""
+    import transformers
+
+    model = transformers.LlamaForCausalLM.from_pretrained(
+        str(tiny_model_dir), attn_implementation="dsprep_fa2_emulation", torch_dtype=torch.float64
+    ).eval()
+    alone_model = float64_model(tiny_model_dir)
+    rows = _rows(packed_shards, ["input_ids", "position_ids", "seq_lens"])[:2]
+    assert all(len(r["seq_lens"]) >= 2 for r in rows)
+    size = max(len(r["input_ids"]) for r in rows)
+    ids = torch.tensor([r["input_ids"] + [0] * (size - len(r["input_ids"])) for r in rows])
+    pos = torch.tensor([r["position_ids"] + [0] * (size - len(r["position_ids"])) for r in rows])
+
+    def worst(batch: list[int]) -> float:
+        with torch.no_grad():
+            logits = model(input_ids=ids[batch], position_ids=pos[batch], use_cache=False).logits
+            delta = 0.0
+            for i, b in enumerate(batch):
+                for a, z in itertools.pairwise(_starts([*rows[b]["seq_lens"], 0])):
+                    alone = alone_model(input_ids=ids[b, a:z][None], use_cache=False).logits[0]
+                    delta = max(delta, float((logits[i, a:z] - alone).abs().max()))
+        return delta
+
+    assert worst([0]) <= 1e-9 and worst([1]) <= 1e-9
+    assert fa2_emulation == ["varlen"] * 4  # 2 layers, 2 one-row batches: per-example attention
+    fa2_emulation.clear()
+    assert worst([0, 1]) > 1e-3, "two rows in one flash-attention batch should leak across examples"
+    assert fa2_emulation == ["dense"] * 2
+
+
+@pytest.mark.axolotl
+def test_unpacked_rows_never_train_their_first_token(tiny_model_dir: Path, tmp_path: Path) -> None:
+    if not (SHARED_DATA / "SOURCES.md").is_file():
+        pytest.skip(f"real sample data not found at {SHARED_DATA}")
+    shards = tmp_path / "text"
+    inputs = (str(SHARED_DATA / "text" / "mlx-examples__lora_wikisql_train.jsonl"),)
+    convert(ConvertConfig(inputs=inputs, out=shards, tokenizer=str(tiny_model_dir), max_len=256))
+    shard = _rows(shards, ["input_ids", "labels"])
+    assert all(r["labels"][0] != IGNORE for r in shard), "text rows train their first label (a BOS) in the shards"
+    run = dsprep_axolotl.prepare(shards, tiny_model_dir, tmp_path / "run" / "axolotl.yaml")
+    rows = pq.read_table(run.data).to_pylist()
+    assert len(rows) == len(shard) > 0
+    for row, source in zip(rows, shard, strict=True):
+        assert row["input_ids"] == source["input_ids"]
+        assert row["labels"] == [IGNORE, *source["labels"][1:]], "a packed row's previous example would learn it"
+
+
+@pytest.mark.axolotl
+def test_refuses_untokenized_shards(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not (SHARED_DATA / "SOURCES.md").is_file():
+        pytest.skip(f"real sample data not found at {SHARED_DATA}")
+    shards = tmp_path / "normalized"
+    convert(ConvertConfig(inputs=(str(SHARED_DATA / SOURCE),), out=shards))  # no tokenizer: normalized rows only
+    code = dsprep_axolotl.main([str(shards), "--model", str(tiny_model_dir), "--out", str(tmp_path / "run" / "a.yaml")])
+    assert code == VerifyError.exit_code
+    assert capsys.readouterr().err == (
+        f"error: {shards}: normalized shards hold no tokens; re-run dsprep convert with --tokenizer MODEL_DIR "
+        "(and --pack L where the trainer needs packed rows)\n"
+    )
+    assert not (tmp_path / "run").exists()

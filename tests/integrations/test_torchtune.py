@@ -316,3 +316,36 @@ def test_builder_refusals(packed_shards: Path, tiny_model_dir: Path) -> None:
     assert len(ds) == 2 * len(_shard_rows(packed_shards))
     assert ds[0]["tokens"].shape == (300,)
     assert ConcatDataset([ds, ds]).packed  # a list of dataset entries still gets padded_collate_packed
+
+
+@pytest.mark.torchtune
+@pytest.mark.parametrize("name", sorted(CONFIGS.values()))
+def test_config_refuses_samples_longer_than_the_model(
+    name: str, packed_shards: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(name, model_dir=tiny_model_dir, shards=packed_shards, output_dir=tmp_path, **{"model.max_seq_len": 128})
+    with pytest.raises(DsprepError, match=r"the samples are 256 tokens long .* max_seq_len is 128: re-run dsprep "):
+        tt_config.instantiate(cfg.dataset, tt_config.instantiate(cfg.tokenizer))
+    cfg = _cfg(name, model_dir=tiny_model_dir, shards=packed_shards, output_dir=tmp_path, **{"model.max_seq_len": 256})
+    assert tt_config.instantiate(cfg.dataset, tt_config.instantiate(cfg.tokenizer)).max_seq_len == 256
+
+
+@pytest.mark.torchtune
+def test_readme_packs_within_the_configs_max_seq_len() -> None:
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("### TorchTune", 1)[1].split("\n## ", 1)[0]
+    (pack,) = {int(n) for n in re.findall(r"dsprep convert .*--pack (\d+)", section)}
+    for name in CONFIGS.values():
+        header = (REPO / "train_entry" / name).read_text(encoding="utf-8")
+        (header_pack,) = {int(n) for n in re.findall(r"dsprep convert .*--pack (\d+)", header)}
+        model_len = OmegaConf.load(REPO / "train_entry" / name).model.max_seq_len
+        assert pack <= model_len and header_pack <= model_len, (name, pack, header_pack, model_len)
+
+
+@pytest.mark.torchtune
+def test_untokenized_shards_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    if not (SHARED_DATA / "SOURCES.md").is_file():
+        pytest.skip(f"real sample data not found at {SHARED_DATA}")
+    shards = tmp_path / "normalized"
+    convert(ConvertConfig(inputs=(str(SHARED_DATA / SOURCE),), out=shards))
+    with pytest.raises(VerifyError, match=r"normalized shards hold no tokens; re-run dsprep convert with --tokenizer"):
+        dsprep_tt.packed_shards(source=shards, tokenizer_dir=tiny_model_dir)

@@ -151,3 +151,42 @@ def test_entries_refuse_shards_of_another_tokenizer(
     err = capsys.readouterr().err
     assert "tokenizer mismatch" in err and "mistral:tekken" in err and "re-run dsprep convert" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("entry", ["trl_sft", "trl_dpo"])
+def test_entries_refuse_untokenized_shards(
+    entry: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not (SHARED_DATA / "SOURCES.md").is_file():
+        pytest.skip(f"real sample data not found at {SHARED_DATA}")
+    shards = tmp_path / "normalized"
+    convert(ConvertConfig(inputs=(str(SHARED_DATA / PREFERENCE),), out=shards))  # no --tokenizer: no tokens
+    argv = ["--shards", str(shards), "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "out")]
+    assert _entry(entry).main(argv) == 8  # VerifyError
+    err = capsys.readouterr().err
+    assert err == (
+        f"{entry}: {shards}: normalized shards hold no tokens; re-run dsprep convert with --tokenizer MODEL_DIR "
+        "(and --pack L where the trainer needs packed rows)\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_dpo_refuses_shards_without_preference_rows(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shards = _convert(tmp_path / "kto", "kto/llamafactory__kto_en_demo.json", str(tiny_model_dir), max_len=192)
+    argv = ["--shards", str(shards), "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "out")]
+    assert _entry("trl_dpo").main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == "trl_dpo: no tokenized preference rows in the shards (only kto rows): DPO needs chosen/rejected\n"
+
+
+@pytest.mark.parametrize("entry", ["trl_sft", "trl_dpo"])
+def test_entries_refuse_a_missing_model_folder(
+    entry: str, packed_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-model"
+    argv = ["--shards", str(packed_shards), "--model", str(missing), "--output-dir", str(tmp_path / "out")]
+    assert _entry(entry).main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == f"{entry}: {missing}: not a model folder (pass a local folder holding the model and its tokenizer)\n"
