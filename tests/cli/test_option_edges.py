@@ -199,7 +199,7 @@ def test_recipe_command_line_values_are_usage_errors(tmp_path: Path) -> None:
     ("body", "field", "value"),
     [("max_rejected: 1%\n", "max_rejected", 0.01), ("max_rejected: '0.5'\n", "max_rejected", 0.5),
      ("max_rejected: 1\n", "max_rejected", 1.0), ("shard_size: 100B\n", "shard_size", "100B"),
-     ("shard_size: 4096\n", "shard_size", 4096), ("shuffle_seed: 9223372036854775807\n", "shuffle_seed", MAX_SEED)],
+     ("shard_size: 4096\n", "shard_size", 4096), ("tokenizer: t\npack: 8\nshuffle_seed: 9223372036854775807\n", "shuffle_seed", MAX_SEED)],
 )  # fmt: skip
 def test_recipes_take_what_the_flags_take(body: str, field: str, value: object) -> None:
     recipe = parse_recipe(f"sources:\n  - path: a.json\n{body}", origin="p.yaml")
