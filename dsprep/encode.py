@@ -385,7 +385,10 @@ class Encoder:
     def _plan_messages(self, messages: list[Row], tools_json: str | None, trained: list[bool] | None) -> dict[str, Any]:
         text, tmsgs, tools = self._conversation_text(messages, tools_json)
         flags = self._trained(messages, trained)
-        spans = self._conversation_spans(text, messages, tmsgs, tools, flags)
+        try:
+            spans = self._conversation_spans(text, messages, tmsgs, tools, flags)
+        except TemplateError as exc:  # a prefix render of this row failed: the row's error, as a full render's is
+            raise RowError("messages", "template_error", str(exc)) from None
         return {"kind": "chat", "texts": [text], "spans": spans, "messages": messages, "tools": tools_json,
                 "trained": trained, "plain_text": False}  # fmt: skip
 

@@ -431,3 +431,29 @@ def test_a_split_prompt_ends_before_the_eos_a_tokenizer_appends(eos_appending_to
     assert tok.eos_token_id not in list(out["prompt_input_ids"])
     assert list(out["chosen_input_ids"])[-1] == tok.eos_token_id
     assert list(out["rejected_input_ids"])[-1] == tok.eos_token_id
+
+
+def test_a_template_that_fails_on_a_prefix_of_one_row_rejects_that_row(tmp_path: Path) -> None:
+    """A prefix render (for a turn's trained span) that raises is the row's template_error, as a full render's is,
+    not the end of the convert."""
+    template = tmp_path / "picky.jinja"
+    template.write_text(
+        "{% if add_generation_prompt and messages|length > 2 %}{{ raise_exception('no generation prompt after ' ~ "
+        "messages|length ~ ' messages') }}{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n"
+        "{{ m.content | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    rows = [  # the second row's tool call takes it through prefix renders
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": "checking", "tool_calls": [call]},
+         {"role": "tool", "tool_call_id": "c1", "content": "sunny"}, {"role": "assistant", "content": "It is sunny."}],
+    ]  # fmt: skip
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    config = ConvertConfig(inputs=(str(data),), out=tmp_path / "o", tokenizer="mistral:tekken", template=str(template),
+                           allow_template_warnings=True)  # fmt: skip
+    result = convert(config)
+    assert (result.rows_kept, result.rows_rejected) == (1, 1)
+    (reject,) = [json.loads(line) for line in (tmp_path / "o" / "rejects.jsonl").read_text().splitlines()]
+    assert (reject["source_row"], reject["reason"]) == (1, "template_error")
+    assert "no generation prompt after 3 messages" in reject["message"]
