@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "DsprepError",
+    "EngineError",
     "FormatDetectionError",
     "FormatSpecError",
     "InputError",
@@ -18,6 +19,7 @@ __all__ = [
     "TemplateTimeoutError",
     "TokenizerError",
     "VerifyError",
+    "WorkerDiedError",
 ]
 
 
@@ -95,6 +97,18 @@ class RecipeError(DsprepError):
     """A recipe file is invalid: not YAML, an unknown key, a wrong type (the message names file and line)."""
 
     exit_code = 10
+
+
+class EngineError(DsprepError):
+    """`--engine ray` cannot run: the cluster at `--ray-address` cannot be reached or joined."""
+
+    exit_code = 9
+
+
+class WorkerDiedError(DsprepError):
+    """A worker process died (killed by a signal, or out of memory); the run's completed pieces are kept."""
+
+    exit_code = 12
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,16 @@ loaded, its memory shared with the server's until written.
 
 from __future__ import annotations
 
-import contextlib
-import os
+import signal
 
-import orjson
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # first: Ctrl-C is the convert's to handle, also during these imports
 
-from dsprep.workers import PRELOAD_ENV, EncodeSpec, die_with_parent, encoder_for
+import contextlib  # noqa: E402
+import os  # noqa: E402
+
+import orjson  # noqa: E402
+
+from dsprep.workers import PRELOAD_ENV, EncodeSpec, die_with_parent, encoder_for  # noqa: E402
 
 die_with_parent()
 os.environ["TOKENIZERS_PARALLELISM"] = "false"

@@ -39,7 +39,7 @@ from dsprep.cache import (
 )
 from dsprep.config import ConvertConfig
 from dsprep.detect import Detection, detect_format
-from dsprep.errors import InputError, RejectedRowsError, RowFailure, TemplateError
+from dsprep.errors import InputError, RejectedRowsError, RowFailure, TemplateError, WorkerDiedError
 from dsprep.pieces import load_piece, piece_table, store_piece
 from dsprep.schema import SCHEMA_VERSION
 from dsprep.shards import MANIFEST, REJECTS, RejectsWriter, ShardWriter, Staging, file_sha256, write_json, writing
@@ -487,8 +487,8 @@ def _write(
         write_json(staging.dir / MANIFEST, manifest)
         names = [*(s["file"] for s in shard_list), REJECTS, MANIFEST]
         staging.publish(names)
-    except KeyboardInterrupt:
-        staging.keep_pieces()
+    except (KeyboardInterrupt, SystemExit, WorkerDiedError):  # interrupted (SIGTERM under Ray exits), or a worker
+        staging.keep_pieces()  # killed: the completed pieces stay for the rerun to resume from
         raise
     except BaseException:
         staging.discard(keep=(REJECTS,))

@@ -27,6 +27,7 @@ import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -35,7 +36,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from dsprep.errors import RowError
+from dsprep.errors import RowError, WorkerDiedError
 from dsprep.normalize import normalize_record, row_id
 from dsprep.schema import NORMALIZED, TOKENIZED, TOKENS
 from dsprep.sources import Record
@@ -567,7 +568,15 @@ def _detached_main() -> Iterator[None]:
 
 def _result(entry: tuple[bool, Any]) -> Any:
     submitted, value = entry
-    return value.result() if submitted else value
+    if not submitted:
+        return value
+    try:
+        return value.result()
+    except BrokenProcessPool:
+        raise WorkerDiedError(
+            "a worker process died (killed by a signal, or out of memory?): run the same command again to resume "
+            "from the completed pieces, with fewer --workers if memory ran out"
+        ) from None
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

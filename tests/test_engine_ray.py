@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,3 +84,46 @@ def test_ray_engine_without_ray_is_a_missing_extra(tmp_path: Path, monkeypatch: 
     assert result.exit_code == 9
     assert "pip install 'dsprep[ray]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_dsprep_error_on_a_ray_worker_ends_the_run_as_itself(local_ray: None, tmp_path: Path) -> None:
+    """A tokenizer missing on a node fails the task there: the run ends with that error, not Ray's wrapper."""
+    from dsprep.errors import TokenizerError
+    from dsprep.sources import Record
+    from dsprep.specs import load_spec
+    from dsprep.workers import EncodeSpec, SourceInput, Stage, Task
+
+    line = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}'
+    stage = Stage(
+        (SourceInput("a.jsonl", "a.jsonl", True, load_spec("openai")),),
+        EncodeSpec(str(tmp_path / "no-such-tokenizer"), "chatml", "assistant", None, "drop"),
+        False,
+    )
+    tasks = iter([Task(0, 0, [Record(0, None, line, pending=True)])])
+    with pytest.raises(TokenizerError, match="no-such-tokenizer"):
+        list(ray_engine.ray_results(stage, tasks, 2))
+
+
+def _cli(tmp_path: Path, *options: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "dsprep", "convert", str(FIXTURES / "formats" / "openai.jsonl"), "--out",
+           str(tmp_path / "out"), "--tokenizer", "mistral:v3", "--template", "chatml", "--no-cache", "--quiet",
+           "--engine", "ray", *options]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "nosuchhost.invalid:6379"])
+def test_a_ray_address_with_no_cluster_is_one_line_and_exit_9_at_once(tmp_path: Path, address: str) -> None:
+    pytest.importorskip("ray")
+    started = time.monotonic()
+    result = _cli(tmp_path, "--ray-address", address, env={"RAY_ADDRESS": ""})
+    assert time.monotonic() - started < 60  # Ray alone retries an unreachable address for minutes
+    assert result.returncode == 9, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: --ray-address {address}: ")
+
+
+def test_without_ray_address_a_local_ray_starts_whatever_ray_address_says(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    result = _cli(tmp_path, env={"RAY_ADDRESS": "127.0.0.1:1"})  # as set for `ray job submit` entry points
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "manifest.json").is_file()

@@ -62,6 +62,20 @@ def _start_and_kill(src: Path, out: Path, *, pieces: int) -> int:
     return len(list(folder.glob("*.json")))
 
 
+def _stopping_after(store: Any, n: int, stop: BaseException) -> Any:
+    """`store` (store_piece) that raises `stop` once `n` more pieces are stored."""
+    stored = 0
+
+    def store_or_stop(*args: Any, **kwargs: Any) -> Any:
+        nonlocal stored
+        if stored == n:
+            raise stop
+        stored += 1
+        return store(*args, **kwargs)
+
+    return store_or_stop
+
+
 def _files(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
@@ -83,6 +97,45 @@ def test_a_killed_convert_resumes_to_the_same_bytes(tmp_path: Path) -> None:
     _convert(src, tmp_path / "whole")
     assert _files(killed) == _files(tmp_path / "whole")
     assert b"not json" in _files(killed)["rejects.jsonl"]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_a_killed_worker_ends_the_run_in_one_line_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """An out-of-memory kill picks a worker as often as the convert: its completed pieces stay too."""
+    src = tmp_path / "chats.jsonl"
+    _corpus(src)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dsprep", "convert", str(src), "--out", str(out), *OPTIONS]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    folder = out / ".dsprep-staging" / "pieces"
+    deadline = time.monotonic() + 300
+    while len(list(folder.glob("*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [w for child in _children(proc.pid) for w in _children(child)]  # the fork server's children
+    if proc.poll() is not None or not workers:
+        proc.kill()
+        pytest.fail("the convert finished before a worker could be killed; make the input larger")
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 12, stderr
+    assert stderr.splitlines()[-1].startswith("error: a worker process died"), stderr
+    assert "Traceback" not in stderr and list(folder.glob("*.json"))
+
+    rerun = _convert(src, out)
+    assert any(line.startswith("resumed: reused ") for line in rerun.stderr.splitlines()), rerun.stderr
+    _convert(src, tmp_path / "whole")
+    assert _files(out) == _files(tmp_path / "whole")
 
 
 def test_a_rerun_with_other_options_starts_over(tmp_path: Path) -> None:
@@ -137,31 +190,21 @@ def test_a_complete_output_still_needs_overwrite(tmp_path: Path) -> None:
         convert(config)
 
 
-def test_a_resumed_run_that_is_stopped_again_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+def test_a_resumed_run_that_is_stopped_again_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: type[BaseException]
+) -> None:
     """A run resumed from an interrupted one keeps the key its pieces belong to, so a third run resumes from the
-    pieces of both."""
+    pieces of both; SystemExit (how Ray's SIGTERM handler ends a run) keeps them as Ctrl-C does."""
     src = tmp_path / "chats.jsonl"
     _corpus(src)
     out = tmp_path / "out"
     config = ConvertConfig(inputs=(str(src),), out=out, format="openai", tokenizer="mistral:tekken",
                            template="chatml", pack=1024, workers=1)  # fmt: skip
     store = dsprep.pipeline.store_piece
-
-    def stopping_after(n: int) -> Any:
-        stored = 0
-
-        def store_or_stop(*args: Any, **kwargs: Any) -> Any:  # Ctrl-C once n more pieces are stored
-            nonlocal stored
-            if stored == n:
-                raise KeyboardInterrupt
-            stored += 1
-            return store(*args, **kwargs)
-
-        return store_or_stop
-
     for _ in range(2):
-        monkeypatch.setattr(dsprep.pipeline, "store_piece", stopping_after(3))
-        with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(dsprep.pipeline, "store_piece", _stopping_after(store, 3, stop()))
+        with pytest.raises(stop):
             convert(config)
     monkeypatch.setattr(dsprep.pipeline, "store_piece", store)
     notes: list[str] = []
