@@ -17,7 +17,7 @@ from dsprep.errors import FormatDetectionError, RowError
 from dsprep.normalize import normalize_record
 from dsprep.specs import FormatSpec, load_spec, shipped_spec_names
 
-__all__ = ["Detection", "detect_format", "spec_snippet"]
+__all__ = ["Detection", "detect_format", "mapping_snippet", "spec_snippet"]
 
 STRUCTURAL = ("missing_field", "wrong_type")
 MIN_MATCH_RATE = 0.5
@@ -108,6 +108,47 @@ def spec_snippet(sample: Sequence[dict[str, Any]]) -> str:
 def _toml(key: str) -> str:
     """A TOML basic string holding `key`."""
     return json.dumps(key, ensure_ascii=False)
+
+
+def _toml_list(keys: Sequence[str]) -> str:
+    return "[" + ", ".join(map(_toml, keys)) + "]"
+
+
+def mapping_snippet(spec: FormatSpec, detection: Detection | None) -> str:
+    """The spec `spec` is, with the fields `detection` mapped, as TOML a user can save and pass with `--format`:
+    every key that shapes how rows are read (roles' content, turns, split marker, transform) included."""
+    lines = [f"# {spec.name} ({spec.origin})", f"description = {_toml(spec.description)}", f'kind = "{spec.kind}"']
+    if spec.split_marker is not None:
+        lines.append(f"split_marker = {_toml(spec.split_marker)}")
+    if spec.transform is not None:
+        lines.append(f"transform = {_toml(spec.transform)}")
+    fields: dict[str, list[str]] = {}  # each field's keys the sample used, in the spec's order of preference
+    for src, dst in detection.mapping if detection else ():
+        if dst in spec.fields:
+            fields.setdefault(dst, []).append(src)
+    for dst, srcs in fields.items():
+        preferred = list(spec.fields[dst])
+        srcs.sort(key=lambda k: preferred.index(k) if k in preferred else len(preferred))
+    fields = fields or {dst: [keys[0]] for dst, keys in spec.fields.items()}
+    if fields:
+        lines += ["", "[fields]"]
+        lines += [f"{dst} = {_toml(srcs[0]) if len(srcs) == 1 else _toml_list(srcs)}" for dst, srcs in fields.items()]
+    if spec.message:
+        lines += ["", "[message]", *(f"{k} = {_toml_list(v)}" for k, v in spec.message.items())]
+    if spec.roles:
+        lines += ["", "[roles]"]
+        for name, target in spec.roles.items():
+            value = _toml(target.role)
+            if target.content != "text":
+                value = f"{{ role = {value}, content = {_toml(target.content)} }}"
+            lines.append(f"{_toml(name)} = {value}")
+    for turn in spec.turns:
+        lines += ["", "[[turns]]", f"role = {_toml(turn.role)}", f"sources = {_toml_list(turn.sources)}"]
+        if turn.join != "\n":
+            lines.append(f"join = {_toml(turn.join)}")
+        if turn.optional:
+            lines.append("optional = true")
+    return "\n".join(lines)
 
 
 def _candidates() -> list[FormatSpec]:

@@ -43,8 +43,10 @@ def maybe_json(value: Any, path: str) -> Any:
 
 def messages_in_text(text: str, spec: FormatSpec, path: str) -> Any:
     """The message or list of messages `text` holds as JSON (a CSV cell, JSON-in-JSON), or None where it is plain
-    text: not JSON, or JSON of another shape (``[INST] ...``, ``{"name": "Bob"}``, ``[1, 2, 3]``). Text that opens
-    like JSON messages (``[{"role"``) but is not valid JSON is an ``invalid_json`` error, not text."""
+    text: not JSON, or JSON of another shape (``[INST] ...``, ``{"name": "Bob"}``, ``[1, 2, 3]``, an object whose
+    ``role`` is no role the spec knows or that has no content or tool calls, such as ``{"name": "Ann", "role":
+    "CEO"}``). Text that opens like JSON messages (``[{"role"``) but is not valid JSON is an ``invalid_json`` error,
+    not text."""
     head = text.lstrip()[:200]
     if head[:1] not in ("[", "{"):
         return None
@@ -56,8 +58,14 @@ def messages_in_text(text: str, spec: FormatSpec, path: str) -> Any:
             raise RowError(path, "invalid_json", f"holds message JSON that is not valid ({exc})") from None
         return None
 
+    known = spec.roles or CANONICAL_ROLES
+    said = (*spec.key_for("content"), *spec.key_for("tool_calls"))
+
     def is_message(item: Any) -> bool:
-        return isinstance(item, dict) and any(key in item for key in roles)
+        if not isinstance(item, dict):
+            return False
+        role = next((item[key] for key in roles if key in item), None)
+        return isinstance(role, str) and role in known and any(key in item for key in said)
 
     if is_message(value) or (isinstance(value, list) and value and all(map(is_message, value))):
         return value
@@ -123,6 +131,8 @@ def _tool_call(value: Any, path: str) -> dict[str, Any]:
 
 def _tool_calls(value: Any, path: str) -> list[dict[str, Any]]:
     value = maybe_json(value, path)
+    if isinstance(value, str):  # text that is no JSON: not a call, whatever the field's type allows
+        raise RowError(path, "invalid_tool_call", f"expected a tool call (an object, or JSON text), got {value[:60]!r}")
     calls = value if isinstance(value, list) else [value]
     return [_tool_call(c, f"{path}[{i}]") for i, c in enumerate(calls)]
 

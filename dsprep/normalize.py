@@ -93,6 +93,12 @@ class _Reader:
         return json_text(rest) if rest else None
 
 
+def _has_system(r: _Reader) -> bool:
+    """Whether the row gives a system prompt with any text (an empty ``system`` field is no system prompt)."""
+    found = r.optional("system")
+    return found is not None and not (isinstance(found[1], str) and not found[1].strip())
+
+
 def _system(r: _Reader, messages: Messages) -> Messages:
     found = r.optional("system")
     if found is None:
@@ -183,7 +189,7 @@ def _require_answer(messages: Messages, key: str) -> None:
 def _prompt_completion(r: _Reader, row: Row) -> None:
     pkey, prompt, pconv = _side(r, "prompt")
     ckey, completion, cconv = _side(r, "completion")
-    if pconv or cconv or r.optional("system") is not None:
+    if pconv or cconv or _has_system(r):
         row["messages"] = _system(r, _as_messages(r, pkey, prompt, pconv, "user") if (prompt or pconv) else [])
         row["completion_messages"] = _as_messages(r, ckey, completion, cconv, "assistant")
         _require_answer(row["completion_messages"], ckey)
@@ -234,15 +240,15 @@ def _preference(r: _Reader, row: Row) -> None:
                 raise RowError(key, "empty_content", "the continuation is empty")
         if chosen == rejected:
             raise RowError(ckey, "identical_pair", "chosen and rejected are the same text")
-        if r.optional("system") is None:
+        if not _has_system(r):
             row["prompt"], row["chosen"], row["rejected"] = prompt, chosen, rejected
             return
     chosen_m = _as_messages(r, ckey, chosen, cconv, "assistant")
     rejected_m = _as_messages(r, rkey, rejected, rconv, "assistant")
     if prompt is None:
         prompt_m, chosen_m, rejected_m = _split_pair_messages(chosen_m, rejected_m, ckey)
-    else:
-        prompt_m = _as_messages(r, pkey, prompt, pconv, "user")
+    else:  # an empty text prompt is no user message, as in prompt-completion rows
+        prompt_m = _as_messages(r, pkey, prompt, pconv, "user") if (prompt or pconv) else []
         chosen_m, rejected_m = _strip_prefix(prompt_m, chosen_m), _strip_prefix(prompt_m, rejected_m)
     _require_answer(chosen_m, ckey)
     _require_answer(rejected_m, rkey)

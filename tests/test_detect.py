@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from dsprep.detect import detect_format
-from dsprep.errors import FormatDetectionError
+from dsprep.detect import detect_format, mapping_snippet
+from dsprep.errors import FormatDetectionError, RowError
+from dsprep.normalize import normalize_record
+from dsprep.specs import FormatSpec, load_spec
+from paths import FIXTURES
 
 
 def _msgs(*pairs: tuple[str, str], role: str = "role", content: str = "content") -> list[dict[str, str]]:
@@ -73,3 +79,25 @@ def test_equally_good_specs_are_ambiguous(monkeypatch: pytest.MonkeyPatch, tmp_p
         FormatDetectionError, match=r"ambiguous format, equally good: openai, openai_twin; pass --format"
     ):
         detect_format([row], "a.jsonl")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (FIXTURES / "formats").glob("*.jsonl")))
+def test_the_mapping_inspect_shows_is_a_spec_that_reads_the_file_as_its_format_does(name: str, tmp_path: Path) -> None:
+    """`dsprep inspect` shows the mapping "as a spec you can save": saved and passed with --format, it reads every
+    row as the shipped format does (roles' content, turns, split marker and transform included)."""
+    rows = [json.loads(line) for line in (FIXTURES / "formats" / f"{name}.jsonl").read_text().splitlines() if line]
+    spec = load_spec(name)
+    saved = tmp_path / "mine.toml"
+    saved.write_text(mapping_snippet(spec, detect_format(rows, name) if spec.auto_detect else None))
+    mine = load_spec(str(saved))
+
+    def read(spec: FormatSpec) -> list[object]:
+        out: list[object] = []
+        for row in rows:
+            try:
+                out.append(normalize_record(row, spec))
+            except RowError as exc:
+                out.append((exc.reason, exc.field))
+        return out
+
+    assert read(mine) == read(spec)

@@ -157,6 +157,12 @@ def test_double_encoded_arguments_are_decoded_once() -> None:
         ("preference", {"prompt": "Source?", "chosen": "[citation needed] yes", "rejected": "no"}, "chosen",
          "[citation needed] yes"),
         ("kto", {"prompt": "{curly} braces", "completion": "ok", "label": True}, "prompt", "{curly} braces"),
+        ("prompt_completion", {"prompt": "Extract as JSON: Ann is the CEO.", "completion": '{"name": "Ann", "role": '
+         '"CEO"}'}, "completion", '{"name": "Ann", "role": "CEO"}'),  # a role no spec knows: JSON output, not a message
+        ("prompt_completion", {"prompt": "Extract the account.", "completion": '{"name": "al", "role": "user"}'},
+         "completion", '{"name": "al", "role": "user"}'),  # a known role but no content: not a message either
+        ("preference", {"prompt": "Who?", "chosen": '{"name": "Ann", "role": "CEO"}', "rejected": "no"}, "chosen",
+         '{"name": "Ann", "role": "CEO"}'),
     ],
 )  # fmt: skip
 def test_strings_that_open_like_json_stay_text(spec: str, record: dict[str, Any], column: str, text: str) -> None:
@@ -207,3 +213,33 @@ def test_a_thinking_part_may_hold_its_text_under_its_type() -> None:
     record = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": content}]}
     message = normalize_record(record, load_spec("openai"))["messages"][1]
     assert (message["reasoning"], message["content"]) == ("Let me see.", "4")
+
+
+@pytest.mark.parametrize(
+    ("spec", "record", "column"),
+    [
+        ("prompt_completion", {"prompt": "The capital of France is", "completion": " Paris.", "system": ""}, "prompt"),
+        ("prompt_completion", {"prompt": "2 + 2 =", "completion": " 4", "system": "  "}, "prompt"),
+        ("preference", {"prompt": "Say hi.", "chosen": "hi", "rejected": "no", "system": ""}, "prompt"),
+    ],
+)  # fmt: skip
+def test_an_empty_system_field_leaves_a_text_row_text(spec: str, record: dict[str, Any], column: str) -> None:
+    """LLaMA-Factory exports carry ``"system": ""``: it is no system prompt, so the row is not made a chat."""
+    row = normalize_record(record, load_spec(spec))
+    assert row[column] == record["prompt"]
+    assert row["messages"] is None
+
+
+def test_an_empty_prompt_of_a_conversational_pair_is_no_user_message() -> None:
+    chosen, rejected = [{"role": "assistant", "content": "A"}], [{"role": "assistant", "content": "B"}]
+    row = normalize_record({"prompt": "", "chosen": chosen, "rejected": rejected}, load_spec("preference"))
+    assert row["messages"] == []
+    assert _msgs([row], "chosen_messages") == [[("assistant", "A")]]
+
+
+def test_a_tool_call_that_is_not_json_is_an_invalid_tool_call() -> None:
+    record = {"conversations": [{"from": "human", "value": "hi"}, {"from": "function_call", "value": "not json"},
+                                {"from": "gpt", "value": "x"}]}  # fmt: skip
+    with pytest.raises(RowError) as caught:
+        normalize_record(record, load_spec("sharegpt"))
+    assert (caught.value.reason, caught.value.field) == ("invalid_tool_call", "conversations[1].value")

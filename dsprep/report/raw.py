@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dsprep.detect import Detection, detect_format, spec_snippet
+from dsprep.detect import detect_format, mapping_snippet, spec_snippet
 from dsprep.errors import FormatDetectionError, RowError
 from dsprep.normalize import normalize_record, row_id
 from dsprep.report.checks import conversation_findings, lenient_messages, row_messages, row_texts, text_findings
@@ -37,22 +37,6 @@ def location(f: InputFile, row: int) -> str:
 
 def _hash(raw: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
-
-
-def _snippet(spec: FormatSpec, detection: Detection | None) -> str:
-    """The mapping used, as a spec a user could save and pass with --format."""
-    lines = [f"# {spec.name} ({spec.origin})", f'kind = "{spec.kind}"']
-    fields = [(dst, src) for src, dst in detection.mapping if dst in spec.fields] if detection else []
-    fields = fields or [(dst, keys[0]) for dst, keys in spec.fields.items()]
-    if fields:
-        lines += ["", "[fields]", *(f'{dst} = "{src}"' for dst, src in fields)]
-    if spec.message:
-        lines += ["", "[message]", *(f"{k} = {list(v)!r}".replace("'", '"') for k, v in spec.message.items())]
-    if spec.roles:
-        lines += ["", "[roles]", *(f'{k} = "{v.role}"' for k, v in spec.roles.items())]
-    for turn in spec.turns:
-        lines += ["", "[[turns]]", f'role = "{turn.role}"', f"sources = {list(turn.sources)!r}".replace("'", '"')]
-    return "\n".join(lines)
 
 
 @dataclass
@@ -124,7 +108,7 @@ def choose_format(f: InputFile, fmt: str, sample_rows: int) -> tuple[FormatSpec 
     if fmt != "auto":
         spec = load_spec(fmt)
         return spec, {"name": spec.name, "origin": spec.origin, "detected": False, "confidence": None,
-                      "mapping": [], "unmapped": [], "spec": _snippet(spec, None), "error": None}  # fmt: skip
+                      "mapping": [], "unmapped": [], "spec": mapping_snippet(spec, None), "error": None}  # fmt: skip
     sample: list[Row] = []
     for batch in read_records(f):
         sample.extend(r.value for r in batch if r.value is not None)
@@ -142,7 +126,7 @@ def choose_format(f: InputFile, fmt: str, sample_rows: int) -> tuple[FormatSpec 
         return None, {**empty, "spec": spec_snippet(sample), "error": str(exc).splitlines()[0]}
     return d.spec, {"name": d.spec.name, "origin": d.spec.origin, "detected": True, "confidence": d.confidence,
                     "sampled": d.sampled, "matched": d.matched, "mapping": [list(m) for m in d.mapping],
-                    "unmapped": list(d.unmapped), "spec": _snippet(d.spec, d), "error": None}  # fmt: skip
+                    "unmapped": list(d.unmapped), "spec": mapping_snippet(d.spec, d), "error": None}  # fmt: skip
 
 
 def _check_row(ins: RawInspection, where: str, row: Row | None, messages: list[Row] | None, kind: str) -> None:
