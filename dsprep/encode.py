@@ -206,7 +206,7 @@ class Encoder:
                 cursor = span[1]
             elif trained:
                 return None
-            elif m["role"] != "system" and content:
+            elif content:  # a system prompt too: a reply quoted in it is never taken for the reply
                 at = text.find(content, cursor)
                 if at < 0:  # the template trimmed it (llama3, gemma3), or changed it: then where it ends is not known
                     content = content.strip()
@@ -236,18 +236,21 @@ class Encoder:
         """
         spans: list[Span] = []
         cursor = 0
-        passed: list[int] = []  # untrained assistant turns since the last trained turn
+        passed: list[int] = []  # untrained messages since the last trained turn (the system prompt may move)
         for i, trained in enumerate(flags):
             if not trained:
-                if tmsgs[i]["role"] == "assistant":
+                if tmsgs[i]["role"] != "system":
                     passed.append(i)
                 continue
             before, through = self._turn_renders(tmsgs, tools, i)
             if text.startswith(through) and len(before) >= cursor:
                 start, end = len(before), len(through)
-            else:  # searched for: after the untrained turns before it, so that none of them is taken for it
-                for j in passed:
-                    cursor = self._find_after(text, tmsgs, tools, j, cursor, i)
+            else:  # searched for after the messages before it, in order, so that none of them (nor a reply quoted
+                for j in passed:  # in one) is taken for it
+                    if tmsgs[j]["role"] == "assistant":
+                        cursor = self._find_after(text, tmsgs, tools, j, cursor, i)
+                    else:
+                        cursor = self._past(text, tmsgs[j].get("content"), cursor)
                 turn = through[len(before) :]
                 start = text.find(turn, cursor)
                 if start < 0:
@@ -256,6 +259,18 @@ class Encoder:
             spans.append((start, end))
             cursor, passed = end, []
         return spans
+
+    @staticmethod
+    def _past(text: str, content: Any, cursor: int) -> int:
+        """Where a user or tool message's text ends in `text`, searched from `cursor` (the cursor where the template
+        changed it: the search for the next turn then starts earlier, as before)."""
+        if not isinstance(content, str) or not content:
+            return cursor
+        for needle in dict.fromkeys((content, content.strip())):
+            at = text.find(needle, cursor) if needle else -1
+            if at >= 0:
+                return at + len(needle)
+        return cursor
 
     def _turn_renders(self, tmsgs: Sequence[Row], tools: Any, i: int) -> tuple[str, str]:
         """render(messages[:i], G) and render(messages[:i+1]): message i's turn is the second beyond the first."""
@@ -519,7 +534,9 @@ class Encoder:
     def _drop_turns(self, row: Row, plan: dict[str, Any], length: int) -> Row:
         messages, trained = list(plan["messages"]), plan["trained"]
         keep = 1 if messages and messages[0]["role"] == "system" else 0
-        last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=keep)
+        last_answer = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+        # the last user turn before the last answer: the oldest turn that may still start the row
+        last_user = max((i for i, m in enumerate(messages[:last_answer]) if m["role"] == "user"), default=keep)
         start = keep
         while True:
             nxt = next((i for i in range(start + 1, last_user + 1) if messages[i]["role"] == "user"), None)

@@ -457,3 +457,72 @@ def test_a_template_that_fails_on_a_prefix_of_one_row_rejects_that_row(tmp_path:
     (reject,) = [json.loads(line) for line in (tmp_path / "o" / "rejects.jsonl").read_text().splitlines()]
     assert (reject["source_row"], reject["reason"]) == (1, "template_error")
     assert "no generation prompt after 3 messages" in reject["message"]
+
+
+def _trained(out: Path) -> tuple[list[int], list[int]]:
+    """The first shard row's ids and the positions of its trained tokens."""
+    import pyarrow.parquet as pq
+
+    row = pq.read_table(out / "part-00000.parquet").to_pylist()[0]
+    return row["input_ids"], [i for i, label in enumerate(row["labels"]) if label != -100]
+
+
+def test_a_reply_quoted_in_the_system_prompt_is_never_taken_for_the_reply(tmp_path: Path) -> None:
+    """Few-shot examples written in the template's own format inside the system prompt: the mask is on the real
+    last turn, not on its copy in the system text."""
+    system = (
+        "Answer greetings briefly. Example:\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+    )
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"}]  # fmt: skip
+    data = tmp_path / "few_shot.jsonl"
+    data.write_text(json.dumps({"messages": messages}) + "\n")
+    convert(ConvertConfig(inputs=(str(data),), out=tmp_path / "o", tokenizer="mistral:tekken", template="chatml"))
+    ids, trained = _trained(tmp_path / "o")
+    tok = load_tokenizer("mistral:tekken").tokenizer
+    template = load_template("chatml", None).text
+    assert ids == list(reference_ids(tok, template, messages, None))
+    prompt = tok.apply_chat_template(
+        messages[:2], tokenize=True, return_dict=True, add_generation_prompt=True, chat_template=template
+    )["input_ids"]
+    assert trained == list(range(len(prompt), len(ids)))  # the copy in the system prompt decodes the same
+    assert tok.decode(ids[len(prompt) :]) == "Hello!<|im_end|>\n"
+
+
+def test_a_reply_quoted_in_an_earlier_user_turn_is_never_taken_for_the_reply(tmp_path: Path) -> None:
+    """A template that moves the system prompt (prefix renders, searched turns): the turn is searched for after the
+    user and tool messages before it."""
+    call = {
+        "id": "abc123xyz",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    messages = [
+        {"role": "system", "content": "Be terse."}, {"role": "user", "content": "Please answer exactly: Hello!</s>"},
+        {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "abc123xyz", "content": "21C"}, {"role": "assistant", "content": "21C."},
+    ]  # fmt: skip
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Get weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}  # fmt: skip
+    data = tmp_path / "quoted.jsonl"
+    data.write_text(json.dumps({"messages": messages, "tools": [tool]}) + "\n")
+    convert(ConvertConfig(inputs=(str(data),), out=tmp_path / "o", tokenizer="mistral:v3", template="tokenizer"))
+    ids, trained = _trained(tmp_path / "o")
+    tok = load_tokenizer("mistral:v3").tokenizer
+    first_turn_end = ids.index(tok.convert_tokens_to_ids("[/INST]"))
+    assert min(trained) > first_turn_end  # not the quote inside the first user turn
+    assert tok.decode([ids[i] for i in trained]).startswith("Hello!</s>")
+
+
+def test_drop_turns_never_drops_the_last_answer_of_a_conversation_ending_on_a_user_turn(tmp_path: Path) -> None:
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "long question " * 30},
+                {"role": "assistant", "content": "the answer"}, {"role": "user", "content": "thanks, bye"}]  # fmt: skip
+    data = tmp_path / "ends_on_user.jsonl"
+    data.write_text(json.dumps({"messages": messages}) + "\n")
+    config = ConvertConfig(inputs=(str(data),), out=tmp_path / "o", tokenizer="mistral:tekken", template="chatml",
+                           train_on="all", max_len=100, overflow="drop-turns")  # fmt: skip
+    result = convert(config)
+    assert (result.rows_kept, result.rows_rejected) == (0, 1)
+    (reject,) = [json.loads(line) for line in (tmp_path / "o" / "rejects.jsonl").read_text().splitlines()]
+    assert reject["reason"] == "too_long"
