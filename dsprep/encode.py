@@ -183,8 +183,11 @@ class Encoder:
         return flags
 
     def _fast_spans(
-        self, text: str, messages: Sequence[Row], tmsgs: Sequence[Row], flags: Sequence[bool]
+        self, text: str, messages: Sequence[Row], tmsgs: Sequence[Row], flags: Sequence[bool], *, system: bool = True
     ) -> list[Span] | None:
+        """Trained spans found by searching the messages' texts in order, or None where that cannot be told. With
+        `system`, the system prompt is searched for in its place too (a reply quoted in it is then never taken for the
+        reply); without, it is skipped (a template that moves it, as the mistral family does, to the last turn)."""
         shape = self.shape
         if shape is None:
             return None
@@ -194,6 +197,8 @@ class Encoder:
         # every assistant turn is found in order, trained or not, so that a later turn with the same text is never
         # taken for an earlier one
         for m, t, trained in zip(messages, tmsgs, flags, strict=True):
+            if m["role"] == "system" and not system:
+                continue
             content = t.get("content")
             if m["role"] == "assistant":
                 if t.get("tool_calls") or "reasoning_content" in t or not content:
@@ -206,7 +211,7 @@ class Encoder:
                 cursor = span[1]
             elif trained:
                 return None
-            elif content:  # a system prompt too: a reply quoted in it is never taken for the reply
+            elif content:
                 at = text.find(content, cursor)
                 if at < 0:  # the template trimmed it (llama3, gemma3), or changed it: then where it ends is not known
                     content = content.strip()
@@ -319,6 +324,8 @@ class Encoder:
         if self.options.train_on == "all":
             return [(0, len(text))]
         spans = self._fast_spans(text, messages, tmsgs, flags)
+        if spans is None and any(m["role"] == "system" for m in messages):  # its system prompt may have moved
+            spans = self._fast_spans(text, messages, tmsgs, flags, system=False)
         if spans is not None:
             self.method_counts["span"] += 1
             return spans

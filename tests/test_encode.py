@@ -526,3 +526,20 @@ def test_drop_turns_never_drops_the_last_answer_of_a_conversation_ending_on_a_us
     assert (result.rows_kept, result.rows_rejected) == (0, 1)
     (reject,) = [json.loads(line) for line in (tmp_path / "o" / "rejects.jsonl").read_text().splitlines()]
     assert reject["reason"] == "too_long"
+
+
+def test_a_template_that_moves_the_system_prompt_still_places_turns_by_search() -> None:
+    """mistral_v3 writes the system prompt into the last user turn: searched for in its place it is not found in
+    order, so the turns are searched for without it rather than through prefix renders of every turn."""
+    loaded = load_tokenizer("mistral:v3")
+    encoder = Encoder(loaded, load_template("mistral_v3"), EncodeOptions())
+    messages = [_msg("system", "Be brief."), _msg("user", "q"), _msg("assistant", "a"), _msg("user", "more"),
+                _msg("assistant", "done")]  # fmt: skip
+    [[out]] = encoder.encode([_row(messages)])
+    assert encoder.method_counts == {"span": 1, "prefix": 0}
+    by_renders = Encoder(loaded, load_template("mistral_v3"), EncodeOptions())
+    by_renders.shape = None  # no searched spans: every turn placed by prefix renders
+    [[expected]] = by_renders.encode([_row(messages)])
+    assert by_renders.method_counts == {"span": 0, "prefix": 1}
+    assert list(out["labels"]) == list(expected["labels"])
+    assert sum(label != -100 for label in out["labels"]) > 0
