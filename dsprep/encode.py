@@ -212,14 +212,21 @@ class Encoder:
             elif trained:
                 return None
             elif content:
-                at = text.find(content, cursor)
-                if at < 0:  # the template trimmed it (llama3, gemma3), or changed it: then where it ends is not known
-                    content = content.strip()
-                    at = text.find(content, cursor)
-                    if at < 0:
-                        return None
-                cursor = at + len(content)
+                end = self._end_of(text, content, cursor)
+                if end is None:  # the template changed it: then where it ends is not known
+                    return None
+                cursor = end
         return spans
+
+    @staticmethod
+    def _end_of(text: str, content: str, cursor: int) -> int | None:
+        """Where a message's text ends in `text`, searched from `cursor`, as written or, where the template trimmed it
+        (llama3, gemma3), stripped; None where it is not found."""
+        for needle in dict.fromkeys((content, content.strip())):
+            at = text.find(needle, cursor)
+            if at >= 0:
+                return at + len(needle)
+        return None
 
     @staticmethod
     def _find_turn(text: str, content: str, cursor: int, head: str, suffix: str) -> Span | None:
@@ -254,8 +261,9 @@ class Encoder:
                 for j in passed:  # in one) is taken for it
                     if tmsgs[j]["role"] == "assistant":
                         cursor = self._find_after(text, tmsgs, tools, j, cursor, i)
-                    else:
-                        cursor = self._past(text, tmsgs[j].get("content"), cursor)
+                    elif isinstance(content := tmsgs[j].get("content"), str) and content:
+                        past = self._end_of(text, content, cursor)
+                        cursor = cursor if past is None else past  # changed by the template: searched from before it
                 turn = through[len(before) :]
                 start = text.find(turn, cursor)
                 if start < 0:
@@ -264,18 +272,6 @@ class Encoder:
             spans.append((start, end))
             cursor, passed = end, []
         return spans
-
-    @staticmethod
-    def _past(text: str, content: Any, cursor: int) -> int:
-        """Where a user or tool message's text ends in `text`, searched from `cursor` (the cursor where the template
-        changed it: the search for the next turn then starts earlier, as before)."""
-        if not isinstance(content, str) or not content:
-            return cursor
-        for needle in dict.fromkeys((content, content.strip())):
-            at = text.find(needle, cursor) if needle else -1
-            if at >= 0:
-                return at + len(needle)
-        return cursor
 
     def _turn_renders(self, tmsgs: Sequence[Row], tools: Any, i: int) -> tuple[str, str]:
         """render(messages[:i], G) and render(messages[:i+1]): message i's turn is the second beyond the first."""
