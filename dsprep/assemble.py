@@ -5,9 +5,8 @@ Packed, the plan (`dsprep.pack`) needs only the lengths (each row's ``num_tokens
 few bytes per example). The packed rows are written in chunks of ``chunk_rows`` rows, and each shard is a run of whole
 chunks fixed by the plan (at most about ``--shard-size``, estimated from its tokens, so no chunk is larger; a multiple
 of `SHARD_MULTIPLE` of them where the rows fill that many chunks, so that threads, and a trainer's data-parallel
-ranks splitting the shards between them, get equal shares), so
-several shards are written at once — as many as there are workers, one thread each — and the output is the same for
-any number of them.
+ranks splitting the shards between them, get equal shares). Several shards are written at once — as many as there
+are workers, one thread each — and the output is the same for any number of them.
 
 A chunk reads exactly its examples' bytes from the piece files: the pieces are uncompressed Arrow IPC files, so
 where each example's tokens and id lie is known once from each file's layout (`_Locations`: a few more bytes per

@@ -93,20 +93,25 @@ class _Reader:
         return json_text(rest) if rest else None
 
 
-def _has_system(r: _Reader) -> bool:
-    """Whether the row gives a system prompt with any text (an empty ``system`` field is no system prompt)."""
+def _system_field(r: _Reader) -> tuple[str, Any] | None:
+    """The row's ``system`` field as (key, value), or None where it is absent or a blank string (no system prompt)."""
     found = r.optional("system")
-    return found is not None and not (isinstance(found[1], str) and not found[1].strip())
+    if found is None or (isinstance(found[1], str) and not found[1].strip()):
+        return None
+    return found
+
+
+def _has_system(r: _Reader) -> bool:
+    """Whether the row gives a system prompt with any text."""
+    return _system_field(r) is not None
 
 
 def _system(r: _Reader, messages: Messages) -> Messages:
-    found = r.optional("system")
+    found = _system_field(r)
     if found is None:
         return messages
     key, value = found
     text = expect(value, str, key, "a string")
-    if not text.strip():
-        return messages
     if messages and messages[0]["role"] == "system":
         raise RowError(key, "conflicting_system", "a top-level system prompt and a system message in one row")
     return [_message("system", text), *messages]
