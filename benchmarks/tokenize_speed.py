@@ -2,8 +2,8 @@
 
 Run it from the repository root with a Python that has dsprep installed, and TRL for measurement (c):
 
-    /work/venv-trl/bin/python benchmarks/tokenize_speed.py                 # 20k rows, TRL with dataset_num_proc=1
-    /work/venv-trl/bin/python benchmarks/tokenize_speed.py --workers 2     # TRL with dataset_num_proc=2
+    .venv-trl/bin/python benchmarks/tokenize_speed.py                 # 20k rows, TRL with dataset_num_proc=1
+    .venv-trl/bin/python benchmarks/tokenize_speed.py --workers 2     # TRL with dataset_num_proc=2
     .venv/bin/python benchmarks/tokenize_speed.py --skip-trl               # (a) and (b) only
 
 It generates a deterministic (seeded) multi-turn chat corpus of --rows conversations in pseudo-English (Zipf-weighted

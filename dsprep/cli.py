@@ -5,6 +5,7 @@ Errors are one line on stderr and an exit code (see README, "Exit codes"); set D
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections import Counter
@@ -230,7 +231,6 @@ def convert(
     from dsprep.config import ConvertConfig
     from dsprep.pipeline import convert as run_convert
     from dsprep.progress import display
-    from dsprep.sources import discover
 
     if recipe is not None:
         _convert_recipe(recipe, inputs, out, overwrite, quiet, workers)
@@ -242,6 +242,10 @@ def convert(
     _check_combination(tokenizer, max_len, pack, shuffle_seed)
     if ray_address is not None and engine != "ray":
         raise click.BadParameter("--ray-address needs --engine ray", param_hint="--ray-address")
+    if cache_dir is not None and _nested(cache_dir, out):
+        raise click.BadParameter(
+            "the cache folder and the output folder cannot lie in one another", param_hint="--cache-dir"
+        )
     config = ConvertConfig(
         inputs=inputs,
         out=out,
@@ -265,17 +269,16 @@ def convert(
         cache_dir=cache_dir,
         cache_max_bytes=parse_size(cache_max_size),
     )
-    say = (lambda _msg: None) if quiet else click.echo
-
-    on_input = _InputLines(say)
-
     shown = display(quiet)
+    echo = shown.say if shown else click.echo
+    say = (lambda _msg: None) if quiet else echo
+    on_input = _InputLines(say)
     try:
-        note = None if quiet else (lambda msg: click.echo(msg, err=True))
-        explain = (lambda msg: click.echo(msg, err=True)) if explain_cache else None
+        note = None if quiet else (lambda msg: echo(msg, err=True))
+        explain = (lambda msg: echo(msg, err=True)) if explain_cache else None
         result = run_convert(
             config,
-            on_bytes=shown.phase("converting", sum(f.size for f in discover(inputs))) if shown else None,
+            on_bytes=shown.phase("converting", _input_bytes(inputs)) if shown else None,
             on_input=on_input,
             on_note=note,
             explain=explain,
@@ -303,26 +306,63 @@ def convert(
             f"{p['examples_per_row_min']}/{p['examples_per_row_mean']:.1f}/{p['examples_per_row_max']} min/mean/max"
         )
     say(f"total: read {result.rows_read} = kept {result.rows_kept} + rejected {result.rows_rejected}")
-    if result.rows_read and not result.rows_kept:
+    if result.rows_read and not result.rows_kept and not quiet:
         click.echo(f"warning: no row was kept; see {out / 'rejects.jsonl'} for each row's reason", err=True)
     say(f"wrote {len(shards)} shard{'s' * (len(shards) != 1)}, rejects.jsonl and manifest.json to {out}")
 
 
-def _check_combination(tokenizer: str | None, max_len: int | None, pack: int | None, shuffle_seed: int | None) -> None:
-    """Refuse options that would do nothing: token options without --tokenizer, a shuffle without --pack."""
-    from click.core import ParameterSource
+def _nested(a: Path, b: Path) -> bool:
+    """Whether either folder is, or lies inside, the other."""
+    a, b = a.resolve(), b.resolve()
+    return a.is_relative_to(b) or b.is_relative_to(a)
 
-    overflow_given = click.get_current_context().get_parameter_source("overflow") == ParameterSource.COMMANDLINE
+
+def _input_bytes(inputs: tuple[str, ...]) -> int:
+    """The inputs' total size, for the progress bar; a file that cannot be read counts 0 (the run reports it)."""
+    from dsprep.sources import discover
+
+    total = 0
+    for f in discover(inputs):
+        with contextlib.suppress(OSError):
+            total += f.size
+    return total
+
+
+def _check_combination(tokenizer: str | None, max_len: int | None, pack: int | None, shuffle_seed: int | None) -> None:
+    """Refuse options that would do nothing: token options without --tokenizer, an overflow policy without a length
+    limit, a shuffle without --pack, cache settings with --no-cache, --max-rejected where the first reject stops."""
+    ctx = click.get_current_context()
+    given = _given(ctx)
     if tokenizer is None:
-        for option, given, what in (("--pack", pack is not None, "packing"),
-                                    ("--max-len", max_len is not None, "a length limit"),
-                                    ("--overflow", overflow_given, "an overflow policy")):  # fmt: skip
-            if given:
+        for option, what in (("--pack", "packing"), ("--max-len", "a length limit"),
+                             ("--overflow", "an overflow policy"), ("--template", "a chat template"),
+                             ("--train-on", "a loss policy"),
+                             ("--allow-template-warnings", "a template check to allow")):  # fmt: skip
+            if option in given:
                 raise click.BadParameter(f"{what} needs --tokenizer", param_hint=option)
+    elif "--overflow" in given and max_len is None and pack is None:
+        raise click.BadParameter("an overflow policy needs --max-len or --pack", param_hint="--overflow")
     if pack is not None and max_len is not None and max_len > pack:
         raise click.BadParameter(f"--max-len {max_len} exceeds --pack {pack}", param_hint="--max-len")
     if shuffle_seed is not None and pack is None:
         raise click.BadParameter("shuffling packed rows needs --pack", param_hint="--shuffle-seed")
+    if not ctx.params["cache"]:
+        for option in ("--cache-dir", "--cache-max-size"):
+            if option in given:
+                raise click.BadParameter("the cache is off (--no-cache)", param_hint=option)
+    if "--max-rejected" in given and ctx.params["on_error"] == "fail":
+        raise click.BadParameter("--on-error fail stops at the first bad row", param_hint="--max-rejected")
+
+
+def _given(ctx: click.Context) -> set[str]:
+    """The options given on the command line, as their long flags (``--max-len``)."""
+    from click.core import ParameterSource
+
+    return {
+        f"--{name.replace('_', '-')}"
+        for name in ctx.params
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    }
 
 
 class _InputLines:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "ConfigError",
     "DsprepError",
     "EngineError",
     "FormatDetectionError",
@@ -27,6 +28,12 @@ class DsprepError(Exception):
     """Base of every error dsprep reports to a user (exit code 1 unless a subclass says otherwise)."""
 
     exit_code = 1
+
+
+class ConfigError(DsprepError):
+    """A trainer integration's settings conflict with the shards or with each other (a usage error)."""
+
+    exit_code = 2
 
 
 class InputError(DsprepError):

@@ -14,6 +14,7 @@ resumes from them.
 from __future__ import annotations
 
 import functools
+import glob
 import itertools
 from array import array
 from collections import Counter
@@ -39,17 +40,18 @@ from dsprep.cache import (
 )
 from dsprep.config import ConvertConfig
 from dsprep.detect import Detection, detect_format
-from dsprep.errors import InputError, RejectedRowsError, RowFailure, TemplateError, WorkerDiedError
+from dsprep.errors import InputError, OutputError, RejectedRowsError, RowFailure, TemplateError, WorkerDiedError
 from dsprep.pieces import load_piece, piece_table, store_piece
 from dsprep.schema import SCHEMA_VERSION
 from dsprep.shards import MANIFEST, REJECTS, RejectsWriter, ShardWriter, Staging, file_sha256, write_json, writing
-from dsprep.sources import InputFile, Record, discover, read_records
+from dsprep.sources import InputFile, Record, discover, printable, read_records
 from dsprep.specs import FormatSpec, load_spec
 from dsprep.version import __version__
 from dsprep.workers import (
     TASK_ROWS,
     BatchResult,
     EncodeSpec,
+    InputShare,
     SourceInput,
     Stage,
     Task,
@@ -111,9 +113,21 @@ class ConvertResult:
         return sum(r.rows_rejected for r in self.inputs)
 
 
-def _outside(files: list[InputFile], out: Path) -> list[InputFile]:
-    """`files` less those inside the output folder (an output kept in its input folder is not read back)."""
+def _outside(inputs: Sequence[str], files: list[InputFile], out: Path) -> list[InputFile]:
+    """`files` less those inside the output folder (an output kept in its input folder is not read back).
+
+    An input named (or matched by a glob) inside the output folder, or the folder itself, is refused: the run would
+    replace what it reads.
+    """
     root = out.resolve()
+    for item in inputs:
+        named = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) and not Path(item).exists() else [item]
+        for path in named:
+            if Path(path).resolve().is_relative_to(root):
+                raise OutputError(
+                    f"{printable(path)}: this input lies in the output folder {printable(str(out))}, which the run "
+                    "replaces; write the output to another folder"
+                )
     return [f for f in files if not f.path.resolve().is_relative_to(root)]
 
 
@@ -181,6 +195,9 @@ class _Accounts:
     def add(self, result: BatchResult) -> None:
         if self.config.on_error == "fail" and result.failure is not None:
             assert result.failed_input is not None
+            for share in result.shares:  # the task's rows of the inputs before the failed one were all read
+                if share.input_index < result.failed_input:
+                    self._count(share)
             self.finish(upto=result.failed_input)
             self.rejects.write_line(result.rejects[0])
             self.reports[result.failed_input].rows_rejected += 1
@@ -188,17 +205,21 @@ class _Accounts:
         for line in result.rejects:
             self.rejects.write_line(line)
         for share in result.shares:
-            self.finish(upto=share.input_index)
-            report = self.reports[share.input_index]
-            report.rows_read += share.rows_read
-            report.rows_kept += share.rows_kept
-            report.rows_rejected += share.rows_rejected
-            for reason, n in share.reasons.items():
-                report.rejected_by_reason[reason] = report.rejected_by_reason.get(reason, 0) + n
-            self._kinds.update(share.kinds)
+            self._count(share)
         self.methods.update(result.methods)
         lengths = array("i", result.lengths)  # 4 bytes an example, not a Python int's 32: kept until packing
         self.done.append(BatchResult(result.seq, result.input_index, rows_kept=result.rows_kept, lengths=lengths))
+
+    def _count(self, share: InputShare) -> None:
+        """Add a task's share of an input to that input's report (closing the reports of the inputs before it)."""
+        self.finish(upto=share.input_index)
+        report = self.reports[share.input_index]
+        report.rows_read += share.rows_read
+        report.rows_kept += share.rows_kept
+        report.rows_rejected += share.rows_rejected
+        for reason, n in share.reasons.items():
+            report.rejected_by_reason[reason] = report.rejected_by_reason.get(reason, 0) + n
+        self._kinds.update(share.kinds)
 
     def finish(self, upto: int) -> None:
         """Close the reports of every input before `upto` (all of them for ``len(reports)``)."""
@@ -318,7 +339,7 @@ def convert(
     cache entry. derive_spec, when given, adjusts each input's spec (given or detected) before it is used; the cache
     key cannot cover it, so such a run neither uses the cache nor resumes.
     """
-    files = _outside(discover(config.inputs), config.out)
+    files = _outside(config.inputs, discover(config.inputs), config.out)
     cacheable = config.cache and derive_spec is None
     cache = OutputCache(config.cache_dir or default_cache_dir(), config.cache_max_bytes) if cacheable else None
     workers = config.workers or default_workers()

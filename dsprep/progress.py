@@ -6,6 +6,7 @@ the lines of the phases before it, so a run's last line is the work still going 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -44,6 +45,16 @@ class Display:
     def starter(self, description: str, *, counted: bool = False) -> Callable[[int], Advance]:
         """What a run reports the start of a phase to, with its total (e.g. `pipeline.convert`'s ``on_writing``)."""
         return lambda total: self.phase(description, total, counted=counted)
+
+    def say(self, message: str, *, err: bool = False) -> None:
+        """Print a line of the run's report (to stdout, or stderr with `err`) without breaking the live bars: through
+        the display where that stream is the terminal it draws on, as it is once the display has stopped."""
+        import click
+
+        if self._bar.live.is_started and (err or sys.stdout.isatty()):
+            self._bar.console.print(message, markup=False, highlight=False, emoji=False, soft_wrap=True)
+        else:
+            click.echo(message, err=err)
 
     def stop(self) -> None:
         self._bar.stop()

@@ -195,16 +195,23 @@ class Staging:
 
     A folder holding only what a run had published when it stopped (its staging folder still there, the manifest not
     yet published), or only the rejects file a failed run left for diagnosis, is replaced without ``--overwrite``:
-    `replaced` names those files.
+    `replaced` names those files. A previous output that ``--overwrite`` replaces stays as it is until `publish` (or
+    `discard` of a failed run that leaves its rejects in its place): an interrupted run leaves it untouched.
     """
 
     def __init__(self, out: Path, *, overwrite: bool, key: str | None = None) -> None:
         self.out = out
         self.resumed = False
+        self.previous: list[Path] = []
         if out.exists() and not out.is_dir():
             raise OutputError(f"{out}: exists and is not a folder")
         leftovers = sorted(p for p in out.iterdir() if p.name != STAGING) if out.exists() else []
-        foreign = [p.name for p in leftovers if not _written_by_dsprep(p)]
+        # shards are dsprep's beside its manifest or its staging folder, not by their name alone
+        run_folder = (out / STAGING).is_dir() or _is_dsprep_manifest(out / MANIFEST)
+        foreign = [
+            p.name for p in leftovers
+            if not _written_by_dsprep(p) or (SHARD_NAME.fullmatch(p.name) is not None and not run_folder)
+        ]  # fmt: skip
         # what a stopped run left: the files it had published (staging still there, the manifest, moved last, not
         # yet), or the rejects file a failed run keeps for diagnosis
         left_by_a_run = not foreign and (
@@ -216,8 +223,10 @@ class Staging:
             raise OutputError(f"{out}: holds files dsprep did not write ({', '.join(foreign[:3])}); use another folder")
         self.replaced = [p.name for p in leftovers] if left_by_a_run else []
         try:
-            for p in leftovers:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if left_by_a_run:
+                _remove(leftovers)
+            else:
+                self.previous = leftovers
             self.dir = out / STAGING
             self.resumed = key is not None and _read_key(self.dir) == key
             for p in self.dir.iterdir() if self.resumed else ():
@@ -240,18 +249,27 @@ class Staging:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def publish(self, names: list[str]) -> None:
-        """Move the named staged files into the output folder (the manifest last) and remove the staging folder."""
+        """Replace the previous output with the named staged files (the manifest last); remove the staging folder."""
         with writing(self.out):
+            _remove(self.previous)
             for name in names:
                 os.replace(self.dir / name, self.out / name)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def discard(self, keep: tuple[str, ...] = ()) -> None:
-        """Drop everything staged except `keep` (moved into the output folder, e.g. rejects for diagnosis)."""
-        for name in keep:
-            if (self.dir / name).exists():
-                os.replace(self.dir / name, self.out / name)
+        """Drop everything staged except `keep`, which replaces the previous output (e.g. rejects for diagnosis)."""
+        kept = [name for name in keep if (self.dir / name).exists()]
+        if kept:
+            with writing(self.out):
+                _remove(self.previous)
+                for name in kept:
+                    os.replace(self.dir / name, self.out / name)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 def shard_name(prefix: str, index: int) -> str:
@@ -297,7 +315,10 @@ class ShardFile:
 
 
 class ShardWriter:
-    """Appends rows to ``part-00000.parquet``, ``part-00001.parquet``, … each closed once it passes `shard_bytes`."""
+    """Appends rows to ``part-00000.parquet``, ``part-00001.parquet``, … each closed once it passes `shard_bytes`.
+
+    A shard ends with the row group (`FLUSH_ROWS` rows or `FLUSH_BYTES` of input) that passes `shard_bytes`.
+    """
 
     def __init__(self, folder: Path, schema: pa.Schema, *, shard_bytes: int, prefix: str = "part") -> None:
         self.folder = folder

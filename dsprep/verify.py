@@ -269,16 +269,22 @@ def _packed_invariants(name: str, table: pa.Table, max_len: int, first_row: int 
     return _Counts(table.num_rows, int(n.sum()), len(lens))
 
 
-def verify_output(folder: Path, *, tokenizer: str | None = None) -> dict[str, Any]:
-    """Verify `folder` against its manifest; returns the manifest, or raises VerifyError naming the problem."""
+def verify_output(folder: Path, *, tokenizer: str | None = None, tokens_required: bool = True) -> dict[str, Any]:
+    """Verify `folder` against its manifest; returns the manifest, or raises VerifyError naming the problem.
+
+    With `tokenizer`, tokenized shards must have been made with it, and normalized ones (which hold no tokens) are
+    refused unless `tokens_required` is False.
+    """
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest["stage"] == "recipe":
-        return _verify_recipe(folder, manifest, tokenizer)
-    return _verify_shards(folder, manifest, tokenizer)
+        return _verify_recipe(folder, manifest, tokenizer, tokens_required)
+    return _verify_shards(folder, manifest, tokenizer, tokens_required)
 
 
-def _verify_shards(folder: Path, manifest: dict[str, Any], tokenizer: str | None) -> dict[str, Any]:
+def _verify_shards(
+    folder: Path, manifest: dict[str, Any], tokenizer: str | None, tokens_required: bool = True
+) -> dict[str, Any]:
     """A non-recipe output: its shards, its rejects file and its tokenizer fingerprint."""
     stage = manifest["stage"]
     listed = {s["file"] for s in manifest["shards"]}
@@ -299,7 +305,13 @@ def _verify_shards(folder: Path, manifest: dict[str, Any], tokenizer: str | None
         total = total.plus(counts)
     _verify_counts(folder / MANIFEST, manifest, total)
     _verify_rejects(folder, manifest["rejects"])
-    if stage != "normalized" and tokenizer is not None:
+    if tokenizer is not None:
+        if stage == "normalized":
+            if not tokens_required:
+                return manifest
+            raise VerifyError(
+                f"{folder}: normalized output, made without a tokenizer: it holds no tokens to match {tokenizer}"
+            )
         from dsprep.tokenizers import load_tokenizer
 
         check_fingerprint(manifest, load_tokenizer(tokenizer).fingerprint, tokenizer)
@@ -365,7 +377,9 @@ def _verify_shard(path: Path, schema: pa.Schema, stage: str, max_len: int | None
     return counts
 
 
-def _verify_recipe(folder: Path, manifest: dict[str, Any], tokenizer: str | None) -> dict[str, Any]:
+def _verify_recipe(
+    folder: Path, manifest: dict[str, Any], tokenizer: str | None, tokens_required: bool = True
+) -> dict[str, Any]:
     """A recipe output: its rejects file, no split folder left out of the manifest, and each split folder's manifest
     as recorded, and each split in full."""
     _verify_rejects(folder, manifest["rejects"])
@@ -378,7 +392,7 @@ def _verify_recipe(folder: Path, manifest: dict[str, Any], tokenizer: str | None
         split_manifest = read_manifest(sub)
         if split_manifest["stage"] == "recipe":
             raise VerifyError(f"{sub / MANIFEST}: a recipe manifest, not the manifest of a split's shards")
-        _verify_shards(sub, split_manifest, tokenizer)
+        _verify_shards(sub, split_manifest, tokenizer, tokens_required)
         held = (
             ("rows", sum(s["rows"] for s in split_manifest["shards"]), "rows"),
             ("examples", split_manifest["totals"]["rows_kept"], "examples kept"),

@@ -22,6 +22,7 @@ from dsprep.report.jsonout import load_schema
 from dsprep.report.raw import RawInspection, location, overlaps
 from dsprep.shards import file_sha256
 from dsprep.sources import CONTAINERS, InputFile
+from dsprep.tokenizers import load_tokenizer
 from paths import FIXTURES, SHARED_DATA
 
 DATA_FILES = sorted(
@@ -234,10 +235,13 @@ def test_shard_statistics_and_examples_follow_every_shard_and_row_group(
     assert stats["tokens"] == sum(sum(t.column("num_tokens").to_pylist()) for t in tables.values())
     assert stats["trained_tokens"] == sum(sum(t.column("num_trained").to_pylist()) for t in tables.values())
     assert len(report["examples"]) == rows
+    tok = load_tokenizer("mistral:tekken").tokenizer
     for example in report["examples"]:
         name, index = example["location"].rstrip("]").split("[")
         row = tables[name].slice(int(index), 1).to_pylist()[0]
-        assert example["tokens"] == row["num_tokens"] and len(example["pieces"]) == min(row["num_tokens"], 400)
+        shown = min(row["num_tokens"], 400)
+        assert example["tokens"] == row["num_tokens"] and example["shown_tokens"] == shown
+        assert "".join(text for text, _ in example["pieces"]) == tok.decode(row["input_ids"][:shown])
     assert {e["location"] for e in report["examples"]} == {f"{n}[{i}]" for n, t in tables.items()
                                                           for i in range(t.num_rows)}  # fmt: skip
 
@@ -494,7 +498,10 @@ def test_reports_are_the_same_for_any_number_of_workers(
     assert one == two
     assert max(len(set(g)) for g in groups) > 3  # the small inputs' jobs went to the workers together
     [mixed] = [i for i in one["inputs"] if i["path"].endswith("mixed.jsonl")]
-    assert mixed["rows"] == {"read": 1100, "kept": 1100 - 12 - 13 + 1, "rejected": 12 + 13 - 1}  # i = 0 both ways
+    too_long = int(overflow == "drop-turns")  # row 700 (over 300 tokens, one turn) is rejected as convert would
+    rejected = 12 + 13 - 1 + too_long  # i = 0 both ways
+    assert mixed["rows"] == {"read": 1100, "kept": 1100 - rejected, "rejected": rejected}
+    assert mixed["rejected_by_reason"].get("too_long", {}).get("count", 0) == too_long
     broken = mixed["rejected_by_reason"]["invalid_json"]
     assert broken["count"] == 12
     assert [e["location"].rsplit(":", 1)[1] for e in broken["examples"]] == ["1", "98", "195", "292", "389"]

@@ -390,7 +390,7 @@ def test_recipe_options_that_would_do_nothing_are_refused(
     [
         ("rows: 1000000000000", "prep.yaml:2: sources[0].rows: Input should be less than or equal to 100000000"),
         ("weight: .inf", "prep.yaml:2: sources[0].weight: Input should be a finite number"),
-        ("weight: 1.0e+12", "source openai: weight 1000000000000.0 asks for 3,000,000,000,000 of its 3 rows, more "
+        ("weight: 1.0e+12", "prep.yaml: source openai: weight 1000000000000.0 asks for 3,000,000,000,000 of its 3 rows, more "
                             "than the 100,000,000 one source may give"),
     ],
 )  # fmt: skip

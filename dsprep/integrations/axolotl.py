@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dsprep.errors import DsprepError, OutputError, VerifyError
+from dsprep.errors import ConfigError, DsprepError, InputError, OutputError, VerifyError
 from dsprep.integrations.common import local_tokenizer, prepared_shards, require
 
 __all__ = [
@@ -173,7 +173,7 @@ def render_config(template: str, values: Mapping[str, Any]) -> str:
     parsed = yaml.safe_load(text)
     wrong = [k for k, v in values.items() if parsed.get(k) != v]
     if wrong:  # pragma: no cover - a template layout _set_key does not handle
-        raise DsprepError(f"could not set {', '.join(wrong)} in the Axolotl template; edit the template's layout")
+        raise ConfigError(f"could not set {', '.join(wrong)} in the Axolotl template; edit the template's layout")
     return text
 
 
@@ -186,16 +186,16 @@ def check_packed_config(cfg: Mapping[str, Any], packing_len: int) -> None:
     collator that rebuilds ``position_ids`` per row, which erases the boundaries inside each row.
     """
     if int(cfg.get("sequence_len") or 0) < packing_len:
-        raise DsprepError(f"sequence_len {cfg.get('sequence_len')} is below the shards' packing length {packing_len}")
+        raise ConfigError(f"sequence_len {cfg.get('sequence_len')} is below the shards' packing length {packing_len}")
     if cfg.get("batch_flattening"):
-        raise DsprepError(
+        raise ConfigError(
             "batch_flattening: must stay off for packed shards (its collator restarts position_ids only per row, "
             "so the examples packed in a row would attend to each other)"
         )
     attn = str(cfg.get("attn_implementation") or ("flash_attention_2" if cfg.get("flash_attention") else ""))
     batch = int(cfg.get("micro_batch_size") or 1)
     if "flash" in attn and batch > 1:
-        raise DsprepError(
+        raise ConfigError(
             f"micro_batch_size: {batch} with attn_implementation {attn}: packed shards need micro_batch_size: 1 "
             "under flash attention (with more rows per batch their examples attend to each other); "
             "raise gradient_accumulation_steps instead"
@@ -221,13 +221,13 @@ def prepare(
     """
     locked = sorted(set(overrides or {}) & set(OWNED))
     if locked:
-        raise DsprepError(f"{', '.join(locked)}: set by dsprep from the shards (use --no-sample-packing for unpacked)")
+        raise ConfigError(f"{', '.join(locked)}: set by dsprep from the shards (use --no-sample-packing for unpacked)")
     out = Path(out).absolute()
     model = Path(model).absolute()
     data_path = Path(data).absolute() if data is not None else out.with_suffix(".parquet")
     template_path = Path(template) if template is not None else TEMPLATE
     if not template_path.is_file():
-        raise DsprepError(f"{template_path}: Axolotl template not found; pass --template train_entry/axolotl_sft.yaml")
+        raise InputError(f"{template_path}: Axolotl template not found; pass --template train_entry/axolotl_sft.yaml")
     mode, rows, sequence_len = write_dataset(shards, model, data_path)
     values: dict[str, Any] = {
         "base_model": str(model),
@@ -243,7 +243,7 @@ def prepare(
     if mode == "packed":
         try:
             check_packed_config(require("yaml", EXTRA).safe_load(text), sequence_len)
-        except DsprepError:
+        except ConfigError:
             data_path.unlink()
             raise
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +254,7 @@ def prepare(
 def _override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
-        raise DsprepError(f"--set {text!r}: expected KEY=VALUE with a top-level Axolotl key")
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a top-level Axolotl key")
     parsed = require("yaml", EXTRA).safe_load(value)
     if isinstance(parsed, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", parsed.strip()):
         parsed = float(parsed)  # YAML 1.1 reads 3e-4 (no dot) as a string

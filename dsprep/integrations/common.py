@@ -7,7 +7,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from dsprep.errors import DsprepError, VerifyError
+from dsprep.errors import DsprepError, TokenizerError, VerifyError
 from dsprep.shards import SPLIT_FOLDERS
 from dsprep.tokenizers import fingerprint
 from dsprep.verify import check_fingerprint, shard_paths, verify_output
@@ -34,12 +34,12 @@ def require(module: str, extra: str) -> ModuleType:
 def local_tokenizer(folder: str | Path, extra: str) -> Any:
     """The tokenizer of the local model folder `folder`, or a one-line error (never a hub download)."""
     if not Path(folder).is_dir():
-        raise DsprepError(f"{folder}: not a model folder (pass a local folder holding the model and its tokenizer)")
+        raise TokenizerError(f"{folder}: not a model folder (pass a local folder holding the model and its tokenizer)")
     transformers = require("transformers", extra)
     try:
         return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # a broken folder surfaces as one of many exception types
-        raise DsprepError(f"{folder}: cannot load its tokenizer ({type(exc).__name__}: {exc})") from None
+        raise TokenizerError(f"{folder}: cannot load its tokenizer ({type(exc).__name__}: {exc})") from None
 
 
 def prepared_shards(folder: str | Path, tokenizer: Any) -> tuple[dict[str, Any], list[str]]:

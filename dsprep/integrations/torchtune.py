@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dsprep.errors import DsprepError
+from dsprep.errors import ConfigError, VerifyError
 from dsprep.integrations.common import prepared_shards, require
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def _check_model_tokenizer(model_tokenizer: Any, hf_tokenizer: Any, tokenizer_di
     for attribute, expected in pairs.items():
         got = getattr(model_tokenizer, attribute, None)
         if got is not None and expected is not None and got != expected:
-            raise DsprepError(
+            raise ConfigError(
                 f"the recipe's tokenizer ({type(model_tokenizer).__name__}) has {attribute}={got}, but the one in "
                 f"{tokenizer_dir} has {expected}: point `tokenizer` and `dataset.tokenizer_dir` at the same tokenizer"
             )
@@ -155,7 +155,7 @@ def packed_shards(
     from dsprep.tokenizers import load_tokenizer
 
     if not packed:
-        raise DsprepError(
+        raise ConfigError(
             "dsprep packed shards need `dataset.packed: True`: otherwise the recipe collates them with "
             "padded_collate_sft, which builds no block mask, and packed examples attend to each other"
         )
@@ -164,29 +164,29 @@ def packed_shards(
         _check_model_tokenizer(model_tokenizer, hf_tokenizer, str(tokenizer_dir))
     folders = [source] if isinstance(source, str | os.PathLike) else list(source)
     if not folders:
-        raise DsprepError("packed_shards: `source` names no shard folder")
+        raise ConfigError("packed_shards: `source` names no shard folder")
     tables: list[pa.Table] = []
     pack_len = 0
     for folder in folders:
         manifest, paths = prepared_shards(Path(folder), hf_tokenizer)
         if manifest.get("stage") != "packed":
-            raise DsprepError(
+            raise VerifyError(
                 f"{folder}: holds {manifest.get('stage')} shards, not packed ones; re-run dsprep convert with --pack L"
             )
         pack_len = max(pack_len, int(manifest["packing"]["max_len"]))
         tables.extend(pq.read_table(p, columns=list(_COLUMNS)) for p in paths)
     table = pa.concat_tables(tables) if tables else None
     if table is None or table.num_rows == 0:
-        raise DsprepError(f"packed_shards: no rows in {', '.join(str(f) for f in folders)}")
+        raise VerifyError(f"packed_shards: no rows in {', '.join(str(f) for f in folders)}")
     longest = int(pc.max(pc.list_value_length(table.column("input_ids"))).as_py())
     size = pack_len if max_seq_len is None else int(max_seq_len)
     if size < longest:
-        raise DsprepError(
+        raise ConfigError(
             f"max_seq_len={size} is shorter than the longest packed row ({longest} tokens); "
             f"leave it unset or at least {longest}, or re-run dsprep convert with --pack {size}"
         )
     if model_max_seq_len is not None and size > int(model_max_seq_len):
-        raise DsprepError(
+        raise ConfigError(
             f"the samples are {size} tokens long (the shards' packing length or dataset.max_seq_len) but the model's "
             f"max_seq_len is {model_max_seq_len}: re-run dsprep convert with --pack {model_max_seq_len} or lower"
         )

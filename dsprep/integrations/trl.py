@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dsprep.errors import DsprepError
+from dsprep.errors import VerifyError
 from dsprep.integrations.common import MissingExtraError, require
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def _trl() -> Any:
 def _read(shards: Sequence[str | Path], column: str, what: str) -> pa.Table:
     table = pa.concat_tables([pq.read_table(str(s)) for s in shards])
     if column not in table.column_names or not pc.count(table[column]).as_py():
-        raise DsprepError(f"no {what} in the shards: convert with --tokenizer (and --pack for SFT)")
+        raise VerifyError(f"no {what} in the shards: convert with --tokenizer (and --pack for SFT)")
     return table
 
 
@@ -73,7 +73,7 @@ def dpo_dataset(shards: Sequence[str | Path]) -> datasets.Dataset:
     pairs = table.filter(pc.equal(table["kind"], "preference")).select(list(DPO_COLUMNS))
     if pairs.num_rows == 0:  # KTO rows have prompt_input_ids too, but no chosen/rejected pair
         kinds = ", ".join(sorted(k for k in pc.unique(table["kind"]).to_pylist() if k))
-        raise DsprepError(f"no tokenized preference rows in the shards (only {kinds} rows): DPO needs chosen/rejected")
+        raise VerifyError(f"no tokenized preference rows in the shards (only {kinds} rows): DPO needs chosen/rejected")
     return ds.Dataset(pairs.rename_columns(DPO_COLUMNS))
 
 

@@ -36,9 +36,9 @@ COLUMNS = ["input_ids", "labels", "seq_lens"]
 
 
 class IsolationError(DsprepError):
-    """A batch would let packed examples attend to each other."""
+    """A batch would let packed examples attend to each other (the trainer's collator breaks the shards' isolation)."""
 
-    exit_code = 10
+    exit_code = 8
 
 
 def load_unsloth() -> ModuleType:

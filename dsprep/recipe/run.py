@@ -376,7 +376,10 @@ def run_recipe(
             run.normalize()
             plans = run.plans()
             as_read = leakage(plans)
-            selections = select(plans, dedup=effective.dedup.by != "none")
+            try:
+                selections = select(plans, dedup=effective.dedup.by != "none")
+            except RecipeError as exc:  # a value the rows read make impossible: name the recipe file
+                raise RecipeError(f"{origin}: {exc}" if origin else str(exc)) from None
             run.record_left_out(selections)
             splits = run.encode(selections)
         selected = leakage(plans, selections)

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import glob
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dsprep.errors import InputError
 from dsprep.report.raw import overlaps as find_overlaps
 from dsprep.report.scan import scan_inputs
 from dsprep.report.shards import COUNTS, inspect_output, is_output_folder
-from dsprep.sources import discover
+from dsprep.sources import InputFile, discover, printable
 from dsprep.version import __version__
 from dsprep.workers import EncodeSpec, default_workers, start_server
 
-__all__ = ["REPORT_VERSION", "InspectOptions", "build_report"]
+__all__ = ["REPORT_VERSION", "InspectOptions", "build_report", "locate"]
 
 REPORT_VERSION = 1
 # smaller raw inputs are read in this process alone: starting workers would cost more than they save (measured)
@@ -44,6 +47,50 @@ class InspectOptions:
     workers: int | None = None
 
 
+def _outputs_below(folder: Path) -> list[Path]:
+    """The dsprep output folders inside `folder` (not inside one another; hidden folders skipped), sorted."""
+    found: list[Path] = []
+    for root, dirs, _ in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for d in list(dirs):
+            if is_output_folder(Path(root) / d):
+                dirs.remove(d)
+                found.append(Path(root) / d)
+    return sorted(found)
+
+
+def _only_outputs(folder: str) -> bool:
+    """Whether `folder`, which holds output folders, holds no raw data file besides them."""
+    try:
+        discover([folder])
+    except InputError:
+        return True
+    return False
+
+
+def locate(paths: Sequence[str]) -> tuple[list[Path], list[InputFile]]:
+    """The dsprep output folders among and below `paths` (files, folders, globs), and the raw input files, the
+    files inside output folders left out: each folder and each file once, however often it is named or matched."""
+    expanded: list[str] = []
+    for item in paths:
+        if not Path(item).exists() and glob.has_magic(item):
+            expanded.extend(sorted(glob.glob(item, recursive=True)) or [item])  # no match: `discover` says so
+        else:
+            expanded.append(item)
+    folders: dict[Path, Path] = {}  # resolved -> as named
+    raw: list[str] = []
+    for item in expanded:
+        path = Path(item)
+        found = [path] if is_output_folder(path) else _outputs_below(path) if path.is_dir() else []
+        for folder in found:
+            folders.setdefault(folder.resolve(), folder)
+        if not is_output_folder(path) and not (found and _only_outputs(item)):
+            raw.append(item)
+    outputs = [f for real, f in folders.items() if not any(p in folders for p in real.parents)]
+    files = [f for f in discover(raw) if not any(p in folders for p in f.path.resolve().parents)] if raw else []
+    return outputs, files
+
+
 def build_report(
     paths: Sequence[str], options: InspectOptions, *, on_start: Callable[[int], Callable[[int], None]] | None = None
 ) -> dict[str, Any]:
@@ -53,14 +100,12 @@ def build_report(
     on_start, when given, is told the bytes of the raw inputs before they are read, and returns what the bytes read
     are reported to as they are read.
     """
-    folders = [Path(p) for p in paths if is_output_folder(Path(p))]
-    raw_paths = [p for p in paths if not is_output_folder(Path(p))]
+    folders, files = locate(paths)
     outputs = [inspect_output(f, tokenizer=options.tokenizer, show=options.show) for f in folders]
     shards = [s for entries, _ in outputs for s in entries]
-    files = discover(raw_paths) if raw_paths else []
     size = sum(f.size for f in files)
     measure = None  # how rows are encoded for the token statistics, if they are
-    if options.tokenizer is not None and raw_paths:
+    if options.tokenizer is not None and files:
         measure = EncodeSpec(options.tokenizer, options.template, options.train_on, None, "drop")
     workers = options.workers or default_workers()
     if workers > 1 and size >= (POOL_MIN_BYTES if measure else POOL_MIN_BYTES_UNMEASURED):
@@ -87,7 +132,7 @@ def build_report(
     return {
         "report_version": REPORT_VERSION,
         "dsprep_version": __version__,
-        "options": {"paths": list(paths), "format": options.format, "tokenizer": options.tokenizer,
+        "options": {"paths": [printable(p) for p in paths], "format": options.format, "tokenizer": options.tokenizer,
                     "template": options.template, "train_on": options.train_on, "max_len": options.max_len,
                     "overflow": options.overflow, "pack": options.pack, "show": options.show},
         "totals": {**totals, "duplicate_rows": sum(i["duplicates"]["rows"] for i in inputs),

@@ -61,7 +61,16 @@ def _tool_names(tools_json: str | None) -> set[str] | None:
 
 def conversation_findings(messages: list[Message], tools_json: str | None = None, *, kind: str = "conversation"
                           ) -> Iterator[Finding]:  # fmt: skip
-    """Role-sequence and tool-call findings for one whole conversation (prompt and continuation together)."""
+    """Role-sequence and tool-call findings for one whole conversation (prompt and continuation together), each
+    finding once (with its first occurrence's detail): findings count rows, not turns or calls."""
+    seen: set[str] = set()
+    for name, detail in _conversation_findings(messages, tools_json, kind):
+        if name not in seen:
+            seen.add(name)
+            yield name, detail
+
+
+def _conversation_findings(messages: list[Message], tools_json: str | None, kind: str) -> Iterator[Finding]:
     roles = [m.get("role") for m in messages]
     if "user" not in roles and kind != "text":
         yield "no_user_turn", f"roles: {', '.join(map(str, roles)) or 'none'}"
@@ -162,13 +171,41 @@ def lenient_messages(record: dict[str, Any], spec: FormatSpec) -> list[Message] 
     if not isinstance(value, list):
         return None
     role_keys, content_keys = spec.key_for("role"), spec.key_for("content")
+    call_keys = spec.key_for("tool_calls")
     for m in value:
         if not isinstance(m, dict):
             return None
         raw_role = next((m[k] for k in role_keys if k in m), None)
         target = spec.roles.get(str(raw_role)) if spec.roles else None
         role = target.role if target else raw_role
-        content = _part_text(next((m[k] for k in content_keys if k in m), None))
-        call = target is not None and target.content == "tool_call"
-        out.append({"role": role, "content": None if call else content, "tool_calls": [{}] if call else None})
+        raw_content = next((m[k] for k in content_keys if k in m), None)
+        calls: list[Message] | None
+        if target is not None and target.content == "tool_call":  # the turn's content is the call
+            content, calls = None, _lenient_calls(raw_content) or [{"name": None, "arguments": None}]
+        else:
+            content, calls = _part_text(raw_content), _lenient_calls(next((m[k] for k in call_keys if m.get(k)), None))
+        out.append({"role": role, "content": content, "tool_calls": calls})
     return out
+
+
+def _lenient_calls(value: Any) -> list[Message] | None:
+    """A message's tool calls (OpenAI `tool_calls` list, a legacy `function_call` object, or their JSON text) as
+    canonical {name, arguments} calls, without validation; None when there are none."""
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return [{"name": None, "arguments": value}]
+    if not value:
+        return None
+    calls = []
+    for call in value if isinstance(value, list) else [value]:
+        fn = call.get("function", call) if isinstance(call, dict) else {}
+        fn = fn if isinstance(fn, dict) else {}
+        args = fn.get("arguments", fn.get("parameters", {}))
+        try:
+            text = args if isinstance(args, str) else orjson.dumps(args).decode()
+        except TypeError:
+            text = repr(args)
+        calls.append({"name": fn.get("name"), "arguments": text})
+    return calls

@@ -10,6 +10,7 @@ import click
 from dsprep.config import MAX_TOKENS
 from dsprep.errors import DsprepError
 from dsprep.report.gate import GATE_EXIT_CODE
+from dsprep.report.visible import visible
 
 __all__ = ["inspect_command"]
 
@@ -53,21 +54,23 @@ def inspect_command(ctx: click.Context, paths: tuple[str, ...], fmt: str, tokeni
     verification, 11 a --fail-on rule held.
     """
     from dsprep.progress import display
-    from dsprep.report.build import InspectOptions, build_report
+    from dsprep.report.build import InspectOptions, build_report, locate
     from dsprep.report.gate import evaluate, parse_rules
     from dsprep.shards import check_writable
 
-    if pack is not None and tokenizer is None:
-        raise click.BadParameter("packing needs --tokenizer", param_hint="--pack")
-    if pack is not None and max_len is not None and max_len > pack:
-        raise click.BadParameter(f"--max-len {max_len} exceeds --pack {pack}", param_hint="--max-len")
+    _check_combination(ctx, tokenizer, max_len, pack)
     try:
-        rules = parse_rules(fail_on) if fail_on else []
+        rules = parse_rules(fail_on) if fail_on is not None else []
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--fail-on") from None  # an unknown metric's lists them
     options = InspectOptions(format=fmt, tokenizer=tokenizer, template=template, train_on=train_on, max_len=max_len,
                              overflow=overflow, pack=pack, show=show, workers=workers)  # fmt: skip
+    if json_path is not None and html_path is not None and json_path.resolve() == html_path.resolve():
+        raise click.BadParameter(f"{json_path} is also the --json report", param_hint="--html")
     try:
+        if show and tokenizer is None and locate(paths)[1]:
+            raise click.BadParameter("showing raw rows token by token needs --tokenizer (output folders of "
+                                     "tokenized shards show theirs without)", param_hint="--show")  # fmt: skip
         for target in (json_path, html_path):
             if target is not None:
                 check_writable(target)  # before the inputs are read, not after
@@ -78,7 +81,7 @@ def inspect_command(ctx: click.Context, paths: tuple[str, ...], fmt: str, tokeni
             if shown:
                 shown.stop()
     except DsprepError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {visible(str(exc))}", err=True)
         ctx.exit(exc.exit_code)
     if rules:
         try:
@@ -96,13 +99,31 @@ def inspect_command(ctx: click.Context, paths: tuple[str, ...], fmt: str, tokeni
     try:
         _write_reports(report, json_path, html_path)
     except DsprepError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {visible(str(exc))}", err=True)
         ctx.exit(exc.exit_code)
     gate = report["gate"]
     if gate is not None and not gate["passed"]:
         failed = ", ".join(f"{r['rule']} (value {r['value']:g})" for r in gate["rules"] if r["failed"])
         click.echo(f"error: gate failed: {failed}", err=True)
         ctx.exit(GATE_EXIT_CODE)
+
+
+def _check_combination(ctx: click.Context, tokenizer: str | None, max_len: int | None, pack: int | None) -> None:
+    """Refuse options that would do nothing: token options without --tokenizer, an overflow policy without a length
+    limit, a --max-len past --pack."""
+    from click.core import ParameterSource
+
+    overflow_given = ctx.get_parameter_source("overflow") == ParameterSource.COMMANDLINE
+    if tokenizer is None:
+        for option, given, what in (("--pack", pack is not None, "packing"),
+                                    ("--max-len", max_len is not None, "a length limit"),
+                                    ("--overflow", overflow_given, "an overflow policy")):  # fmt: skip
+            if given:
+                raise click.BadParameter(f"{what} needs --tokenizer", param_hint=option)
+    elif overflow_given and max_len is None and pack is None:
+        raise click.BadParameter("an overflow policy needs --max-len or --pack", param_hint="--overflow")
+    if pack is not None and max_len is not None and max_len > pack:
+        raise click.BadParameter(f"--max-len {max_len} exceeds --pack {pack}", param_hint="--max-len")
 
 
 def _write_reports(report: dict[str, Any], json_path: Path | None, html_path: Path | None) -> None:

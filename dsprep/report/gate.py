@@ -30,10 +30,11 @@ METRICS = {
     "overlap": "rows of a later input also found in an earlier one (e.g. valid in train)",
     "findings": "rows with any finding, summed over all findings",
     "untrained_rows": "rows with no trained token (needs --tokenizer, or tokenized shards)",
-    "over_max_len": "share of encoded rows over --max-len (needs --tokenizer)",
-    "packing_efficiency": "tokens / slots of the packing estimate (needs --pack)",
+    "over_max_len": "share of encoded rows over --max-len (needs raw inputs, --tokenizer and --max-len or --pack)",
+    "packing_efficiency": "tokens / slots of the packing estimate (needs raw inputs, --tokenizer and --pack)",
     **{name: f"rows with the finding: {text}" for name, text in ANOMALIES.items()},
 }
+SHARES = ("rejected", "duplicates", "over_max_len", "packing_efficiency")  # 0..1; the others count rows
 
 
 class GateFailed(DsprepError):
@@ -55,7 +56,8 @@ class Rule:
 
 
 def parse_rules(text: str) -> list[Rule]:
-    """Parse a comma-separated rule list; raises ValueError naming the bad rule or unknown metric."""
+    """Parse a comma-separated rule list; raises ValueError naming the bad rule, an unknown metric, a percentage on
+    a metric that counts rows, or a list without any rule."""
     rules = []
     for part in filter(str.strip, text.split(",")):
         m = RULE.match(part)
@@ -64,7 +66,12 @@ def parse_rules(text: str) -> list[Rule]:
         metric, op, number, pct = m.groups()
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+        if pct and metric not in SHARES:
+            raise ValueError(f"{part.strip()!r}: {metric} counts rows; a percentage applies to the shares "
+                             f"{', '.join(SHARES)}")  # fmt: skip
         rules.append(Rule(metric, op, float(number) / (100 if pct else 1)))
+    if not rules:
+        raise ValueError(f"{text!r} holds no rule; give rules such as rejected>0.01,duplicates>=5%")
     return rules
 
 
@@ -86,7 +93,8 @@ def metrics(report: dict[str, Any]) -> dict[str, float]:
     untrained = [s["token_stats"]["untrained_rows"] for s in shards if s.get("token_stats")]
     if tokens is not None:
         untrained.append(tokens["untrained_rows"])
-        out["over_max_len"] = tokens["overflow"]["share_over"]
+        if tokens["max_len"] is not None:
+            out["over_max_len"] = tokens["overflow"]["share_over"]
         if tokens["packing"] is not None:
             out["packing_efficiency"] = tokens["packing"]["efficiency"]
     if untrained:
@@ -94,13 +102,29 @@ def metrics(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _missing(metric: str, report: dict[str, Any]) -> str:
+    """Why `report` gives no value for `metric`, naming what it lacks."""
+    options = report["options"]
+    if metric == "untrained_rows":
+        return "untrained_rows needs --tokenizer for raw inputs, or an output folder of tokenized shards"
+    lacks = [] if report["inputs"] else ["raw inputs (output folders are not measured against a limit)"]
+    if options["tokenizer"] is None:
+        lacks.append("--tokenizer")
+    if metric == "over_max_len" and options["max_len"] is None and options["pack"] is None:
+        lacks.append("--max-len or --pack")
+    if metric == "packing_efficiency" and options["pack"] is None:
+        lacks.append("--pack")
+    return f"{metric} needs {' and '.join(lacks)}"
+
+
 def evaluate(rules: list[Rule], report: dict[str, Any]) -> dict[str, Any]:
-    """The gate's verdict: each rule with the metric's value and whether it held (a failure)."""
+    """The gate's verdict: each rule with the metric's value and whether it held (a failure). A rule whose metric
+    the report cannot give raises ValueError saying what it needs."""
     values = metrics(report)
     results = []
     for rule in rules:
         if rule.metric not in values:
-            raise ValueError(f"--fail-on {rule}: {METRICS[rule.metric]}")
+            raise ValueError(f"{rule}: {_missing(rule.metric, report)}")
         value = values[rule.metric]
         results.append({"rule": str(rule), "metric": rule.metric, "value": value,
                         "failed": OPS[rule.op](value, rule.value)})  # fmt: skip

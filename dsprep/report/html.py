@@ -8,6 +8,9 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from dsprep.report.stats import over
+from dsprep.report.visible import visible_report
+
 __all__ = ["render_html"]
 
 CSS = """
@@ -32,7 +35,7 @@ def _histogram(hist: dict[str, Any], label: str) -> str:
              f'width="{w}" height="{h + 30}" viewBox="0 0 {w} {h + 30}"><title>{escape(label)}</title>']  # fmt: skip
     for i, n in enumerate(counts):
         bh = (h - pad) * n / top
-        cls = "bar over" if mark is not None and edges[i] >= mark else "bar"
+        cls = "bar over" if over(edges[i + 1], mark) else "bar"
         x = pad + i * bw
         parts.append(f'<rect class="{cls}" x="{x:.1f}" y="{h - bh:.1f}" width="{max(bw - 1, 1):.1f}" height="{bh:.1f}">'
                      f"<title>{edges[i]}–{edges[i + 1] - 1}: {n}</title></rect>")  # fmt: skip
@@ -73,8 +76,11 @@ def _input(d: dict[str, Any]) -> str:
 
 def _tokens(t: dict[str, Any]) -> str:
     o, c, p = t["overflow"], t["conformance"], t["packing"]
-    pack = (f"<p>packing at {p['max_len']}: {p['rows']} rows, efficiency {p['efficiency']:.2%}, lower bound "
+    efficiency = (f"{p['efficiency']:.2%}" if p["rows"] else "n/a (no rows)") if p else ""
+    pack = (f"<p>packing at {p['max_len']}: {p['rows']} rows, efficiency {efficiency}, lower bound "
             f"{p['lower_bound']} (+{p['gap_to_lower_bound']})</p>") if p else ""  # fmt: skip
+    errors = ", ".join(f"{escape(name)} {e['count']}" for name, e in t["encode_errors"].items())
+    rejected = f"<p>rejected while encoding (in their inputs' rejected rows): {errors}</p>" if errors else ""
     return (
         f'<section class="tokens"><h2>tokens</h2><p>tokenizer {escape(t["tokenizer"]["name"])}, template '
         f"{escape(t['template']['name'])}: {t['rows_encoded']} rows, {t['tokens']} tokens, trained "
@@ -83,7 +89,7 @@ def _tokens(t: dict[str, Any]) -> str:
         f"drops {o['rows_dropped']} rows ({o['tokens_dropped']} tokens), cuts {o['tokens_cut']} tokens</p>"
         f"<p>template checks: end-of-turn {escape(repr(c['eot_text']))} trained {c['eot_trained']}, single BOS "
         f"{c['single_bos']}, prefix-stable {c['prefix_stable']}</p>{pack}"
-        + _tallies("encode errors", t["encode_errors"]) + _histogram(t["lengths"]["histogram"], "tokens per row")
+        + rejected + _histogram(t["lengths"]["histogram"], "tokens per row")
         + "</section>"
     )  # fmt: skip
 
@@ -99,12 +105,16 @@ def _shards(s: dict[str, Any]) -> str:
 def _example(e: dict[str, Any]) -> str:
     spans = "".join(f'<span class="tok{" trained" if trained else ""}">{escape(piece)}</span>'
                     for piece, trained in e["pieces"])  # fmt: skip
+    shown = e.get("shown_tokens", e["tokens"])
+    cut = f"<p>… the first {shown} of {e['tokens']} tokens shown</p>" if shown < e["tokens"] else ""
     return (f'<h3>{escape(e["location"])} ({escape(e["kind"])}, {e["tokens"]} tokens)</h3>'
-            f'<div class="example">{spans}</div>')  # fmt: skip
+            f'<div class="example">{spans}</div>{cut}')  # fmt: skip
 
 
 def render_html(report: dict[str, Any]) -> str:
-    """The whole report as one HTML document (no network, no external resources)."""
+    """The whole report as one HTML document (no network, no external resources); text from the data is shown with
+    its control characters escaped (`visible_report`)."""
+    report = visible_report(report)
     t = report["totals"]
     gate = report["gate"]
     verdict = ""

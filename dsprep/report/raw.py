@@ -58,6 +58,14 @@ class RawInspection:
     def finding(self, name: str, where: str, detail: str) -> None:
         self.findings.setdefault(name, Tally()).add(where, detail)
 
+    def reject(self, where: str, kind: str, reason: str, detail: str) -> None:
+        """Count a kept row of kind `kind` as rejected for `reason` after all (convert rejects it at encoding)."""
+        self.kept -= 1
+        self.kinds[kind] -= 1
+        if not self.kinds[kind]:
+            del self.kinds[kind]
+        self.rejected.setdefault(reason, Tally()).add(where, detail)
+
     def merge(self, part: RawInspection) -> None:
         """Add what a later batch of the same input found (`check_batch`): the result is the same as one pass."""
         self.read += part.read

@@ -53,10 +53,14 @@ class Scanned:
 
 
 def scan_job(job: Job) -> Scanned:
-    """Check (and measure) one job's records; a pure function of the job."""
+    """Check (and measure) one job's records; a pure function of the job. A row that encoding rejects (as convert
+    would, with the run's length policy) moves from the part's kept rows to its rejects."""
     part, kept = check_batch(job.file, job.spec, job.no_format, job.records)
     rows = [row for _, row in kept]
     measured = measure_rows(*job.encoding, rows, job.pieces) if job.encoding is not None and rows else []
+    for (where, row), m in zip(kept, measured, strict=False):  # no measurements without a tokenizer
+        if m.reject is not None:
+            part.reject(where, row["kind"], *m.reject)
     return Scanned(job.input_index, part, [(where, row["kind"]) for where, row in kept], measured)
 
 

@@ -13,7 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dsprep.report.stats import histogram, summary
-from dsprep.report.tokens import example_pieces
+from dsprep.report.tokens import SHOW_TOKENS, example_pieces
+from dsprep.sources import printable
 from dsprep.verify import read_manifest, shard_paths, verify_output
 
 __all__ = ["COUNTS", "inspect_output", "inspect_shards", "is_output_folder", "output_counts"]
@@ -69,11 +70,11 @@ def _token_columns(folder: Path, manifest: dict[str, Any], tok: Any, show: int) 
                     trained.append(_trained_per_row(table.column("labels").combine_chunks()))
                 for k, row in enumerate(table.slice(0, max(wanted, 0)).to_pylist()):
                     ids, labels = row["input_ids"] or [], row["labels"] or []
-                    raw = [[f"⟨{i}⟩", lab != -100] for i, lab in zip(ids, labels, strict=False)]
-                    pieces = example_pieces(tok, row) if tok is not None else raw
+                    raw = [[f"⟨{i}⟩", lab != -100] for i, lab in zip(ids[:SHOW_TOKENS], labels, strict=False)]
+                    pieces, shown = example_pieces(tok, row) if tok is not None else (raw, len(raw))
                     examples.append({"location": f"{shard['file']}[{first_row + k}]",
                                      "kind": row.get("kind", "packed"), "tokens": int(row["num_tokens"]),
-                                     "pieces": pieces})  # fmt: skip
+                                     "shown_tokens": shown, "pieces": pieces})  # fmt: skip
                 first_row += table.num_rows
     n = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     t = np.concatenate(trained) if trained else np.zeros(0, np.int64)
@@ -87,10 +88,10 @@ def inspect_shards(folder: Path, *, tokenizer: str | None = None, show: int = 0,
                    manifest: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Verify `folder` (checksums, schema, packing invariants, fingerprint) and summarize it; `manifest`: what a
     verification just returned for it (it is not verified again)."""
-    manifest = manifest if manifest is not None else verify_output(folder, tokenizer=tokenizer)
+    manifest = manifest if manifest is not None else verify_output(folder, tokenizer=tokenizer, tokens_required=False)
     stage = manifest["stage"]
     out: dict[str, Any] = {
-        "path": str(folder), "stage": stage, "verified": True,
+        "path": printable(str(folder)), "stage": stage, "verified": True,
         "dsprep_version": manifest.get("dsprep_version"), "schema_version": manifest.get("schema_version"),
         "shards": len(manifest["shards"]), "rows": sum(s["rows"] for s in manifest["shards"]),
         "bytes": sum(s.get("bytes", 0) for s in manifest["shards"]),
@@ -120,7 +121,7 @@ def inspect_output(
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Inspect an output folder: its entries (a recipe output: one per split, with its per-source statistics) and
     its `output_counts`."""
-    manifest = verify_output(folder, tokenizer=tokenizer)
+    manifest = verify_output(folder, tokenizer=tokenizer, tokens_required=False)
     if manifest["stage"] != "recipe":
         return [inspect_shards(folder, tokenizer=tokenizer, show=show, manifest=manifest)], output_counts(manifest)
     out = []

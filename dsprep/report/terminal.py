@@ -15,6 +15,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from dsprep.report.stats import over
+from dsprep.report.visible import visible_report
+
 __all__ = ["MAX_SECTIONS", "print_report"]
 
 MAX_SECTIONS = 20  # inputs shown in full, and overlaps listed, at most
@@ -22,6 +25,11 @@ MAX_SECTIONS = 20  # inputs shown in full, and overlaps listed, at most
 
 def _pct(x: float) -> str:
     return f"{x:.2%}"
+
+
+def _efficiency(packing: dict[str, Any]) -> str:
+    """A packing's efficiency, or why there is none (nothing packed)."""
+    return _pct(packing["efficiency"]) if packing["rows"] else "n/a (no rows)"
 
 
 def _tallies(console: Console, title: str, tallies: dict[str, Any]) -> None:
@@ -94,9 +102,8 @@ def _histogram(console: Console, hist: dict[str, Any], width: int = 40) -> None:
     top = max(hist["counts"]) or 1
     for lo, hi, n in zip(hist["edges"], hist["edges"][1:], hist["counts"], strict=False):
         if n:
-            over = hist.get("mark") is not None and lo >= hist["mark"]
             console.print(f"{lo:>8}–{hi - 1:<8} {'█' * max(1, round(width * n / top)):<{width}} {n}",
-                          style="red" if over else None)  # fmt: skip
+                          style="red" if over(hi, hist.get("mark")) else None)  # fmt: skip
 
 
 def _tokens(console: Console, t: dict[str, Any]) -> None:
@@ -120,9 +127,11 @@ def _tokens(console: Console, t: dict[str, Any]) -> None:
         f"single BOS {c['single_bos']}, prefix-stable {c['prefix_stable']}",
         markup=False,
     )
-    _tallies(console, "encode errors", t["encode_errors"])
+    if errors := t["encode_errors"]:
+        reasons = ", ".join(f"{name} {e['count']}" for name, e in errors.items())
+        console.print(f"rejected while encoding (in their inputs' rejected rows): {reasons}", markup=False)
     if p := t["packing"]:
-        console.print(f"packing at {p['max_len']}: {p['rows']} rows, efficiency {_pct(p['efficiency'])}, lower bound "
+        console.print(f"packing at {p['max_len']}: {p['rows']} rows, efficiency {_efficiency(p)}, lower bound "
                       f"{p['lower_bound']} (+{p['gap_to_lower_bound']})")  # fmt: skip
 
 
@@ -149,7 +158,7 @@ def _shards(console: Console, s: dict[str, Any]) -> None:
         )
         _histogram(console, ts["lengths"]["histogram"])
     if p := s["packing"]:
-        console.print(f"packing: {p['rows']} rows of ≤{p['max_len']}, efficiency {_pct(p['efficiency'])}")
+        console.print(f"packing: {p['rows']} rows of ≤{p['max_len']}, efficiency {_efficiency(p)}")
 
 
 def _example(console: Console, e: dict[str, Any]) -> None:
@@ -159,11 +168,15 @@ def _example(console: Console, e: dict[str, Any]) -> None:
         shade = "on grey19" if k % 2 else "on grey27"
         text.append(piece, style=f"bold green {shade}" if trained else f"dim {shade}")
     console.print(text)
+    if (shown := e.get("shown_tokens", e["tokens"])) < e["tokens"]:
+        console.print(f"… the first {shown} of {e['tokens']} tokens shown", style="dim")
 
 
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
-    """Print the whole report: per input, overlaps, shards, tokens, examples, then the gate."""
+    """Print the whole report: per input, overlaps, shards, tokens, examples, then the gate. Text from the data is
+    shown with its control characters escaped (`visible_report`)."""
     console = console or Console()
+    report = visible_report(report)
     _inputs(console, report["inputs"])
     for o in report["overlaps"][:MAX_SECTIONS]:
         console.print(f"[yellow]overlap: {o['rows']} rows of {escape(o['b'])} also in {escape(o['a'])}")

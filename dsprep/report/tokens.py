@@ -1,9 +1,10 @@
 """Token statistics for `dsprep inspect --tokenizer`: lengths, trained share, overflow, conformance, packing.
 
 Rows are encoded exactly as `dsprep convert` would (the same `Encoder`), first without a length limit to measure
-them, then — only the rows over the limit — again with the run's `--max-len`/`--overflow`, so what the policy would
-drop or cut is counted, not estimated. Per row only its final lengths are kept (int32 arrays), so memory stays
-bounded; the packing estimate runs `plan_packing` on those lengths.
+them, then — only the rows over the limit, and those the first encoding rejects — again with the run's
+`--max-len`/`--overflow`, so what the policy would drop or cut, and the reason convert would reject a row for
+(`Measured.reject`), are what convert does, not estimates. Per row only its final lengths are kept (int32 arrays),
+so memory stays bounded; the packing estimate runs `plan_packing` on those lengths.
 
 `measure_rows` (a pure function, run wherever the rows are checked: `dsprep.report.scan`) encodes a batch;
 `TokenStats.add` adds its outcome, batch after batch in input order.
@@ -30,55 +31,79 @@ Row = dict[str, Any]
 
 
 def token_pieces(tok: Any, ids: Any, labels: Any, limit: int = SHOW_TOKENS) -> list[list[Any]]:
-    """[[text, trained], …] for each token, so a renderer can draw boundaries and the trained ones."""
+    """[[text, trained], …] for the first `limit` tokens, so a renderer can draw boundaries and the trained ones.
+
+    Each piece is what its token adds to the decoded text, so the pieces join to the text itself: tokens that hold
+    only part of a character (the bytes of an emoji, say) are one piece together, trained if any of them is.
+    """
     ids = [int(i) for i in ids[:limit]]
-    return [[tok.decode([i]), bool(labels[k] != IGNORE)] for k, i in enumerate(ids)]
+    out: list[list[Any]] = []
+    done, start = "", 0  # the text of the tokens before `start`, which are in `out`
+    for k in range(len(ids)):
+        text = tok.decode(ids[: k + 1])
+        if text.endswith("\ufffd") and k + 1 < len(ids):
+            continue  # a character not complete yet (or a real U+FFFD, shown with the next token)
+        piece = text[len(done) :] if text.startswith(done) else tok.decode(ids[start : k + 1])
+        out.append([piece, any(labels[j] != IGNORE for j in range(start, k + 1))])
+        done, start = text, k + 1
+    return out
 
 
-def example_pieces(tok: Any, row: Row) -> list[list[Any]]:
-    """Token pieces of one tokenized (or packed) row; for pairs, the prompt then the chosen/completion side."""
+def example_pieces(tok: Any, row: Row) -> tuple[list[list[Any]], int]:
+    """Token pieces of one tokenized (or packed) row, and how many of its tokens they show (at most `SHOW_TOKENS`);
+    for pairs, the prompt then the chosen/completion side."""
     if row.get("input_ids") is not None:
-        return token_pieces(tok, row["input_ids"], row["labels"])
-    prompt = list(row["prompt_input_ids"])
-    side = row.get("chosen_input_ids")
-    side = list(side if side is not None else row.get("completion_input_ids", []))
-    return token_pieces(tok, prompt + side, [IGNORE] * len(prompt) + side)
+        ids, labels = row["input_ids"], row["labels"]
+    else:
+        prompt = list(row["prompt_input_ids"])
+        side = row.get("chosen_input_ids")
+        side = list(side if side is not None else row.get("completion_input_ids", []))
+        ids, labels = prompt + side, [IGNORE] * len(prompt) + side
+    return token_pieces(tok, ids, labels), min(len(ids), SHOW_TOKENS)
 
 
 @dataclass
 class Measured:
-    """What one row's encoding adds to the statistics: its error (reason, message), or its tokens, trained tokens,
-    token pieces (for the first rows of a batch, where examples are shown) and, for a row over the limit, the
-    lengths the overflow policy leaves (None: it drops the row)."""
+    """What one row's encoding adds to the statistics: its error without a length limit (reason, message), or its
+    tokens, trained tokens, token pieces (for the first rows of a batch, where examples are shown) and, for a row
+    over the limit, the lengths the overflow policy leaves (None: it drops the row). reject: the (reason, message)
+    convert rejects the row for at encoding, with the run's length policy (None: convert keeps it)."""
 
     error: tuple[str, str] | None = None
     tokens: int = 0
     trained: int = 0
     pieces: list[list[Any]] | None = None
+    shown: int = 0
     over: bool = False
     kept: list[int] | None = None
+    reject: tuple[str, str] | None = None
 
 
 def measure_rows(measure: EncodeSpec, policy: EncodeSpec, rows: Sequence[Row], pieces: int) -> list[Measured]:
-    """Encode `rows` without a limit (`measure`), then those over `policy.max_len` with the policy; the first
-    `pieces` encoded rows also get their token pieces. A pure function of its arguments (run in any process)."""
+    """Encode `rows` without a limit (`measure`), then with the policy those over `policy.max_len` and those the first
+    encoding rejects (a row over the limit may be rejected for its length first); the first `pieces` encoded rows
+    also get their token pieces. A pure function of its arguments (run in any process)."""
     encoder = encoder_for(measure)
     out: list[Measured] = []
     for result in encoder.encode(rows):
         if isinstance(result, RowError):
-            out.append(Measured(error=(result.reason, str(result))))
+            error = (result.reason, str(result))
+            out.append(Measured(error=error, reject=error))
             continue
         m = Measured(tokens=sum(int(r["num_tokens"]) for r in result),
                      trained=sum(int(r["num_trained"]) for r in result))  # fmt: skip
         if pieces > 0:
-            m.pieces = example_pieces(encoder.tok.tokenizer, result[0])
+            m.pieces, m.shown = example_pieces(encoder.tok.tokenizer, result[0])
             pieces -= 1
         m.over = policy.max_len is not None and m.tokens > policy.max_len
         out.append(m)
-    over = [i for i, m in enumerate(out) if m.over]
-    if over:
-        for i, result in zip(over, encoder_for(policy).encode([rows[i] for i in over]), strict=True):
-            out[i].kept = None if isinstance(result, RowError) else [int(r["num_tokens"]) for r in result]
+    again = [i for i, m in enumerate(out) if m.over or (m.error is not None and policy.max_len is not None)]
+    if again:
+        for i, result in zip(again, encoder_for(policy).encode([rows[i] for i in again]), strict=True):
+            if isinstance(result, RowError):
+                out[i].kept, out[i].reject = None, (result.reason, str(result))
+            else:
+                out[i].kept, out[i].reject = [int(r["num_tokens"]) for r in result], None
     return out
 
 
@@ -107,21 +132,25 @@ class TokenStats:
         self.examples: list[dict[str, Any]] = []
         self.lengths, self.trained = array("q"), array("q")
         self.final: array[int] = array("q")  # lengths after the overflow policy, packable kinds only
-        self.errors: dict[str, Tally] = {}
+        self.errors: dict[str, Tally] = {}  # rows convert rejects at encoding, by reason
+        self.untrained = 0  # rows with no trained token (before any length policy)
         self.over = Tally()
         self.dropped_rows = self.dropped_tokens = self.cut_tokens = self.not_packable = 0
 
     def add(self, kept: Sequence[tuple[str, str]], measured: Sequence[Measured]) -> None:
         """Add one batch's rows, each its (location, kind) and what `measure_rows` made of it."""
         for (where, kind), m in zip(kept, measured, strict=True):
+            if m.reject is not None:
+                self.errors.setdefault(m.reject[0], Tally()).add(where, m.reject[1])
             if m.error is not None:
-                self.errors.setdefault(m.error[0], Tally()).add(where, m.error[1])
+                self.untrained += m.error[0] == "no_trained_tokens"
                 continue
             n = m.tokens
             self.lengths.append(n)
             self.trained.append(m.trained)
             if len(self.examples) < self.show and m.pieces is not None:
-                self.examples.append({"location": where, "kind": kind, "tokens": n, "pieces": m.pieces})
+                self.examples.append({"location": where, "kind": kind, "tokens": n, "shown_tokens": m.shown,
+                                      "pieces": m.pieces})  # fmt: skip
             lengths = [n]
             if m.over:
                 self.over.add(where, f"{n} tokens")
@@ -153,7 +182,6 @@ class TokenStats:
         trained = np.frombuffer(self.trained, dtype=np.int64) if len(self.trained) else np.zeros(0, np.int64)
         total = int(lengths.sum())
         encoded = len(lengths)
-        untrained = self.errors.get("no_trained_tokens", Tally())
         return {
             "tokenizer": {"name": self.loaded.name, "fingerprint": self.loaded.fingerprint},
             "template": self.template,
@@ -164,7 +192,7 @@ class TokenStats:
             "trained_tokens": int(trained.sum()),
             "trained_share": float(trained.sum() / total) if total else 0.0,
             "encode_errors": {k: v.to_dict() for k, v in sorted(self.errors.items())},
-            "untrained_rows": untrained.count,
+            "untrained_rows": self.untrained,
             "max_len": self.max_len,
             "overflow": {
                 "policy": self.overflow, "rows_over": self.over.count,

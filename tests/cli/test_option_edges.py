@@ -88,7 +88,7 @@ def test_sizes_in_bytes_and_binary_units(text: str, expected: int) -> None:
 
 
 def test_a_size_in_bytes_converts(toy: Path) -> None:
-    result = _convert(toy, "--shard-size", "100B", "--cache-max-size", "10B", "--no-cache")
+    result = _convert(toy, "--shard-size", "100B", "--cache-max-size", "10B", "--cache-dir", str(toy.parent / "cache"))
     assert result.exit_code == 0, result.output
     assert json.loads((toy.parent / "o" / "manifest.json").read_text())["options"]["shard_bytes"] == 100
 

@@ -1,0 +1,198 @@
+"""What convert refuses or keeps safe: inputs inside the output folder, files it did not write, a previous output
+under --overwrite, options that would do nothing; and what it reports: each input's accounting when a run stops,
+exit codes of every refusal."""
+
+from __future__ import annotations
+
+import ast
+import io
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner, Result
+
+import dsprep.progress
+from dsprep.cli import main
+from dsprep.errors import DsprepError, TokenizerError
+from dsprep.integrations.axolotl import check_packed_config
+from dsprep.integrations.common import local_tokenizer
+from dsprep.shards import Staging
+from paths import FIXTURES, REPO
+
+CHAT = '{"messages": [{"role": "user", "content": "q%d"}, {"role": "assistant", "content": "a"}]}\n'
+TOKENIZED = ["-t", "mistral:tekken", "--template", "chatml"]
+
+
+def _run(*args: str) -> Result:
+    return CliRunner().invoke(main, ["convert", *args, "--no-cache"])
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def previous(tmp_path: Path) -> Path:
+    """A complete dsprep output of the shipped format fixtures."""
+    out = tmp_path / "prep"
+    assert _run(str(FIXTURES / "formats"), "-o", str(out), "-q").exit_code == 0
+    return out
+
+
+@pytest.mark.parametrize("given", ["{out}", "{out}/part-00000.parquet", "{out}/*.parquet"])
+def test_an_input_inside_the_output_folder_is_refused_and_nothing_is_touched(previous: Path, given: str) -> None:
+    before = _files(previous)
+    result = _run(given.format(out=previous), "-o", str(previous), "--overwrite")
+    assert result.exit_code == 6, result.output
+    assert "lies in the output folder" in result.output and "write the output to another folder" in result.output
+    assert _files(previous) == before
+
+
+def test_an_output_kept_inside_its_input_folder_is_still_not_read_back(tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "chat.jsonl").write_text("".join(CHAT % i for i in range(3)))
+    for _ in range(2):
+        result = _run(str(inputs), "-o", str(inputs / "out"), "--overwrite")
+        assert result.exit_code == 0, result.output
+        assert "total: read 3 = kept 3 + rejected 0" in result.output
+
+
+def test_shards_without_a_dsprep_manifest_are_not_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "theirs"
+    out.mkdir()
+    pq.write_table(pa.table({"instruction": ["a"], "output": ["b"]}), out / "part-00000.parquet")
+    before = _files(out)
+    result = _run(str(FIXTURES / "formats" / "openai.jsonl"), "-o", str(out), "--overwrite")
+    assert result.exit_code == 6
+    assert "holds files dsprep did not write (part-00000.parquet)" in result.output
+    assert _files(out) == before
+
+
+def test_an_interrupted_overwrite_leaves_the_previous_output_as_it_was(previous: Path) -> None:
+    before = _files(previous)
+    staging = Staging(previous, overwrite=True, key="k")
+    (staging.pieces / "piece").write_text("work in progress")
+    assert _files(previous) == before  # nothing replaced while the run works
+    staging.keep_pieces()  # what an interrupted run does
+    assert _files(previous) == before
+    resumed = Staging(previous, overwrite=True, key="k")
+    assert resumed.resumed
+    (resumed.dir / "part-00000.parquet").write_bytes(b"new")
+    resumed.publish(["part-00000.parquet"])
+    assert _files(previous) == {"part-00000.parquet": b"new"}
+
+
+def test_a_failed_overwrite_leaves_its_rejects_in_place_of_the_previous_output(previous: Path) -> None:
+    result = _run(
+        str(FIXTURES / "bad" / "invalid_rows.jsonl"), "-o", str(previous), "--overwrite", "--max-rejected", "0"
+    )
+    assert result.exit_code == 5
+    assert sorted(_files(previous)) == ["rejects.jsonl"]
+
+
+def test_on_error_fail_reports_the_inputs_read_before_the_bad_row(tmp_path: Path) -> None:
+    result = _run(
+        str(FIXTURES / "formats" / "alpaca.jsonl"), str(FIXTURES / "bad" / "invalid_rows.jsonl"),
+        "-o", str(tmp_path / "o"), "--on-error", "fail",
+    )  # fmt: skip
+    assert result.exit_code == 4
+    assert "alpaca.jsonl: read 3 = kept 3 + rejected 0" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--template", "chatml"], "Invalid value for --template: a chat template needs --tokenizer"),
+        (["--train-on", "last"], "Invalid value for --train-on: a loss policy needs --tokenizer"),
+        (["--allow-template-warnings"], "Invalid value for --allow-template-warnings: a template check to allow needs "
+                                        "--tokenizer"),
+        ([*TOKENIZED, "--overflow", "truncate-left"], "Invalid value for --overflow: an overflow policy needs "
+                                                      "--max-len or --pack"),
+        (["--cache-dir", "/nonexistent/cache"], "Invalid value for --cache-dir: the cache is off (--no-cache)"),
+        (["--cache-max-size", "1GB"], "Invalid value for --cache-max-size: the cache is off (--no-cache)"),
+        (["--on-error", "fail", "--max-rejected", "1%"], "Invalid value for --max-rejected: --on-error fail stops at "
+                                                         "the first bad row"),
+    ],
+)  # fmt: skip
+def test_options_that_would_do_nothing_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    result = _run(str(FIXTURES / "formats" / "openai.jsonl"), "-o", str(tmp_path / "o"), *args)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == f"Error: {message}"
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("cache_dir", ["o", "o/cache"])
+def test_a_cache_folder_in_the_output_folder_is_refused(tmp_path: Path, cache_dir: str) -> None:
+    result = CliRunner().invoke(main, [
+        "convert", str(FIXTURES / "formats" / "openai.jsonl"), "-o", str(tmp_path / "o"),
+        "--cache-dir", str(tmp_path / cache_dir),
+    ])  # fmt: skip
+    assert result.exit_code == 2
+    assert "the cache folder and the output folder cannot lie in one another" in result.output
+
+
+def test_quiet_prints_no_warning(tmp_path: Path) -> None:
+    result = _run(str(FIXTURES / "bad" / "invalid_rows.jsonl"), "-o", str(tmp_path / "o"), "--format", "alpaca", "-q")
+    assert result.exit_code == 0
+    assert result.output == ""
+
+
+def test_an_unreadable_input_is_exit_3_with_the_progress_display_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "chat.jsonl").write_text(CHAT % 0)
+    (folder / "broken.jsonl").symlink_to(tmp_path / "nowhere")
+    screen = io.StringIO()
+    monkeypatch.setattr(
+        dsprep.progress, "display", lambda quiet: dsprep.progress.Display(Console(file=screen, force_terminal=True))
+    )
+    result = _run(str(folder), "-o", str(tmp_path / "o"))
+    assert result.exit_code == 3, result.output
+    assert "broken.jsonl: cannot read: No such file or directory" in result.output
+
+
+def test_report_lines_go_above_the_live_progress_bars(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    screen = io.StringIO()
+    shown = dsprep.progress.Display(Console(file=screen, force_terminal=True, width=80))
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    shown.phase("converting", 10)
+    shown.say("chat.jsonl: read 3 = kept 3 + rejected 0")
+    shown.stop()
+    assert "\x1b[2Kchat.jsonl: read 3 = kept 3 + rejected 0" in screen.getvalue()
+
+
+def test_verify_with_a_tokenizer_refuses_an_output_made_without_one(previous: Path) -> None:
+    result = CliRunner().invoke(main, ["verify", str(previous), "-t", "mistral:tekken"])
+    assert result.exit_code == 8
+    assert "normalized output, made without a tokenizer: it holds no tokens to match mistral:tekken" in result.output
+
+
+def test_integration_refusals_carry_documented_exit_codes(tmp_path: Path) -> None:
+    with pytest.raises(DsprepError, match="below the shards' packing length") as refused:
+        check_packed_config({"sequence_len": 100}, 200)
+    assert refused.value.exit_code == 2
+    with pytest.raises(DsprepError, match="not a model folder") as missing:
+        local_tokenizer(tmp_path / "nothing", "trl")
+    assert missing.value.exit_code == TokenizerError.exit_code
+
+
+def test_no_error_is_raised_without_its_own_exit_code() -> None:
+    """Every error dsprep raises is a subclass naming its documented exit code: a bare DsprepError exits 1, the code
+    of internal errors."""
+    bare = []
+    for path in sorted((REPO / "dsprep").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                func = node.exc.func
+                if isinstance(func, ast.Name) and func.id == DsprepError.__name__:
+                    bare.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert bare == []
