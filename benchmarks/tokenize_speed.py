@@ -11,9 +11,10 @@ words built from syllables, with punctuation, lists and code blocks), builds dsp
 it, loads one tokenizer (--tokenizer) and one chat template (--template), and times three things on the same
 conversations, tokenizer object and template text:
 
-(a) ceiling: the Rust tokenizer alone on the pre-rendered conversations, ``tok(texts[i:i + 1000],
-    add_special_tokens=False)`` (rendering is done beforehand and not timed): the physical limit of any encoder that
-    has to tokenize the rendered text;
+(a) ceiling: the Hugging Face (Rust) tokenizer alone on the pre-rendered conversations, ``tok(texts[i:i + 1000],
+    add_special_tokens=False)`` (rendering is done beforehand and not timed): what every peer's tokenizing runs on
+    (dsprep may encode a tokenizer with a faster encoder, tiktoken for ``mistral:tekken``; `compare_peers.py` holds
+    dsprep to the fastest encoder measured);
 (b) dsprep: ``Encoder(loaded, template, EncodeOptions()).encode(rows[i:i + 1024])``: render + tokenize + exact
     assistant-only labels;
 (c) TRL: ``SFTTrainer._prepare_dataset`` with ``SFTConfig(assistant_only_loss=True, packing=False, max_length=None,
@@ -23,8 +24,9 @@ conversations, tokenizer object and template text:
     fresh temporary folder.
 
 It prints rows, tokens, seconds and tokens/s for each, checks that (b) and (c) produce the same tokens as (a) (and
-compares the trained-token labels of (b) and (c)), and prints ``ratio dsprep/ceiling = X`` (target >= 0.8) and
-``ratio dsprep/trl = X`` (target >= 3) with PASS/FAIL. The exit code is 0 even on FAIL: this is a report.
+compares the trained-token labels of (b) and (c)), and prints ``ratio dsprep/HF tokenizer ceiling = X`` (for
+information) and ``ratio dsprep/trl = X`` (target >= 3) with PASS/FAIL. The exit code is 0 even on FAIL: this is a
+report.
 TOKENIZERS_PARALLELISM is set to "true" at start so all three run with the same setting (dsprep sets that default
 anyway when it loads a tokenizer); datasets turns it off in its forked workers when --workers > 1.
 """
@@ -53,7 +55,6 @@ from dsprep.tokenizers import load_tokenizer  # noqa: E402
 
 CEILING_BATCH = 1000
 DSPREP_BATCH = 1024
-TARGET_CEILING = 0.8
 TARGET_TRL = 3.0
 
 
@@ -237,8 +238,8 @@ def main() -> int:
     print()
     a_rate, b_rate = a_tokens / a_time.wall, b_tokens / b_time.wall
     r_ceiling = b_rate / a_rate
-    print(f"ratio dsprep/ceiling = {r_ceiling:.2f}  (target >= {TARGET_CEILING}) "
-          f"{verdict(r_ceiling >= TARGET_CEILING)}")  # fmt: skip
+    print(f"ratio dsprep/HF tokenizer ceiling = {r_ceiling:.2f}  (for information: the encoder every peer runs; "
+          "compare_peers.py holds dsprep to the fastest encoder of the tokenizer)")  # fmt: skip
     if c is not None:
         r_trl = b_rate / (c[1] / c[0].wall)
         print(f"ratio dsprep/trl = {r_trl:.2f}  (target >= {TARGET_TRL}) {verdict(r_trl >= TARGET_TRL)}")

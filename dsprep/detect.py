@@ -9,6 +9,7 @@ spec matching at least half the sample, is a `FormatDetectionError` listing the 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,8 @@ class Detection:
         """One line: format, confidence, the mapping and what stays unmapped (kept in `extra`)."""
         mapped = ", ".join(f"{src}→{dst}" for src, dst in self.mapping) or "-"
         line = (
-            f"{self.spec.name} (confidence {self.confidence:.0%}: {self.matched}/{self.sampled} sampled rows match; "
+            f"{self.spec.name} (confidence {math.floor(100 * self.confidence)}%: {self.matched}/{self.sampled} sampled "
+            "rows match; "
             f"mapping {mapped}"
         )
         if self.unmapped:
@@ -52,14 +54,30 @@ class Detection:
         return line + ")"
 
 
-def _matches(record: dict[str, Any], spec: FormatSpec) -> bool:
-    if not all(any(record.get(k) is not None for k in keys) for keys in spec.required()):
-        return False
+def _has_required(record: dict[str, Any], spec: FormatSpec) -> bool:
+    return all(any(record.get(k) is not None for k in keys) for keys in spec.required())
+
+
+def _structural_failure(record: dict[str, Any], spec: FormatSpec) -> RowError | None:
+    """The structural error `spec` raises on the row, if it raises one (content errors are the row's fault)."""
     try:
         normalize_record(record, spec)
     except RowError as exc:
-        return exc.reason not in STRUCTURAL
-    return True
+        return exc if exc.reason in STRUCTURAL else None
+    return None
+
+
+def _matches(record: dict[str, Any], spec: FormatSpec) -> bool:
+    return _has_required(record, spec) and _structural_failure(record, spec) is None
+
+
+def _shadowed(best: Detection, other: Detection, sample: Sequence[dict[str, Any]]) -> RowError | None:
+    """Why `other` lost to `best` although the rows have the keys only `other` reads: the error `other` raises on
+    most of the rows (e.g. KTO labels spelled "yes"/"no"), or None where it did not lose that way."""
+    if other.confidence >= best.confidence or not other.spec.mapped_keys & set(best.unmapped):
+        return None
+    failures = [f for r in sample if _has_required(r, other.spec) and (f := _structural_failure(r, other.spec))]
+    return failures[0] if len(failures) >= MIN_MATCH_RATE * len(sample) else None
 
 
 def score(spec: FormatSpec, sample: Sequence[dict[str, Any]]) -> Detection:
@@ -129,7 +147,9 @@ def mapping_snippet(spec: FormatSpec, detection: Detection | None) -> str:
     for dst, srcs in fields.items():
         preferred = list(spec.fields[dst])
         srcs.sort(key=lambda k: preferred.index(k) if k in preferred else len(preferred))
-    fields = fields or {dst: [keys[0]] for dst, keys in spec.fields.items()}
+    # every field the spec reads, not only those the sample held: the keys seen first, then the spec's others
+    fields = {dst: [*fields.get(dst, []), *(k for k in keys if k not in fields.get(dst, []))]
+              for dst, keys in spec.fields.items()}  # fmt: skip
     if fields:
         lines += ["", "[fields]"]
         lines += [f"{dst} = {_toml(srcs[0]) if len(srcs) == 1 else _toml_list(srcs)}" for dst, srcs in fields.items()]
@@ -174,4 +194,12 @@ def detect_format(sample: Sequence[dict[str, Any]], source: str) -> Detection:
     if ties:
         names = ", ".join(d.spec.name for d in (best, *ties))
         raise FormatDetectionError(f"{source}: ambiguous format, equally good: {names}; pass --format{tail}")
+    for other in scored[1:]:
+        failure = _shadowed(best, other, sample)
+        if failure is not None:
+            kept = ", ".join(sorted(other.spec.mapped_keys & set(best.unmapped)))
+            raise FormatDetectionError(
+                f"{source}: the rows look like format {other.spec.name}, but {failure}; fix those values, or pass "
+                f"--format {best.spec.name} to read them as {best.spec.name} ({kept} kept in extra){tail}"
+            )
     return best

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
 from typing import Any
 
@@ -189,12 +191,15 @@ def _flag(value: Any, path: str) -> bool:
 
 
 def _weight(value: Any, path: str) -> float:
+    number: float | None = None
     if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return float(expect(value, (int, float), path, "a number"))
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if number is None:
+        number = float(expect(value, (int, float), path, "a number"))
+    if not math.isfinite(number):
+        raise RowError(path, "wrong_type", f"expected a finite number, got {value!r}")
+    return number
 
 
 MEMO_SHAPES = 256  # message shapes (their non-null keys) whose key mapping is remembered, per spec

@@ -112,7 +112,7 @@ def _system(r: _Reader, messages: Messages) -> Messages:
         return messages
     key, value = found
     text = expect(value, str, key, "a string")
-    if messages and messages[0]["role"] == "system":
+    if any(m["role"] == "system" for m in messages):
         raise RowError(key, "conflicting_system", "a top-level system prompt and a system message in one row")
     return [_message("system", text), *messages]
 
@@ -145,7 +145,7 @@ def _turns(r: _Reader) -> Messages:
         if not pieces:
             if turn.optional:
                 continue
-            present = [s for s in turn.sources if s in r.record]
+            present = [s for s in turn.sources if r.record.get(s) is not None]
             reason = "empty_content" if present else "missing_field"
             raise RowError(turn.sources[0], reason, f"the {turn.role} turn needs {' or '.join(turn.sources)}")
         messages.append(_message(turn.role, turn.join.join(pieces)))
@@ -298,7 +298,7 @@ KIND_READERS = {
 def normalize_record(record: dict[str, Any], spec: FormatSpec) -> Row:
     """Map one raw record to a canonical row (without provenance columns); raises RowError when it cannot."""
     if spec.transform is not None:
-        record = TRANSFORMS[spec.transform](record)
+        record = TRANSFORMS[spec.transform](record, spec.fields)
     r = _Reader(record, spec)
     row: Row = dict.fromkeys(NORMALIZED_COLUMNS)
     row["kind"] = spec.kind

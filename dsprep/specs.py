@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError, field_validator, model_validator
 
 from dsprep.errors import FormatSpecError
 
@@ -47,11 +47,25 @@ def _as_keys(value: str | list[str] | tuple[str, ...]) -> Keys:
     return keys
 
 
+def _named_keys(name: str, value: str | list[str] | tuple[str, ...]) -> Keys:
+    """`_as_keys` whose error names the key it is for."""
+    try:
+        return _as_keys(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 class RoleTarget(_Strict):
     """What an input role becomes: a canonical role, and how its content is read."""
 
     role: Literal["system", "user", "assistant", "tool"]
     content: Literal["text", "tool_call"] = "text"
+
+    @model_validator(mode="after")
+    def _check(self) -> RoleTarget:
+        if self.content == "tool_call" and self.role != "assistant":
+            raise ValueError(f"content 'tool_call' makes an assistant's tool call; role {self.role!r} makes none")
+        return self
 
 
 class Turn(_Strict):
@@ -59,8 +73,8 @@ class Turn(_Strict):
 
     role: Literal["system", "user", "assistant"]
     sources: Keys
-    join: str = "\n"
-    optional: bool = False
+    join: StrictStr = "\n"
+    optional: StrictBool = False
 
     _keys = field_validator("sources", mode="before")(_as_keys)
 
@@ -68,16 +82,16 @@ class Turn(_Strict):
 class FormatSpec(_Strict):
     """A parsed format spec. `fields` and `message` map canonical names to candidate input keys (first present wins)."""
 
-    name: str
-    description: str
+    name: StrictStr
+    description: StrictStr
     kind: Literal["conversation", "text", "prompt_completion", "preference", "kto"]
     fields: dict[str, Keys] = {}
     message: dict[str, Keys] = {}
     roles: dict[str, RoleTarget] = {}
     turns: tuple[Turn, ...] = ()
-    split_marker: str | None = None
-    transform: str | None = None
-    auto_detect: bool = True
+    split_marker: StrictStr | None = None
+    transform: StrictStr | None = None
+    auto_detect: StrictBool = True
     origin: str = "<builtin>"
     sha256: str = ""
 
@@ -85,7 +99,7 @@ class FormatSpec(_Strict):
     @classmethod
     def _keys_map(cls, value: object) -> object:
         if isinstance(value, dict):
-            return {k: _as_keys(v) for k, v in value.items()}
+            return {k: _named_keys(k, v) for k, v in value.items()}
         return value
 
     @field_validator("roles", mode="before")
@@ -108,6 +122,8 @@ class FormatSpec(_Strict):
                 raise ValueError(f"kind {self.kind!r} needs fields.{' or fields.'.join(alternatives)}")
         if self.turns and "messages" in self.fields:
             raise ValueError("give either fields.messages or [[turns]], not both")
+        if self.turns and self.kind != "conversation":
+            raise ValueError(f"[[turns]] build a conversation's messages; kind {self.kind!r} does not read them")
         return self
 
     def key_for(self, name: str) -> Keys:
@@ -154,6 +170,9 @@ def parse_spec(text: str, *, name: str, origin: str) -> FormatSpec:
     except tomllib.TOMLDecodeError as exc:
         raise FormatSpecError(f"{origin}: not valid TOML: {exc}") from None
     data.setdefault("name", name)
+    for own in ("origin", "sha256"):  # set by dsprep from where the spec was read
+        if own in data:
+            raise FormatSpecError(f"{origin}: unknown key {own!r}")
     try:
         spec = FormatSpec(**data, origin=origin, sha256=hashlib.sha256(text.encode()).hexdigest())
     except ValidationError as exc:

@@ -20,7 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
     ("script", "args", "expected"),
     [
         ("stage_costs.py", ["--rows", "40", "--repeat", "1"], ["ceiling: encode_to_numpy", "normalizing", "process()"]),
-        ("tokenize_speed.py", ["--rows", "40", "--skip-trl"], ["ratio dsprep/ceiling ="]),
+        ("tokenize_speed.py", ["--rows", "40", "--skip-trl"], ["ratio dsprep/HF tokenizer ceiling ="]),
         ("pack_quality.py", ["--rows", "60", "--synthetic", "2000"], ["dsprep above bound =", "speed target"]),
         (
             "workers_speed.py",
