@@ -35,11 +35,16 @@ def parse_size(text: str, *, positive: bool = False) -> int:
     return int(size)
 
 
+def percent(fraction: float) -> str:
+    """0.0001 -> '0.01%', 0.5 -> '50%': a share with the digits it was given (up to 4 significant)."""
+    return f"{fraction * 100:.4g}%"
+
+
 def parse_fraction(text: str) -> float:
     """'0.01' or '1%' -> 0.01; ValueError unless it lies between 0 and 1."""
     text = text.strip()
     try:
-        number = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+        number = float(text.removesuffix("%")) / (100 if text.endswith("%") else 1)
     except ValueError:
         raise ValueError(f"{text!r} is not a fraction such as 0.01 or 1%") from None
     if not 0 <= number <= 1:

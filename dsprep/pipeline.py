@@ -38,7 +38,7 @@ from dsprep.cache import (
     link_or_copy,
     size_text,
 )
-from dsprep.config import ConvertConfig
+from dsprep.config import ConvertConfig, percent
 from dsprep.detect import Detection, detect_format
 from dsprep.errors import InputError, OutputError, RejectedRowsError, RowFailure, TemplateError, WorkerDiedError
 from dsprep.pieces import load_piece, piece_table, store_piece
@@ -495,8 +495,8 @@ def _write(
         rejected = sum(r.rows_rejected for r in reports)
         if config.max_rejected is not None and read and rejected / read > config.max_rejected:
             raise RejectedRowsError(
-                f"{rejected} of {read} rows rejected ({rejected / read:.2%}), over --max-rejected "
-                f"{config.max_rejected:.2%}; see {config.out / REJECTS}"
+                f"{rejected} of {read} rows rejected ({percent(rejected / read)}), over --max-rejected "
+                f"{percent(config.max_rejected)}; see {config.out / REJECTS}"
             )
         manifest = _manifest(config, reports, shard_list, rejects.rows, staging)
         encoder, encoding = encoded

@@ -203,6 +203,11 @@ class Staging:
         self.out = out
         self.resumed = False
         self.previous: list[Path] = []
+        try:
+            str(out).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(out).decode("utf-8", "backslashreplace")
+            raise OutputError(f"{shown}: the output folder's name is not UTF-8, which Arrow cannot write to") from None
         if out.exists() and not out.is_dir():
             raise OutputError(f"{out}: exists and is not a folder")
         leftovers = sorted(p for p in out.iterdir() if p.name != STAGING) if out.exists() else []

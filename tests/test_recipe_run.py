@@ -327,7 +327,7 @@ def test_recipe_init_writes_local_template_and_tokenizer_relative_to_the_recipe(
     [
         ("", 0, ""),
         ("on_error: fail\n", 4, "invalid_rows.jsonl:"),
-        ("max_rejected: 0.01\n", 5, "over max_rejected 1.00%"),
+        ("max_rejected: 0.01\n", 5, "over max_rejected 1%"),
     ],
 )  # fmt: skip
 def test_bad_rows_follow_on_error_and_max_rejected(tmp_path: Path, options: str, code: int, message: str) -> None:

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from dsprep.config import ConvertConfig, parse_size
+from dsprep.config import ConvertConfig, parse_size, percent
 from dsprep.errors import RecipeError, RejectedRowsError, RowFailure
 from dsprep.pipeline import ConvertResult, InputReport, convert, convert_rows
 from dsprep.progress import StartPhase
@@ -347,8 +347,8 @@ def _check_rejected(sources: list[dict[str, Any]], limit: float | None, out: Pat
     read = sum(s["rows_read"] for s in sources)
     bad = sum(n for s in sources for reason, n in s["rejected_by_reason"].items() if reason not in NOT_ERRORS)
     if limit is not None and read and bad / read > limit:
-        raise RejectedRowsError(f"{bad} of {read} rows rejected ({bad / read:.2%}), over max_rejected {limit:.2%}; "
-                                f"see {out / REJECTS}")  # fmt: skip
+        raise RejectedRowsError(f"{bad} of {read} rows rejected ({percent(bad / read)}), over max_rejected "
+                                f"{percent(limit)}; see {out / REJECTS}")  # fmt: skip
 
 
 def run_recipe(

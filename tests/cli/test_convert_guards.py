@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import ast
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,6 +26,7 @@ from paths import FIXTURES, REPO
 
 CHAT = '{"messages": [{"role": "user", "content": "q%d"}, {"role": "assistant", "content": "a"}]}\n'
 TOKENIZED = ["-t", "mistral:tekken", "--template", "chatml"]
+DSPREP = Path(sys.executable).with_name("dsprep")
 
 
 def _run(*args: str) -> Result:
@@ -196,3 +200,29 @@ def test_no_error_is_raised_without_its_own_exit_code() -> None:
                 if isinstance(func, ast.Name) and func.id == DsprepError.__name__:
                     bare.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert bare == []
+
+
+def test_an_output_folder_name_that_is_not_utf8_is_exit_6(tmp_path: Path) -> None:
+    out = tmp_path / os.fsdecode(b"out\xe9")
+    result = _run(str(FIXTURES / "formats" / "alpaca.jsonl"), "-o", str(out))
+    assert result.exit_code == 6
+    assert "out\\xe9: the output folder's name is not UTF-8, which Arrow cannot write to" in result.output
+    assert not out.exists()
+
+
+def test_a_closed_pipe_stops_the_report_not_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    command = f"{DSPREP} convert {FIXTURES / 'formats'} -o {out} --no-cache | head -1"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1 and done.stderr == ""
+    assert (out / "manifest.json").is_file()
+
+
+def test_shares_keep_their_digits_and_a_doubled_percent_sign_is_refused(tmp_path: Path) -> None:
+    bad = str(FIXTURES / "bad" / "invalid_rows.jsonl")
+    result = _run(bad, "-o", str(tmp_path / "o"), "--max-rejected", "0.00001")
+    assert result.exit_code == 5
+    assert "rows rejected (81.82%), over --max-rejected 0.001%;" in result.output
+    refused = _run(bad, "-o", str(tmp_path / "p"), "--max-rejected", "5%%")
+    assert refused.exit_code == 2 and "'5%%' is not a fraction such as 0.01 or 1%" in refused.output
