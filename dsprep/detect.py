@@ -98,29 +98,64 @@ def _type(value: Any) -> str:
     return {str: "string", dict: "object", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
 
 
+ROLE_KEYS = ("role", "from", "speaker", "author", "sender")
+CONTENT_KEYS = ("content", "value", "text", "message", "body", "utterance")
+PROMPT_KEYS = ("prompt", "instruction", "question", "query", "input")
+ANSWER_KEYS = ("completion", "output", "response", "answer")
+ROLE_GUESSES = {
+    "user": ("user", "human", "person", "customer", "prompter", "usr", "question"),
+    "assistant": ("assistant", "gpt", "bot", "model", "ai", "chatgpt", "agent", "answer"),
+    "system": ("system",),
+    "tool": ("tool", "function", "observation", "ipython"),
+}
+
+
+def _named(keys: Sequence[str], names: Sequence[str]) -> str | None:
+    """The first of `keys` whose lower-cased name is one of `names` (in the order of `names`)."""
+    lowered = {k.lower(): k for k in keys}
+    return next((lowered[n] for n in names if n in lowered), None)
+
+
+def _conversation_snippet(sample: Sequence[dict[str, Any]], lists: list[str]) -> list[str]:
+    first = sample[0]
+    speaking = [k for k in lists if _named(list(first[k][0]), ROLE_KEYS)]
+    key = (speaking or lists)[0]
+    msg_keys = list(first[key][0]) or ["role", "content"]
+    role = _named(msg_keys, ROLE_KEYS) or msg_keys[0]
+    texts = [k for k in msg_keys if k != role and isinstance(first[key][0].get(k), str)]
+    content = _named(msg_keys, CONTENT_KEYS) or (texts or msg_keys)[-1]
+    seen = sorted({m.get(role) for r in sample for m in (r.get(key) or []) if isinstance(m, dict)} - {None}, key=str)
+    lines = ['kind = "conversation"', "", "[fields]", f"messages = {_toml(key)}", "", "[message]"]
+    lines += [f"role = {_toml(role)}", f"content = {_toml(content)}", "", "[roles]"]
+    for value in seen[:20]:
+        guess = next((r for r, names in ROLE_GUESSES.items() if str(value).lower() in names), None)
+        line = f"{_toml(str(value))} = {_toml(guess)}" if guess else f'# {_toml(str(value))} = "user" | "assistant"'
+        lines.append(line)
+    return lines if seen else [*lines, '# input_role = "user" | "assistant" | "system" | "tool"']
+
+
+def _columns_snippet(strings: list[str]) -> list[str]:
+    prompt, answer = _named(strings, PROMPT_KEYS), _named(strings, ANSWER_KEYS)
+    extra_prompt = [k for k in strings if k not in (prompt, answer) and k.lower() in PROMPT_KEYS]
+    if prompt and answer and len(strings) - len(extra_prompt) <= 2:  # Alpaca-like columns: turns of a conversation
+        return ['kind = "conversation"', "", "[[turns]]", 'role = "user"',
+                f"sources = {_toml_list([prompt, *extra_prompt])}", "", "[[turns]]", 'role = "assistant"',
+                f"sources = {_toml_list([answer])}"]  # fmt: skip
+    kind, names = {1: ("text", ["text"]), 2: ("prompt_completion", ["prompt", "completion"])}.get(
+        len(strings), ("preference", ["prompt", "chosen", "rejected"])
+    )
+    lines = [f'kind = "{kind}"  # conversation | text | prompt_completion | preference | kto', "", "[fields]"]
+    return lines + [f"{name} = {_toml(key)}" for name, key in zip(names, strings, strict=False)]
+
+
 def spec_snippet(sample: Sequence[dict[str, Any]]) -> str:
-    """A starter spec for the sample's keys that a user can save, edit and pass with `--format`."""
+    """A starter spec for the sample's keys that a user can save, edit and pass with `--format`: messages with the
+    role and content keys and the roles seen (guessed where their names tell), or the columns' kind by their names."""
     first = sample[0] if sample else {}
     strings = [k for k, v in first.items() if isinstance(v, str)]
     lists = [k for k, v in first.items() if _type(v) == "list of objects"]
-    lines = ['description = "my format"']
-    if lists:
-        msg_keys = list(first[lists[0]][0]) or ["role", "content"]
-        lines += ['kind = "conversation"', "", "[fields]", f"messages = {_toml(lists[0])}", "", "[message]"]
-        lines += [
-            f"role = {_toml(msg_keys[0])}",
-            f"content = {_toml(msg_keys[-1])}",
-            "",
-            "[roles]",
-            '# input_role = "user" | "assistant" | "system" | "tool"',
-        ]
-    else:
-        kind, names = {1: ("text", ["text"]), 2: ("prompt_completion", ["prompt", "completion"])}.get(
-            len(strings), ("preference", ["prompt", "chosen", "rejected"])
-        )
-        lines += [f'kind = "{kind}"  # conversation | text | prompt_completion | preference | kto', "", "[fields]"]
-        lines += [f"{name} = {_toml(key)}" for name, key in zip(names, strings, strict=False)]
-    return "\n".join(lines)
+    body = _conversation_snippet(sample, lists) if lists else _columns_snippet(strings)
+    return "\n".join(['description = "my format"', *body])
 
 
 def _toml(key: str) -> str:

@@ -118,3 +118,26 @@ def test_a_saved_mapping_reads_the_fields_its_sample_lacked(tmp_path: Any) -> No
         "messages": [USER, ANSWER],
     }
     assert normalize_record(later, saved) == normalize_record(later, load_spec("openai"))
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([{"chat": [{"role": "user", "content": "hi", "name": "bob"}, {"role": "assistant", "content": "yo"}]}],
+         [("user", "hi"), ("assistant", "yo")]),
+        ([{"tools": [{"name": "f"}], "dialog": [{"speaker": "human", "text": "hi"}, {"speaker": "bot", "text": "yo"}]}],
+         [("user", "hi"), ("assistant", "yo")]),
+        ([{"talk": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}],
+         [("user", "hi"), ("assistant", "yo")]),
+        ([{"Instruction": "do", "Input": "this", "Output": "done"}], [("user", "do\nthis"), ("assistant", "done")]),
+    ],
+)  # fmt: skip
+def test_the_suggested_spec_reads_the_rows_it_was_made_from(
+    rows: list[dict[str, Any]], expected: list[tuple[str, str]]
+) -> None:
+    with pytest.raises(FormatDetectionError) as refused:
+        detect_format(rows, "x.jsonl")
+    snippet = str(refused.value).split("pass with --format:\n", 1)[1]
+    spec = parse_spec("\n".join(line.removeprefix("    ") for line in snippet.splitlines()), name="s", origin="s.toml")
+    row = normalize_record(rows[0], spec)
+    assert [(m["role"], m["content"]) for m in row["messages"]] == expected
