@@ -81,6 +81,10 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="dsprep")
 def main() -> None:
     """dsprep: turn raw fine-tuning files into verified, normalized Parquet shards."""
+    for stream in (sys.stdout, sys.stderr):  # a character the locale's encoding lacks ('→' in Latin-1): an escape
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
 
 
 @main.command()

@@ -312,6 +312,8 @@ class Encoder:
         tools = template_tools(tools_json)
         try:
             return self.render(tmsgs, tools), tmsgs, tools
+        except TemplateTimeoutError:  # the machine's load, not the row: fatal, never a reject that varies by run
+            raise
         except TemplateError as exc:
             raise RowError("messages", "template_error", str(exc)) from None
 
@@ -405,6 +407,8 @@ class Encoder:
         flags = self._trained(messages, trained)
         try:
             spans = self._conversation_spans(text, messages, tmsgs, tools, flags)
+        except TemplateTimeoutError:
+            raise
         except TemplateError as exc:  # a prefix render of this row failed: the row's error, as a full render's is
             raise RowError("messages", "template_error", str(exc)) from None
         return {"kind": "chat", "texts": [text], "spans": spans, "messages": messages, "tools": tools_json,
@@ -422,6 +426,8 @@ class Encoder:
         try:
             prompt_text = self.render(prompt_msgs, tools, generation_prompt=True)
             texts = [self.render([*prompt_msgs, *template_messages(row[f"{s}_messages"])], tools) for s in sides]
+        except TemplateTimeoutError:
+            raise
         except TemplateError as exc:
             raise RowError("messages", "template_error", str(exc)) from None
         for side, text in zip(sides, texts, strict=True):

@@ -335,11 +335,11 @@ def convert(
     on_bytes receives the bytes of input read as they are read; on_writing, once every record is processed, the
     number of steps in writing the shards (chunks of packed rows, or unpacked the one of closing them), and returns
     the function each written step is reported to (from the writing threads). on_note receives one-line notes on
-    cache hits and resumed runs; explain, the cache key's components and, on a miss, what changed since the newest
-    cache entry. derive_spec, when given, adjusts each input's spec (given or detected) before it is used; the cache
-    key cannot cover it, so such a run neither uses the cache nor resumes.
+    cache hits, resumed runs and what input folders hold besides data; explain, the cache key's components and, on a
+    miss, what changed since the newest cache entry. derive_spec, when given, adjusts each input's spec (given or
+    detected) before it is used; the cache key cannot cover it, so such a run neither uses the cache nor resumes.
     """
-    files = _outside(config.inputs, discover(config.inputs), config.out)
+    files = _outside(config.inputs, discover(config.inputs, on_skip=on_note), config.out)
     cacheable = config.cache and derive_spec is None
     cache = OutputCache(config.cache_dir or default_cache_dir(), config.cache_max_bytes) if cacheable else None
     workers = config.workers or default_workers()

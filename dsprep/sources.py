@@ -3,14 +3,17 @@
 Containers: ``.jsonl`` (also ``.ndjson``), ``.json`` (an array, a single object, or an object holding the list
 under ``data``/``rows``/``records``/``examples``/``items``/``instances``/``train``), ``.parquet``, ``.csv``/``.tsv``,
 ``.arrow``/``.feather``, ``.txt`` (one document per line) and a folder written by ``datasets.save_to_disk``; each may
-be compressed as ``.gz``/``.zst``/``.bz2``/``.xz``. A UTF-8 BOM, CRLF line ends and a missing final newline are
-accepted. A record that cannot be parsed (invalid JSON, invalid UTF-8, not an object, an Arrow value Python cannot
-hold) is yielded with its `RowError`, so it reaches the rejects file instead of stopping the run.
+be compressed with gzip, zstd, bz2 or xz, which its first bytes tell, whatever its name. A UTF-8 BOM, CRLF line ends
+and a missing final newline are accepted; UTF-16/32 text is refused. A record that cannot be parsed (invalid JSON,
+invalid UTF-8, not an object, an Arrow value Python cannot hold) is yielded with its `RowError`, so it reaches the
+rejects file instead of stopping the run.
 """
 
 from __future__ import annotations
 
 import bz2
+import codecs
+import contextlib
 import csv
 import glob
 import gzip
@@ -56,22 +59,44 @@ CONTAINERS = {
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}
 LIST_KEYS = ("data", "rows", "records", "examples", "items", "instances", "train")
 BOM = b"\xef\xbb\xbf"
+HEAD_BYTES = 16  # the first bytes read to tell what a file holds
+HF_META_BYTES = 64 << 20  # a larger state.json or dataset_dict.json is data, not `datasets` metadata
+SKIPPED_NAMES_SHOWN = 5  # names listed in a folder's "skipped" line
+TEXT_CONTAINERS = {"jsonl": "JSONL", "json": "JSON", "csv": "CSV", "tsv": "TSV", "txt": "text"}
+SIGNATURES = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd", "bz2": b"BZh", "xz": b"\xfd7zXZ\x00"}
+BINARY_MAGIC = ((b"PAR1", "Parquet", ".parquet"), (b"ARROW1", "Arrow", ".arrow"))  # magic, what it is, its suffix
+WIDE_BOMS = (  # UTF-32 first: its little-endian mark starts with UTF-16's
+    (b"\xff\xfe\x00\x00", "UTF-32LE"),
+    (b"\x00\x00\xfe\xff", "UTF-32BE"),
+    (b"\xff\xfe", "UTF-16LE"),
+    (b"\xfe\xff", "UTF-16BE"),
+)
 LIST_KINDS = ("list", "large_list", "fixed_size_list", "list_view", "large_list_view")  # pa.types.is_<kind>
 JSON_SPACE = b" \t\r\n"
 QUOTE, COMMA = ord('"'), ord(",")
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+(")?|[\[\]{},]', re.DOTALL)  # a string (group 1: its end) or [ ] { } ,
+_WRAPPED_LIST = re.compile(  # the start of an object holding a list under one of LIST_KEYS, up to its "["
+    rb'[ \t\r\n]*\{[ \t\r\n]*"(?:' + b"|".join(k.encode() for k in LIST_KEYS) + rb')"[ \t\r\n]*:[ \t\r\n]*(?=\[)'
+)
+_ZSTD_SKIPPABLE = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18")  # a zstd stream may start with a skippable frame
+_BZ2_HEADER = re.compile(rb"BZh[1-9](?:1AY&SY|\x17\x72\x45\x38\x50\x90)")  # then a block, or the end of the stream
 _LONE_SURROGATE = re.compile(  # a \uD800-\uDFFF escape that may not be half of a pair (rarely a pair, never a miss)
     rb"\\u[dD](?:[89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
     rb"|(?<![^\\]\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD])[c-fC-F][0-9a-fA-F]{2})"
 )
 
 Progress = Callable[[int], None]  # called with the number of input bytes consumed since the last call
+SkipReport = Callable[[str], None]  # told one line per folder about what in it was left out
 
 
 def printable(name: str) -> str:
-    """A file name as text that can be printed and stored: bytes that are not UTF-8 (which Python keeps as lone
-    surrogates) written as ``\\xff`` escapes."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A file name as text that can be printed and stored: its bytes read as UTF-8 whatever the locale, those that
+    are not UTF-8 written as ``\\xff`` escapes."""
+    try:
+        raw = os.fsencode(name)
+    except UnicodeEncodeError:  # text the locale cannot spell (from a recipe, say) was never a name on disk
+        raw = name.encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -127,6 +152,7 @@ class Record:
 
 
 def _classify(path: Path) -> tuple[str, str | None]:
+    """The container and compression a file's name says (``.jsonl.gz``: jsonl, gzip)."""
     suffixes = [s.lower() for s in path.suffixes]
     compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
     if compression:
@@ -138,8 +164,47 @@ def _classify(path: Path) -> tuple[str, str | None]:
     return container, compression
 
 
+def _compression_of(head: bytes, named: str | None) -> str | None:
+    """The compression a file's first bytes show, whatever its name says (a file too short to show its own, which
+    is cut short, is taken for what its name says); None for an uncompressed file."""
+    for compression, signature in SIGNATURES.items():
+        if head.startswith(signature):
+            if compression == "bz2" and named != "bz2" and not _BZ2_HEADER.match(head):
+                continue  # "BZh" could start a text: only a whole bz2 header counts for a file not named so
+            return compression
+    if _ZSTD_SKIPPABLE.match(head):
+        return "zstd"
+    if named and SIGNATURES[named].startswith(head):
+        return named
+    return None
+
+
+def _input_file(path: Path, display: str) -> InputFile:
+    """A file to read: its container from its name, its compression from its first bytes, else from its name (a
+    file named as compressed that is not is refused when read, `_open_binary`)."""
+    container, named = _classify(path)
+    compression = named
+    if path.is_file():
+        with contextlib.suppress(OSError), open(path, "rb") as fh:
+            compression = _compression_of(fh.read(HEAD_BYTES), named) or named
+    return InputFile(path, display, container, compression)
+
+
+def _holds_key(path: Path, key: str) -> bool:
+    """Whether `path` is a small JSON file holding an object with `key`."""
+    try:
+        if path.stat().st_size > HF_META_BYTES:
+            return False
+        value = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return False
+    return isinstance(value, dict) and key in value
+
+
 def _is_hf_dataset(path: Path) -> bool:
-    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+    """Whether `path` is a folder `datasets.save_to_disk` wrote: a Dataset's ``state.json`` lists ``_data_files``, a
+    DatasetDict's ``dataset_dict.json`` its ``splits`` (any other file of those names is data)."""
+    return _holds_key(path / "state.json", "_data_files") or _holds_key(path / "dataset_dict.json", "splits")
 
 
 def _hf_listing(source: Path, key: str, field: str | None) -> list[str]:
@@ -160,52 +225,104 @@ def _hf_listing(source: Path, key: str, field: str | None) -> list[str]:
 
 
 def _hf_inputs(path: Path, display: str) -> list[InputFile]:
-    if (path / "dataset_dict.json").is_file():
+    if _holds_key(path / "dataset_dict.json", "splits"):
         splits = _hf_listing(path / "dataset_dict.json", "splits", None)
         return [InputFile(path / s, f"{display}/{s}", "hf") for s in splits]
     return [InputFile(path, display, "hf")]
 
 
-def _folder_inputs(folder: Path, display: str) -> list[InputFile]:
+def _written_by_dsprep(folder: Path) -> bool:
+    """Whether `folder` is a dsprep output folder (its ``manifest.json`` is dsprep's) or an entry of dsprep's output
+    cache (its ``cache.json``, see `dsprep.cache`): what dsprep wrote is not input data."""
+    from dsprep.cache import ENTRY, _read_entry
+    from dsprep.shards import MANIFEST, _is_dsprep_manifest
+
+    return _is_dsprep_manifest(folder / MANIFEST) or _read_entry(folder / ENTRY) is not None
+
+
+def _named(names: list[str], one: str, many: str) -> str:
+    """``2 files of unknown type (a.md, b.bin)``: how many, and the first few names."""
+    shown = ", ".join(printable(n) for n in names[:SKIPPED_NAMES_SHOWN])
+    more = f", and {len(names) - SKIPPED_NAMES_SHOWN} more" if len(names) > SKIPPED_NAMES_SHOWN else ""
+    return f"{len(names)} {one if len(names) == 1 else many} ({shown}{more})"
+
+
+def _listing(here: Path, seen: set[Path], on_skip: SkipReport | None) -> tuple[list[InputFile], list[Path]]:
+    """The data files in `here` and its subfolders to walk (symlinked ones too; none already in `seen`, which grows),
+    both in name order. Hidden entries are left out; files of unknown type and dsprep's own output and cache folders
+    are left out and told to `on_skip`."""
+    try:
+        entries = sorted(os.scandir(here), key=lambda e: e.name)
+    except OSError as exc:
+        raise InputError(f"{printable(str(here))}: cannot list this folder: {exc.strerror or exc}") from None
+    files: list[InputFile] = []
+    folders: list[Path] = []
+    unknown: list[str] = []
+    ours: list[str] = []
+    for entry in entries:
+        path = here / entry.name
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            real = path.resolve()
+            if real in seen:  # a symlink loop, or a folder reached twice
+                continue
+            seen.add(real)
+            if _written_by_dsprep(path):
+                ours.append(entry.name)
+            else:
+                folders.append(path)
+            continue
+        try:
+            files.append(_input_file(path, str(path)))
+        except InputError:
+            unknown.append(entry.name)
+    parts = [_named(unknown, "file of unknown type", "files of unknown type")] if unknown else []
+    parts += [_named(ours, "dsprep output or cache folder", "dsprep output or cache folders")] if ours else []
+    if parts and on_skip:
+        on_skip(f"{printable(str(here))}: skipped {' and '.join(parts)}")
+    return files, folders
+
+
+def _folder_inputs(folder: Path, display: str, on_skip: SkipReport | None) -> list[InputFile]:
+    """Every data file below `folder` in sorted order (a folder's files, then each subfolder in name order); a
+    `datasets` folder is one input per split."""
     if _is_hf_dataset(folder):
         return _hf_inputs(folder, display)
     found: list[InputFile] = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        here = Path(root)
-        for d in list(dirs):
-            if _is_hf_dataset(here / d):
-                dirs.remove(d)
-                found.extend(_hf_inputs(here / d, str(here / d)))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            p = here / name
-            try:
-                container, compression = _classify(p)
-            except InputError:
-                continue
-            found.append(InputFile(p, str(p), container, compression))
+    seen = {folder.resolve()}
+    pending = [folder]
+    while pending:
+        here = pending.pop()
+        if here != folder and _is_hf_dataset(here):
+            found.extend(_hf_inputs(here, str(here)))
+            continue
+        files, folders = _listing(here, seen, on_skip)
+        found.extend(files)
+        pending.extend(reversed(folders))
     if not found:
         raise InputError(f"{display}: folder holds no readable data files")
     return found
 
 
-def discover(inputs: Sequence[str]) -> list[InputFile]:
-    """Expand files, folders and glob patterns into a deterministic list of inputs (folders and globs sorted)."""
+def discover(inputs: Sequence[str], *, on_skip: SkipReport | None = None) -> list[InputFile]:
+    """Expand files, folders and glob patterns into a deterministic list of inputs (folders and globs sorted).
+
+    on_skip: told one line per folder that holds files or folders left out (of unknown type; dsprep's own output or
+    cache), e.g. ``data: skipped 2 files of unknown type (a.md, b.bin)``.
+    """
     out: list[InputFile] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            out.extend(_folder_inputs(path, item))
+            out.extend(_folder_inputs(path, item, on_skip))
         elif path.is_file():
-            container, compression = _classify(path)
-            out.append(InputFile(path, item, container, compression))
+            out.append(_input_file(path, item))
         elif glob.has_magic(item):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
                 raise InputError(f"{item}: no file matches this pattern")
-            out.extend(discover(matches))
+            out.extend(discover(matches, on_skip=on_skip))
         else:
             raise InputError(f"{item}: no such file or folder")
     seen: set[Path] = set()
@@ -291,28 +408,84 @@ def _zstd_frames(source: IO[bytes]) -> Iterator[bytes]:
             yield out
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (Arrow's span several), control characters escaped."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _utf8(name: str) -> bool:
+    """Whether a path can be handed to pyarrow, which takes only UTF-8 names."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _decompressing(counted: IO[bytes], compression: str | None) -> IO[bytes]:
+    if compression == "gzip":
+        return cast(IO[bytes], gzip.GzipFile(fileobj=counted))
+    if compression == "bz2":
+        return bz2.BZ2File(counted)
+    if compression == "xz":
+        return lzma.LZMAFile(counted)
+    if compression == "zstd":
+        return io.BufferedReader(_Chunks(_zstd_frames(counted)), buffer_size=1 << 20)
+    return counted
+
+
+def _not_compressed(head: bytes, compression: str) -> str:
+    """Why a file named as compressed is refused: what its first bytes look like instead."""
+    binary = next((kind for magic, kind, _ in BINARY_MAGIC if head.startswith(magic)), None)
+    wide = next((name for bom, name in WIDE_BOMS if head.startswith(bom)), None)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at the end of `head` is fine
+        text = True
+    except UnicodeDecodeError:
+        text = False
+    looks = f"a {binary} file" if binary else f"{wide} text" if wide else "plain text" if text else "no known format"
+    return f"the file is not {compression} data, it starts like {looks} ({head[:8]!r}): name it for what it holds"
+
+
+def _check_text(f: InputFile, stream: Any) -> None:
+    """An InputError when a text input's first bytes show a Parquet or Arrow file, or text that is not UTF-8."""
+    head = stream.peek(HEAD_BYTES)[:HEAD_BYTES]
+    binary = next(((kind, suffix) for magic, kind, suffix in BINARY_MAGIC if head.startswith(magic)), None)
+    if binary:
+        raise InputError(
+            f"{f.display}: holds {binary[0]} data, not {TEXT_CONTAINERS[f.container]}: give it the suffix {binary[1]}"
+        )
+    encoding = next((name for bom, name in WIDE_BOMS if head.startswith(bom)), None)
+    if encoding:
+        raise InputError(
+            f"{f.display}: the text is {encoding} (it starts with a {encoding} byte-order mark); dsprep reads UTF-8: "
+            f"convert it first, e.g. iconv -f {encoding[:6]} -t UTF-8"
+        )
+
+
 @contextmanager
 def _open_binary(f: InputFile, progress: Progress | None) -> Iterator[IO[bytes]]:
+    """The input's bytes, decompressed by what its first bytes show (`_compression_of`); a file named as compressed
+    that is not is refused, and a text input is checked to be UTF-8 text (`_check_text`)."""
     try:
         raw = open(f.path, "rb")  # noqa: SIM115 - closed by the stack below
     except OSError as exc:
         raise InputError(f"{f.display}: cannot open: {exc.strerror}") from None
     counted = io.BufferedReader(_Counting(raw, progress), buffer_size=1 << 20)
-    stream: IO[bytes]
-    if f.compression == "gzip":
-        stream = cast(IO[bytes], gzip.GzipFile(fileobj=counted))
-    elif f.compression == "bz2":
-        stream = bz2.BZ2File(counted)
-    elif f.compression == "xz":
-        stream = lzma.LZMAFile(counted)  # noqa: SIM115 - closed in the finally below
-    elif f.compression == "zstd":
-        stream = io.BufferedReader(_Chunks(_zstd_frames(counted)), buffer_size=1 << 20)
-    else:
-        stream = counted
+    stream: IO[bytes] = counted
     try:
+        head = counted.peek(HEAD_BYTES)[:HEAD_BYTES]
+        if f.compression and _compression_of(head, f.compression) != f.compression:
+            why = _not_compressed(head, f.compression)
+            raise InputError(f"{f.display}: cannot decompress ({f.compression}): {why}")
+        stream = _decompressing(counted, f.compression)
+        if f.container in TEXT_CONTAINERS:
+            _check_text(f, stream)
         yield stream
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
-        raise InputError(f"{f.display}: cannot decompress ({f.compression}): {exc}") from None
+        what = f"cannot decompress ({f.compression})" if f.compression else "cannot read"
+        raise InputError(f"{f.display}: {what}: {_one_line(exc)}") from None
     finally:
         stream.close()
         counted.close()
@@ -320,14 +493,21 @@ def _open_binary(f: InputFile, progress: Progress | None) -> Iterator[IO[bytes]]
 
 @contextmanager
 def _seekable(f: InputFile, progress: Progress | None) -> Iterator[IO[bytes] | Path]:
-    """A seekable view of the input: the path itself, or a decompressed temporary copy (bounded memory)."""
+    """A seekable view of the input: the path itself (an open file where its name is not UTF-8), or a decompressed
+    temporary copy (bounded memory), made before the view is used, so that only decompression errors are blamed on
+    decompression."""
     if f.compression is None:
         if progress:
             progress(f.size)
-        yield f.path
+        if _utf8(str(f.path)):
+            yield f.path
+            return
+        with open(f.path, "rb") as fh:
+            yield fh
         return
-    with _open_binary(f, progress) as stream, tempfile.TemporaryFile() as tmp:
-        shutil.copyfileobj(stream, tmp, 1 << 20)
+    with tempfile.TemporaryFile() as tmp:
+        with _open_binary(f, progress) as stream:
+            shutil.copyfileobj(stream, tmp, 1 << 20)
         tmp.seek(0)
         yield tmp
 
@@ -437,9 +617,14 @@ def _whole_json(data: bytes, display: str) -> Iterator[Record]:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        if data.lstrip(JSON_SPACE)[:1] != b"[":
+        wrapped = _WRAPPED_LIST.match(data)
+        if data.lstrip(JSON_SPACE)[:1] == b"[":
+            elements = _array_elements(data, io.BytesIO(), display)
+        elif wrapped:
+            elements = _array_elements(data[wrapped.end() :], io.BytesIO(), display, closer=b"}")
+        else:
             raise InputError(f"{display}: not valid JSON ({exc}); for one record per line use .jsonl") from None
-        for i, raw in enumerate(_array_elements(data, io.BytesIO(), display)):  # a bad element is a bad row
+        for i, raw in enumerate(elements):  # a bad element is a bad row
             yield _element_record(i, raw)
         return
     if isinstance(value, dict):
@@ -500,12 +685,12 @@ def _checked(piece: bytes) -> bytes:
     return piece
 
 
-def _array_elements(head: bytes, stream: IO[bytes], display: str) -> Iterator[bytes]:
+def _array_elements(head: bytes, stream: IO[bytes], display: str, *, closer: bytes = b"") -> Iterator[bytes]:
     """The text of each element of the JSON array that `head` and then `stream` hold, in bounded memory.
 
     Only strings, brackets and commas are followed, so an element that is not valid JSON is still one element, for
     its parser to reject. A bracket that does not match, an empty element, an array that does not end, or text after
-    it is an InputError.
+    it other than `closer` (the end of an object wrapping the array) is an InputError.
     """
     buf = head.lstrip(JSON_SPACE)
     while not buf and (chunk := stream.read(JSON_CHUNK_BYTES)):
@@ -544,7 +729,7 @@ def _array_elements(head: bytes, stream: IO[bytes], display: str) -> Iterator[by
                     continue
                 if c != ord("]"):
                     raise InputError(f"{display}: not valid JSON ('}}' where ',' or ']' was expected)")
-                _expect_end(buf[start:], stream, display)
+                _expect_end(buf[start:], stream, display, closer)
                 return
         chunk = stream.read(max(JSON_CHUNK_BYTES, len(buf) - start))  # a long element doubles what is read
         if not chunk:
@@ -552,40 +737,80 @@ def _array_elements(head: bytes, stream: IO[bytes], display: str) -> Iterator[by
         buf, pos, start = buf[start:] + chunk, resume - start, 0
 
 
-def _expect_end(rest: bytes, stream: IO[bytes], display: str) -> None:
-    """An InputError unless `rest` and what is left of `stream` are whitespace."""
-    while not rest.strip(JSON_SPACE):
-        rest = stream.read(JSON_CHUNK_BYTES)
-        if not rest:
-            return
-    raise InputError(f"{display}: not valid JSON (text after the end of the array)")
+def _expect_end(rest: bytes, stream: IO[bytes], display: str, closer: bytes) -> None:
+    """An InputError unless `rest` and what is left of `stream` are `closer` amid whitespace."""
+    seen = rest.translate(None, JSON_SPACE)
+    while closer.startswith(seen) and (rest := stream.read(JSON_CHUNK_BYTES)):
+        seen += rest.translate(None, JSON_SPACE)
+    if not closer.startswith(seen):
+        raise InputError(f"{display}: not valid JSON (text after the end of the {'object' if closer else 'array'})")
+    if seen != closer:
+        raise InputError(f"{display}: not valid JSON (the file ends before the object's closing '}}')")
 
 
 def _csv(f: InputFile, progress: Progress | None) -> Iterator[Record]:
-    """CSV, and TSV, with CSV's quoting rules (as pandas and `datasets` read both)."""
+    """CSV, and TSV, with CSV's quoting rules (as pandas and `datasets` read both); rows are numbered from 0 after
+    the header, blank lines not counted, and a message names the CSV line a row starts on."""
     delimiter = "\t" if f.container == "tsv" else ","
     with _open_binary(f, progress) as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
         csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-        reader = csv.reader(text, delimiter=delimiter)
-        header = next((cells for cells in reader if cells), None)  # blank lines before the header are skipped
+        rows = _csv_rows(text, delimiter, f.display)
+        header = next(rows, None)  # blank lines before the header are skipped
         if header is None:
             return
-        if any("\udc80" <= ch <= "\udcff" for name in header for ch in name):
+        if any("\udc80" <= ch <= "\udcff" for name in header[1] for ch in name):
             raise InputError(f"{f.display}: the CSV header is not valid UTF-8")
-        _check_unique(header, f.display)
-        for i, cells in enumerate(reader):
-            if not cells:  # a blank line: no bytes between two line breaks
-                continue
+        names = header[1]
+        _check_unique(names, f.display)
+        for i, (line, cells) in enumerate(rows):
             raw = delimiter.join(cells).encode("utf-8", "surrogateescape")
             if any("\udc80" <= ch <= "\udcff" for c in cells for ch in c):
-                yield Record(i, None, raw, RowError("", "invalid_utf8", f"invalid UTF-8 in CSV line {reader.line_num}"))
-            elif len(cells) != len(header):
-                msg = f"expected {len(header)} columns as in the header, got {len(cells)} (CSV line {reader.line_num})"
+                yield Record(i, None, raw, RowError("", "invalid_utf8", f"invalid UTF-8 in CSV line {line}"))
+            elif len(cells) != len(names):
+                msg = f"expected {len(names)} columns as in the header, got {len(cells)} (CSV line {line})"
                 yield Record(i, None, raw, RowError("", "wrong_type", msg))
             else:
-                value = {k: (v if v != "" else None) for k, v in zip(header, cells, strict=True)}
+                value = {k: (v if v != "" else None) for k, v in zip(names, cells, strict=True)}
                 yield Record(i, value, _dumps(value))
+
+
+def _csv_rows(text: IO[str], delimiter: str, display: str) -> Iterator[tuple[int, list[str]]]:
+    """The records of CSV text that are not blank lines, each with the line it starts on (1-based). A quote that is
+    never closed (its record then runs to the end of the file) is an InputError."""
+    lines = _Lines(text)
+    reader = csv.reader(lines, delimiter=delimiter)
+    while True:
+        first = reader.line_num + 1
+        cells = next(reader, None)
+        if cells is None:
+            return
+        if lines.ended:  # the reader wanted more lines for this record: a quoted cell was still open
+            raise InputError(
+                f"{display}: the quote opened in CSV line {first} is never closed "
+                "(the rest of the file would be one cell)"
+            )
+        if cells:  # not a blank line (no bytes between two line breaks)
+            yield first, cells
+
+
+class _Lines:
+    """The lines of a text stream; `ended` once the stream has none left, which a csv reader finds out only where
+    a record is still open when the text ends."""
+
+    def __init__(self, text: IO[str]) -> None:
+        self._text = text
+        self.ended = False
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._text.readline()
+        if not line:
+            self.ended = True
+            raise StopIteration
+        return line
 
 
 def _check_unique(names: Sequence[str], display: str) -> None:
@@ -608,14 +833,14 @@ def _arrow_batches(f: InputFile, progress: Progress | None) -> Iterator[Any]:
             part = f.path / name
             if progress:
                 progress(part.stat().st_size)
-            with pa.memory_map(str(part)) as source:
+            with _arrow_file(part) as source:
                 yield from pa.ipc.open_stream(source)
         return
     with _seekable(f, progress) as source:
         if f.container == "parquet":
             yield from pq.ParquetFile(source).iter_batches(batch_size=BATCH_ROWS)
             return
-        handle = pa.memory_map(str(source)) if isinstance(source, Path) else pa.PythonFile(source, mode="r")
+        handle = _arrow_file(source) if isinstance(source, Path) else pa.PythonFile(source, mode="r")
         with handle:
             try:
                 reader: Any = pa.ipc.open_file(handle)
@@ -624,6 +849,15 @@ def _arrow_batches(f: InputFile, progress: Progress | None) -> Iterator[Any]:
             except pa.ArrowInvalid:
                 handle.seek(0)
                 yield from pa.ipc.open_stream(handle)
+
+
+def _arrow_file(path: Path) -> Any:
+    """`path` for pyarrow: memory-mapped, or read through Python where its name is not UTF-8."""
+    import pyarrow as pa
+
+    if _utf8(str(path)):
+        return pa.memory_map(str(path))
+    return pa.PythonFile(open(path, "rb"), mode="r")  # the PythonFile closes it
 
 
 def _arrow(f: InputFile, progress: Progress | None) -> Iterator[Record]:
@@ -636,7 +870,7 @@ def _arrow(f: InputFile, progress: Progress | None) -> Iterator[Record]:
             yield from _batch_records(batch, row)
             row += batch.num_rows
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{f.display}: cannot read as {f.container}: {exc}") from None
+        raise InputError(f"{f.display}: cannot read as {f.container}: {_one_line(exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -652,14 +886,14 @@ def _batch_records(batch: Any, first: int) -> Iterator[Record]:
     import pyarrow as pa
 
     try:
-        rows = batch.to_pylist() if all(_json_decoder(t) is None for t in batch.schema.types) else None
+        rows = batch.to_pylist() if all(_converter(t) is None for t in batch.schema.types) else None
     except (ValueError, OverflowError, pa.ArrowException):
         rows = None
     if rows is not None:
         for row, value in enumerate(rows, first):
             yield Record(row, value, _dumps(value))
         return
-    names = batch.schema.names  # JSON-typed values to decode, or a value that cannot be converted: column by column
+    names = batch.schema.names  # values to convert (`_converter`), or one Python cannot hold: column by column
     columns = [_column_values(batch.column(i), name) for i, name in enumerate(names)]
     for row, cells in enumerate(zip(*columns, strict=True), first):
         error = next((c.error for c in cells if isinstance(c, _Unreadable)), None)
@@ -672,17 +906,17 @@ def _batch_records(batch: Any, first: int) -> Iterator[Record]:
 
 
 def _column_values(array: Any, name: str) -> list[Any]:
-    """An Arrow column as Python values, JSON-typed values decoded; `_Unreadable` where a value cannot be converted."""
+    """An Arrow column as Python values as `_converter` makes them; `_Unreadable` where a value cannot be converted."""
     import pyarrow as pa
 
     try:
         values = array.to_pylist()
     except (ValueError, OverflowError, pa.ArrowException):
         values = [_cell(array, i, name) for i in range(len(array))]
-    decode = _json_decoder(array.type)
-    if decode is None:
+    convert = _converter(array.type)
+    if convert is None:
         return values
-    return [v if isinstance(v, _Unreadable) else _decoded(decode, v, name) for v in values]
+    return [v if isinstance(v, _Unreadable) else _decoded(convert, v, name) for v in values]
 
 
 def _cell(array: Any, i: int, name: str) -> Any:
@@ -693,7 +927,7 @@ def _cell(array: Any, i: int, name: str) -> Any:
     except UnicodeDecodeError as exc:
         error = RowError(name, "invalid_utf8", f"a string that is not valid UTF-8 (byte {exc.start + 1})")
     except (ValueError, OverflowError, pa.ArrowException) as exc:
-        error = RowError(name, "wrong_type", f"a {array.type} value with no Python equivalent ({exc})")
+        error = RowError(name, "wrong_type", f"a {array.type} value with no Python equivalent ({_one_line(exc)})")
     shown = array.slice(i, 1).to_string(skip_new_lines=True)  # Arrow's own rendering, e.g. "[<value out of range: 9>]"
     return _Unreadable(error, shown[1:-1] if shown[:1] == "[" and shown[-1:] == "]" else shown)
 
@@ -705,28 +939,39 @@ def _decoded(decode: Callable[[Any], Any], value: Any, name: str) -> Any:
         return _Unreadable(RowError(name, "invalid_json", f"a JSON-typed value that is not valid JSON ({exc})"), value)
 
 
-def _json_decoder(t: Any) -> Callable[[Any], Any] | None:
-    """How to decode the values of the JSON extension type (`pa.json_()`, JSON text) within a Python value of Arrow
-    type `t`, at any depth; None when `t` holds none."""
+def _converter(t: Any) -> Callable[[Any], Any] | None:
+    """What turns the Python value of an Arrow value of type `t` into the value its JSON record holds, at any depth:
+    null struct fields dropped, values of the JSON extension type decoded; None when `t` needs neither.
+
+    Arrow gives all the rows of a column one struct type, the union of their keys, so a key absent from a JSON
+    object comes back as null (tool-call arguments ``{"city": "Paris"}`` and ``{"tz": "UTC"}`` would each gain the
+    other's key). Arrow cannot tell such a null from one the data held, so every null field is dropped.
+    """
     import pyarrow as pa
 
     if isinstance(t, pa.BaseExtensionType):
-        return _json_text if t.extension_name == "arrow.json" else None
+        return _json_text if t.extension_name == "arrow.json" else _converter(t.storage_type)
     if pa.types.is_dictionary(t) or pa.types.is_run_end_encoded(t):
-        return _json_decoder(t.value_type)
+        return _converter(t.value_type)
     if pa.types.is_struct(t):
-        fields = [(t.field(i).name, _json_decoder(t.field(i).type)) for i in range(t.num_fields)]
-        decoders = [(name, d) for name, d in fields if d is not None]
-        return partial(_decode_fields, decoders) if decoders else None
+        fields = [(t.field(i).name, _converter(t.field(i).type)) for i in range(t.num_fields)]
+        return partial(_struct_fields, {name: c for name, c in fields if c is not None})
     if pa.types.is_map(t):
-        key, item = _json_decoder(t.key_type), _json_decoder(t.item_type)
+        key, item = _converter(t.key_type), _converter(t.item_type)
         if key is None and item is None:
             return None
         return partial(_decode_items, partial(_decode_pair, key or _same, item or _same))
     if any(getattr(pa.types, f"is_{kind}", lambda _: False)(t) for kind in LIST_KINDS):
-        inner = _json_decoder(t.value_type)
+        inner = _converter(t.value_type)
         return partial(_decode_items, inner) if inner is not None else None
     return None
+
+
+def _struct_fields(inner: dict[str, Callable[[Any], Any]], value: dict[str, Any] | None) -> Any:
+    """A struct's value without its null fields, the others converted by `inner` where it has theirs."""
+    if value is None:
+        return None
+    return {k: inner[k](v) if k in inner else v for k, v in value.items() if v is not None}
 
 
 def _json_text(value: str | None) -> Any:
@@ -743,10 +988,6 @@ def _decode_items(decode: Callable[[Any], Any], value: list[Any] | None) -> Any:
 
 def _decode_pair(key: Callable[[Any], Any], item: Callable[[Any], Any], pair: tuple[Any, Any]) -> tuple[Any, Any]:
     return key(pair[0]), item(pair[1])
-
-
-def _decode_fields(decoders: list[tuple[str, Callable[[Any], Any]]], value: dict[str, Any] | None) -> Any:
-    return None if value is None else value | {name: decode(value[name]) for name, decode in decoders}
 
 
 READERS: dict[str, Callable[[InputFile, Progress | None], Iterator[Record]]] = {

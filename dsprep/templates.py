@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,11 @@ def _tojson(
 
 
 def _strftime_now(fmt: str) -> str:
+    """The time of the render, as `apply_chat_template` gives it; with ``SOURCE_DATE_EPOCH`` set, that time (in UTC)
+    instead, so that a template that prints the date (Llama 3.2's) renders the same on any day."""
+    pinned = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if pinned.isdigit():
+        return datetime.fromtimestamp(int(pinned), tz=UTC).strftime(fmt)
     return datetime.now().strftime(fmt)
 
 

@@ -61,3 +61,15 @@ def run_convert(tmp_path: Path):
         return Converted(convert(config), out)
 
     return run
+
+
+@pytest.fixture(params=["whole", "streamed"])
+def json_reading(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Read .json files at once, or as files over the streaming threshold are: through ijson in 7-byte pieces (so
+    that strings span pieces)."""
+    from dsprep import sources
+
+    if request.param == "streamed":
+        monkeypatch.setattr(sources, "SMALL_JSON_BYTES", 16)
+        monkeypatch.setattr(sources, "JSON_CHUNK_BYTES", 7)
+    return str(request.param)

@@ -38,6 +38,7 @@ from dsprep.normalize import REASONS
 
 EXAMPLES = 150  # per test; the file stays well under a minute (about 10 s)
 DOCUMENTED_EXIT_CODES = {0, 3, 4, 5}
+DETECTION_ERRORS = ("no known format matches", "ambiguous format", "the rows look like format")
 ALL_REASONS = set(REASONS) | {"template_error", "too_long", "not_packable", "no_trained_tokens"}
 FORMATS = ["auto", "openai", "sharegpt", "alpaca", "text", "prompt_completion", "preference", "kto", "hh_transcript"]
 
@@ -271,7 +272,7 @@ def check_case(case: Case, workdir: Path) -> list[str]:
     if src.read_bytes() != case.data:
         problems.append("the input was modified")
     if result.exit_code != 0:
-        detection = "no known format matches" in text or "ambiguous format" in text  # these add a spec to save
+        detection = any(s in text for s in DETECTION_ERRORS)  # these add a spec to save
         if not text.startswith("error: ") or (text.count("\n") != 1 and not detection):
             problems.append(f"error is not one line: {text!r}")
         if (out / "manifest.json").exists():

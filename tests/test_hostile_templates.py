@@ -223,6 +223,11 @@ def test_every_shipped_template_renders_the_same_bounded(name: str) -> None:
     assert got == expected
 
 
+def test_source_date_epoch_pins_the_date_a_template_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
+    assert render_bounded("{{ strftime_now('%d %b %Y') }}", "dated", environment=_environment()) == "02 Jan 1970"
+
+
 def test_time_limit_interrupts_a_loop_that_calls_nothing() -> None:
     env = _environment(render_seconds=0.3)
     text = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
@@ -408,6 +413,33 @@ def test_a_template_that_hangs_stops_a_convert_at_its_first_time_out(
     assert result.exit_code == 7, result.output
     assert result.output == "error: template loop: rendering took longer than 0.5 s\n"
     assert len(timeouts) == 1
+
+
+def test_a_row_whose_render_runs_out_of_time_stops_the_convert(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A time-out depends on the machine's load, not on the row: it stops the run (exit 7) rather than rejecting the
+    row, so that the same inputs never give different outputs on a busy machine."""
+    from dsprep.cli import main
+
+    for track_generation in (False, True):
+        monkeypatch.setattr(templates._environment(track_generation), "render_seconds", 0.5)
+    templates._compile.cache_clear()
+    slow = tmp_path / "slow.jinja"
+    slow.write_text("{% for m in messages %}{% if m.content == 'SLOW' %}{% for i in range(99999) %}"
+                    "{% for j in range(99999) %}{% endfor %}{% endfor %}{% endif %}<|im_start|>{{ m.role }}\n"
+                    "{% generation %}{{ m.content }}{% endgeneration %}<|im_end|>\n{% endfor %}")  # fmt: skip
+    rows = [MESSAGES, [MESSAGES[0], {"role": "assistant", "content": "SLOW"}], MESSAGES]
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    try:
+        result = CliRunner().invoke(
+            main, ["convert", str(data), "-o", str(tmp_path / "o"), "-t", "mistral:tekken", "--template", str(slow),
+                   "-j", "1", "-q", "--no-cache", "--allow-template-warnings"],
+        )  # fmt: skip
+    finally:
+        templates._compile.cache_clear()
+    assert result.exit_code == 7, result.output
+    assert result.output == "error: template slow: rendering took longer than 0.5 s\n"
+    assert not (tmp_path / "o" / "manifest.json").exists()
 
 
 @pytest.mark.parametrize(

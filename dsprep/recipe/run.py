@@ -184,7 +184,8 @@ class _RecipeRun:
             try:
                 result = convert(config, derive_spec=_deriver(source, label, self.origin),
                                  on_bytes=self._phase(f"reading {label}", sum(f.size for f in found)),
-                                 on_writing=self._writing(f"{label}'s normalized rows"))  # fmt: skip
+                                 on_writing=self._writing(f"{label}'s normalized rows"),
+                                 on_note=self.say)  # fmt: skip
             except RowFailure:  # on_error: fail — the failing row (in the source's rejects) is the one to show
                 self._carry_rejects(config.out, label)
                 raise

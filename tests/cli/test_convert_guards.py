@@ -226,3 +226,46 @@ def test_shares_keep_their_digits_and_a_doubled_percent_sign_is_refused(tmp_path
     assert "rows rejected (81.82%), over --max-rejected 0.001%;" in result.output
     refused = _run(bad, "-o", str(tmp_path / "p"), "--max-rejected", "5%%")
     assert refused.exit_code == 2 and "'5%%' is not a fraction such as 0.01 or 1%" in refused.output
+
+
+def test_files_an_input_folder_holds_besides_data_are_told(tmp_path: Path) -> None:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "chat.jsonl").write_text(CHAT % 0)
+    (folder / "notes.md").write_text("notes")
+    result = _run(str(folder), "-o", str(tmp_path / "o"))
+    assert result.exit_code == 0
+    assert f"{folder}: skipped 1 file of unknown type (notes.md)" in result.stderr
+    assert _run(str(folder), "-o", str(tmp_path / "q"), "-q").output == ""
+
+
+def test_characters_the_output_encoding_lacks_print_as_escapes(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    args = [str(DSPREP), "convert", str(FIXTURES / "formats" / "openai.jsonl"), "-o", str(tmp_path / "o"), "--no-cache"]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "mapping messages\\u2192messages" in done.stdout
+
+
+@pytest.fixture
+def latin1_locale(tmp_path: Path) -> dict[str, str]:
+    """The environment of a process in an ISO-8859-1 locale, compiled here (few machines install one)."""
+    where = tmp_path / "locales"
+    where.mkdir()
+    made = subprocess.run(["localedef", "-i", "en_US", "-f", "ISO-8859-1", str(where / "en_US.ISO-8859-1")],
+                          capture_output=True)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip("localedef cannot compile an ISO-8859-1 locale here")
+    return {**os.environ, "LOCPATH": str(where), "LC_ALL": "en_US.ISO-8859-1", "PYTHONIOENCODING": ""}
+
+
+def test_file_names_are_read_as_utf8_whatever_the_locale(tmp_path: Path, latin1_locale: dict[str, str]) -> None:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "café.jsonl").write_text(CHAT % 0)
+    for name, env in (("latin1", latin1_locale), ("utf8", {**os.environ, "LC_ALL": "C.UTF-8"})):
+        args = [str(DSPREP), "convert", "inputs", "-o", name, "--no-cache", "-q"]
+        done = subprocess.run(args, capture_output=True, env=env, cwd=tmp_path, timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert _files(tmp_path / "latin1") == _files(tmp_path / "utf8")
+    assert "inputs/café.jsonl" in (tmp_path / "utf8" / "manifest.json").read_text(encoding="utf-8")
