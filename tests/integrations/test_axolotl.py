@@ -42,7 +42,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from dsprep.config import ConvertConfig  # noqa: E402
-from dsprep.errors import DsprepError, VerifyError  # noqa: E402
+from dsprep.errors import ConfigError, DsprepError, VerifyError  # noqa: E402
 from dsprep.integrations import axolotl as dsprep_axolotl  # noqa: E402
 from dsprep.pipeline import convert  # noqa: E402
 from isolation import example_loss_deltas, float64_model  # noqa: E402
@@ -329,7 +329,7 @@ def test_packed_refuses_batches_that_mix_examples(
     assert not list(tmp_path.iterdir()), "nothing is written for a refused config"
     argv = [str(packed_shards), "--model", str(tiny_model_dir), "--out", str(tmp_path / "b.yaml")]
     argv += [f"--set={k}={'null' if v is None else v}" for k, v in overrides.items()]
-    assert dsprep_axolotl.main(argv) == 1
+    assert dsprep_axolotl.main(argv) == ConfigError.exit_code
     assert not list(tmp_path.iterdir())
 
 

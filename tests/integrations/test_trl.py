@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dsprep.config import ConvertConfig
+from dsprep.errors import TokenizerError, VerifyError
 from dsprep.pipeline import convert
 from isolation import example_loss_deltas, float64_model
 from paths import SHARED_DATA
@@ -176,7 +177,7 @@ def test_dpo_refuses_shards_without_preference_rows(
 ) -> None:
     shards = _convert(tmp_path / "kto", "kto/llamafactory__kto_en_demo.json", str(tiny_model_dir), max_len=192)
     argv = ["--shards", str(shards), "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "out")]
-    assert _entry("trl_dpo").main(argv) == 1
+    assert _entry("trl_dpo").main(argv) == VerifyError.exit_code
     err = capsys.readouterr().err
     assert err == "trl_dpo: no tokenized preference rows in the shards (only kto rows): DPO needs chosen/rejected\n"
 
@@ -187,6 +188,6 @@ def test_entries_refuse_a_missing_model_folder(
 ) -> None:
     missing = tmp_path / "no-such-model"
     argv = ["--shards", str(packed_shards), "--model", str(missing), "--output-dir", str(tmp_path / "out")]
-    assert _entry(entry).main(argv) == 1
+    assert _entry(entry).main(argv) == TokenizerError.exit_code
     err = capsys.readouterr().err
     assert err == f"{entry}: {missing}: not a model folder (pass a local folder holding the model and its tokenizer)\n"
