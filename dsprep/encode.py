@@ -366,9 +366,9 @@ class Encoder:
         if not texts:
             return []
         fast = self.fast
-        if fast is not None and fast.with_specials:
-            return fast.encode_batch(texts)
         specials = [p["plain_text"] for p in plans if not isinstance(p, RowError) for _ in p["texts"]]
+        if fast is not None and fast.with_specials:
+            return [self._fast_encode(fast, text, special) for text, special in zip(texts, specials, strict=True)]
         out: list[Any] = [None] * len(texts)
         for flag in (False, True):
             index = [i for i, s in enumerate(specials) if s is flag]
@@ -376,12 +376,20 @@ class Encoder:
                 continue
             if fast is not None and not flag:
                 for i in index:
-                    out[i] = fast.encode(texts[i])
+                    out[i] = self._fast_encode(fast, texts[i], flag)
                 continue
             batch = self.tok.tokenizer([texts[i] for i in index], add_special_tokens=flag, return_attention_mask=False)
             for i, enc in zip(index, batch.encodings, strict=True):
                 out[i] = enc
         return out
+
+    def _fast_encode(self, fast: FastEncoder, text: str, special: bool) -> Any:
+        """`fast`'s encoding of `text`, or the tokenizer's own where tiktoken's regex gives up on the text (a run of
+        about a million spaces exhausts its backtracking): the same ids, more slowly."""
+        try:
+            return fast.encode(text)
+        except ValueError:
+            return self.tok.tokenizer(text, add_special_tokens=special, return_attention_mask=False).encodings[0]
 
     def _plan(self, row: Row) -> dict[str, Any]:
         """What to tokenize for a row: its full text(s) and the character spans to train."""

@@ -232,9 +232,11 @@ class _Accounts:
             self._finished += 1
 
 
-def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None) -> Iterator[Task]:
+def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None, sizes: Sequence[int]) -> Iterator[Task]:
     """The inputs' records in tasks of `TASK_ROWS` (the last one fewer): a task goes on into the next input where the
-    previous one ends, so that many small inputs make few tasks."""
+    previous one ends, so that many small inputs make few tasks. An input whose size is no longer its `sizes` entry
+    (what its sha256 was taken of) once read is an `InputError`: the rows read are not the ones the manifest and the
+    cache key would name."""
     seq = itertools.count()
     records: list[Record] = []
     spans: list[tuple[int, int]] = []
@@ -244,6 +246,7 @@ def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None) -> Itera
             with _reading(f):  # only the read happens here: a failed write never looks like a failed input
                 batch = next(batches, None)
             if batch is None:
+                _unchanged(f, sizes[index])
                 break
             at = 0
             while at < len(batch):
@@ -259,6 +262,15 @@ def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None) -> Itera
                     records, spans = [], []
     if records:
         yield _task(next(seq), records, spans)
+
+
+def _unchanged(f: InputFile, size: int) -> None:
+    now = _size(f)
+    if now != size:
+        raise InputError(
+            f"{f.display}: changed while it was read ({size} bytes when the run began, {now} now); run again once it "
+            "is complete"
+        )
 
 
 def _task(seq: int, records: list[Record], spans: list[tuple[int, int]]) -> Task:
@@ -372,7 +384,7 @@ def convert(
         _encode_spec(config),
         config.pack is not None,
     )
-    tasks = _tasks(plan, on_bytes)
+    tasks = _tasks(plan, on_bytes, [size for size, _ in identities])
     result, names = _write(
         config, stage, tasks, reports, staging, encoded, on_input=on_input, on_note=on_note, on_writing=on_writing
     )

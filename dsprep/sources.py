@@ -323,6 +323,8 @@ def discover(inputs: Sequence[str], *, on_skip: SkipReport | None = None) -> lis
             if not matches:
                 raise InputError(f"{item}: no file matches this pattern")
             out.extend(discover(matches, on_skip=on_skip))
+        elif path.exists():
+            raise InputError(f"{printable(item)}: not a file or folder (a pipe or a device); dsprep reads files")
         else:
             raise InputError(f"{item}: no such file or folder")
     seen: set[Path] = set()

@@ -168,3 +168,26 @@ def test_rendered_conversations(tekken: Any, tmp_path: Path) -> None:
                 continue
     assert len(texts) > 1000
     _assert_same(tekken, texts, positions=64)
+
+
+def test_a_text_tiktoken_cannot_split_is_encoded_by_the_tokenizer(tmp_path: Path) -> None:
+    """tiktoken's regex gives up on a run of about a million spaces (its backtracking limit); the row is encoded by
+    the tokenizer itself, with the ids `apply_chat_template` gives, and the other rows as before."""
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from dsprep.cli import main
+    from dsprep.templates import load_template
+    from oracles import reference_ids
+
+    long = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x" + " " * 1_000_000 + "y"}]
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    data = tmp_path / "ws.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in (long, short)))
+    out = tmp_path / "o"
+    args = ["convert", str(data), "-o", str(out), "-t", "mistral:tekken", "--template", "chatml", "-q", "--no-cache"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    ids = pq.read_table(out / "part-00000.parquet", columns=["input_ids"]).column(0).to_pylist()
+    tok, template = load_tokenizer("mistral:tekken").tokenizer, load_template("chatml").text
+    assert ids == [reference_ids(tok, template, m, None) for m in (long, short)]

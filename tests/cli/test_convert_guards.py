@@ -269,3 +269,36 @@ def test_file_names_are_read_as_utf8_whatever_the_locale(tmp_path: Path, latin1_
         assert done.returncode == 0, done.stderr
     assert _files(tmp_path / "latin1") == _files(tmp_path / "utf8")
     assert "inputs/café.jsonl" in (tmp_path / "utf8" / "manifest.json").read_text(encoding="utf-8")
+
+
+def test_a_pipe_given_as_input_is_named_as_such(tmp_path: Path) -> None:
+    fifo = tmp_path / "rows.jsonl"
+    os.mkfifo(fifo)
+    result = _run(str(fifo), "-o", str(tmp_path / "o"))
+    assert result.exit_code == 3
+    assert result.output == f"error: {fifo}: not a file or folder (a pipe or a device); dsprep reads files\n"
+
+
+def test_an_input_that_grows_while_it_is_read_fails_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dsprep.pipeline
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(CHAT % i for i in range(3)))
+    real = dsprep.pipeline.read_records
+
+    def appending(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        for n, batch in enumerate(real(*args, **kwargs)):  # type: ignore[arg-type]
+            yield batch
+            if n == 0:
+                with data.open("a") as f:
+                    f.write(CHAT % 99)
+
+    monkeypatch.setattr(dsprep.pipeline, "read_records", appending)
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(main, ["convert", str(data), "-o", str(tmp_path / "o"), "--cache-dir", str(cache)])
+    assert result.exit_code == 3
+    assert (
+        "rows.jsonl: changed while it was read (" in result.output and "run again once it is complete" in result.output
+    )
+    assert not (tmp_path / "o" / "manifest.json").exists()
+    assert not cache.exists() or not any(cache.rglob("manifest.json"))
