@@ -15,6 +15,7 @@ import bz2
 import codecs
 import contextlib
 import csv
+import functools
 import glob
 import gzip
 import io
@@ -642,7 +643,8 @@ _END = object()
 
 
 class _Unstreamable(ValueError):
-    """Input that ijson would silently alter: it turns a lone surrogate escape into "?"."""
+    """Input that ijson would silently alter (it turns a lone surrogate escape into "?"), or could not read in bounded
+    memory (deeply nested values)."""
 
 
 def _streamed_array(head: bytes, stream: IO[bytes]) -> Generator[Record, None, int | None]:
@@ -669,16 +671,46 @@ def _streamed_array(head: bytes, stream: IO[bytes]) -> Generator[Record, None, i
 
 def _checked_pieces(chunks: Iterator[bytes]) -> Iterator[bytes]:
     """The bytes of `chunks` again, cut before a quote so that no \\u escape is split; `_Unstreamable` when a piece
-    may hold a lone surrogate escape."""
+    may hold a lone surrogate escape, or values nested deeper than `jsontext.MAX_DEPTH` (ijson's memory grows with
+    the square of the depth: an element 100,000 deep takes gigabytes)."""
     carry: list[bytes] = []
+    depth = 0
     for chunk in chunks:
         cut = chunk.rfind(b'"')
         if cut < 0:
             carry.append(chunk)
             continue
-        yield _checked(b"".join([*carry, chunk[:cut]]))
+        piece = _checked(b"".join([*carry, chunk[:cut]]))
+        depth = _nesting(piece, depth)
+        yield piece
         carry = [chunk[cut:]]
-    yield _checked(b"".join(carry))
+    piece = _checked(b"".join(carry))
+    _nesting(piece, depth)
+    yield piece
+
+
+def _nesting(piece: bytes, depth: int) -> int:
+    """The bracket depth after `piece` from `depth` before it, counting the brackets inside strings too (an
+    overestimate, which costs only the slower reading); `_Unstreamable` where it passes `jsontext.MAX_DEPTH`."""
+    import numpy as np
+
+    if not piece:
+        return depth
+    steps = np.cumsum(_bracket_steps()[np.frombuffer(piece, np.uint8)], dtype=np.int64)
+    if depth + int(steps.max()) > jsontext.MAX_DEPTH:
+        raise _Unstreamable
+    return max(0, depth + int(steps[-1]))
+
+
+@functools.cache
+def _bracket_steps() -> Any:
+    """Each byte's step in bracket depth: +1 for an opening bracket, -1 for a closing one, else 0."""
+    import numpy as np
+
+    steps = np.zeros(256, np.int8)
+    steps[[ord("["), ord("{")]] = 1
+    steps[[ord("]"), ord("}")]] = -1
+    return steps
 
 
 def _checked(piece: bytes) -> bytes:

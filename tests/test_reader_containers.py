@@ -365,3 +365,29 @@ def test_table_names_that_are_not_utf8_are_read(run_convert, tmp_path: Path, kin
     done = run_convert(path, format="text")
     assert [(r["source_row"], r["text"]) for r in done.rows] == [(0, "first"), (1, "second"), (2, "third")]
     assert done.rows[0]["source_file"] == sources.printable(str(path))
+
+
+# --- JSON: deep nesting in a streamed array --------------------------------------------------------------------
+
+
+def test_a_deep_element_of_a_streamed_array_is_a_rejected_row_in_bounded_memory(
+    run_convert, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ijson's memory grows with the square of the nesting depth (gigabytes at 100,000 levels): past the depth
+    orjson reads, the array is read element by element instead, and the deep element is one rejected row."""
+    import tracemalloc
+
+    monkeypatch.setattr(sources, "SMALL_JSON_BYTES", 16)
+    depth = 8000
+    deep = '{"text": "deep", "meta": ' + "[" * depth + "]" * depth + "}"
+    path = tmp_path / "deep.json"
+    path.write_text("[" + ", ".join([json.dumps(TEXTS[0]), deep, json.dumps(TEXTS[1])]) + "]")
+    tracemalloc.start()
+    try:
+        converted = run_convert(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [r["text"] for r in converted.rows] == ["first", "second"]
+    assert [(r["source_row"], r["reason"]) for r in converted.rejects] == [(1, "invalid_json")]
+    assert peak < 64 << 20, f"{peak >> 20} MiB traced"
