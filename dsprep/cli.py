@@ -235,6 +235,7 @@ def convert(
     from dsprep.config import ConvertConfig
     from dsprep.pipeline import convert as run_convert
     from dsprep.progress import display
+    from dsprep.progress import echo as plain_echo
 
     if recipe is not None:
         _convert_recipe(recipe, inputs, out, overwrite, quiet, workers)
@@ -274,7 +275,7 @@ def convert(
         cache_max_bytes=parse_size(cache_max_size),
     )
     shown = display(quiet)
-    echo = shown.say if shown else _echo
+    echo = shown.say if shown else plain_echo
     say = (lambda _msg: None) if quiet else echo
     on_input = _InputLines(say)
     try:
@@ -319,15 +320,6 @@ def _nested(a: Path, b: Path) -> bool:
     """Whether either folder is, or lies inside, the other."""
     a, b = a.resolve(), b.resolve()
     return a.is_relative_to(b) or b.is_relative_to(a)
-
-
-def _echo(message: str, *, err: bool = False) -> None:
-    """Print a line of the run's report; once its reader has gone (`dsprep convert … | head -3`), print nothing more
-    and let the run finish."""
-    try:
-        click.echo(message, err=err)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), (sys.stderr if err else sys.stdout).fileno())
 
 
 def _input_bytes(inputs: tuple[str, ...]) -> int:

@@ -211,9 +211,6 @@ class FastEncoder:
         ids = self._ids(text)
         return FastEncoding(ids, np.cumsum(self.byte_lengths.take(ids)), None if text.isascii() else text)
 
-    def encode_batch(self, texts: Sequence[str]) -> list[FastEncoding]:
-        return [self.encode(t) for t in texts]
-
 
 def _byte_decoder() -> dict[str, int]:
     """The byte-level alphabet's inverse: the character standing for a byte in a byte-level vocabulary -> the byte."""

@@ -14,7 +14,6 @@ resumes from them.
 from __future__ import annotations
 
 import functools
-import glob
 import itertools
 from array import array
 from collections import Counter
@@ -44,7 +43,7 @@ from dsprep.errors import InputError, OutputError, RejectedRowsError, RowFailure
 from dsprep.pieces import load_piece, piece_table, store_piece
 from dsprep.schema import SCHEMA_VERSION
 from dsprep.shards import MANIFEST, REJECTS, RejectsWriter, ShardWriter, Staging, file_sha256, write_json, writing
-from dsprep.sources import InputFile, Record, discover, printable, read_records
+from dsprep.sources import InputFile, Record, discover, glob_matches, printable, read_records
 from dsprep.specs import FormatSpec, load_spec
 from dsprep.version import __version__
 from dsprep.workers import (
@@ -121,8 +120,7 @@ def _outside(inputs: Sequence[str], files: list[InputFile], out: Path) -> list[I
     """
     root = out.resolve()
     for item in inputs:
-        named = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) and not Path(item).exists() else [item]
-        for path in named:
+        for path in glob_matches(item):
             if Path(path).resolve().is_relative_to(root):
                 raise OutputError(
                     f"{printable(path)}: this input lies in the output folder {printable(str(out))}, which the run "

@@ -6,11 +6,12 @@ the lines of the phases before it, so a run's last line is the work still going 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["Display", "StartPhase", "display"]
+__all__ = ["Display", "StartPhase", "display", "echo"]
 
 Advance = Callable[[int], None]
 
@@ -49,15 +50,24 @@ class Display:
     def say(self, message: str, *, err: bool = False) -> None:
         """Print a line of the run's report (to stdout, or stderr with `err`) without breaking the live bars: through
         the display where that stream is the terminal it draws on, as it is once the display has stopped."""
-        import click
-
         if self._bar.live.is_started and (err or sys.stdout.isatty()):
             self._bar.console.print(message, markup=False, highlight=False, emoji=False, soft_wrap=True)
         else:
-            click.echo(message, err=err)
+            echo(message, err=err)
 
     def stop(self) -> None:
         self._bar.stop()
+
+
+def echo(message: str, *, err: bool = False) -> None:
+    """Print a line of the run's report; once its reader has gone (`dsprep convert … | head -3`), print nothing more
+    and let the run finish."""
+    import click
+
+    try:
+        click.echo(message, err=err)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), (sys.stderr if err else sys.stdout).fileno())
 
 
 def display(quiet: bool) -> Display | None:

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dsprep.errors import OutputError
+from dsprep.sources import printable
 
 __all__ = [
     "MANIFEST",
@@ -206,8 +207,9 @@ class Staging:
         try:
             str(out).encode("utf-8")
         except UnicodeEncodeError:
-            shown = os.fsencode(out).decode("utf-8", "backslashreplace")
-            raise OutputError(f"{shown}: the output folder's name is not UTF-8, which Arrow cannot write to") from None
+            raise OutputError(
+                f"{printable(str(out))}: the output folder's name is not UTF-8, which Arrow cannot write to"
+            ) from None
         if out.exists() and not out.is_dir():
             raise OutputError(f"{out}: exists and is not a folder")
         leftovers = sorted(p for p in out.iterdir() if p.name != STAGING) if out.exists() else []
@@ -265,11 +267,9 @@ class Staging:
         """Drop everything staged except `keep`, which replaces the previous output (e.g. rejects for diagnosis)."""
         kept = [name for name in keep if (self.dir / name).exists()]
         if kept:
-            with writing(self.out):
-                _remove(self.previous)
-                for name in kept:
-                    os.replace(self.dir / name, self.out / name)
-        shutil.rmtree(self.dir, ignore_errors=True)
+            self.publish(kept)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _remove(paths: list[Path]) -> None:

@@ -38,7 +38,7 @@ import orjson
 from dsprep import jsontext
 from dsprep.errors import InputError, RowError
 
-__all__ = ["InputFile", "Record", "discover", "printable", "read_records"]
+__all__ = ["InputFile", "Record", "discover", "glob_matches", "printable", "read_records"]
 
 BATCH_ROWS = 1024
 CSV_FIELD_LIMIT = (1 << 31) - 1  # characters in one CSV cell (Python's default, 131072, is too small for documents)
@@ -306,6 +306,14 @@ def _folder_inputs(folder: Path, display: str, on_skip: SkipReport | None) -> li
     return found
 
 
+def glob_matches(item: str) -> list[str]:
+    """The paths the glob pattern `item` matches, sorted (none may match); `item` itself where it names a path or
+    is no pattern."""
+    if Path(item).exists() or not glob.has_magic(item):
+        return [item]
+    return sorted(glob.glob(item, recursive=True))
+
+
 def discover(inputs: Sequence[str], *, on_skip: SkipReport | None = None) -> list[InputFile]:
     """Expand files, folders and glob patterns into a deterministic list of inputs (folders and globs sorted).
 
@@ -320,7 +328,7 @@ def discover(inputs: Sequence[str], *, on_skip: SkipReport | None = None) -> lis
         elif path.is_file():
             out.append(_input_file(path, item))
         elif glob.has_magic(item):
-            matches = sorted(glob.glob(item, recursive=True))
+            matches = glob_matches(item)
             if not matches:
                 raise InputError(f"{item}: no file matches this pattern")
             out.extend(discover(matches, on_skip=on_skip))

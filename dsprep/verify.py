@@ -283,7 +283,7 @@ def verify_output(folder: Path, *, tokenizer: str | None = None, tokens_required
 
 
 def _verify_shards(
-    folder: Path, manifest: dict[str, Any], tokenizer: str | None, tokens_required: bool = True
+    folder: Path, manifest: dict[str, Any], tokenizer: str | None, tokens_required: bool
 ) -> dict[str, Any]:
     """A non-recipe output: its shards, its rejects file and its tokenizer fingerprint."""
     stage = manifest["stage"]
@@ -378,7 +378,7 @@ def _verify_shard(path: Path, schema: pa.Schema, stage: str, max_len: int | None
 
 
 def _verify_recipe(
-    folder: Path, manifest: dict[str, Any], tokenizer: str | None, tokens_required: bool = True
+    folder: Path, manifest: dict[str, Any], tokenizer: str | None, tokens_required: bool
 ) -> dict[str, Any]:
     """A recipe output: its rejects file, no split folder left out of the manifest, and each split folder's manifest
     as recorded, and each split in full."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from dsprep.errors import InputError
 from dsprep.report.raw import overlaps as find_overlaps
 from dsprep.report.scan import scan_inputs
 from dsprep.report.shards import COUNTS, inspect_output, is_output_folder
-from dsprep.sources import InputFile, discover, printable
+from dsprep.sources import InputFile, discover, glob_matches, printable
 from dsprep.version import __version__
 from dsprep.workers import EncodeSpec, default_workers, start_server
 
@@ -71,12 +70,7 @@ def _only_outputs(folder: str) -> bool:
 def locate(paths: Sequence[str]) -> tuple[list[Path], list[InputFile]]:
     """The dsprep output folders among and below `paths` (files, folders, globs), and the raw input files, the
     files inside output folders left out: each folder and each file once, however often it is named or matched."""
-    expanded: list[str] = []
-    for item in paths:
-        if not Path(item).exists() and glob.has_magic(item):
-            expanded.extend(sorted(glob.glob(item, recursive=True)) or [item])  # no match: `discover` says so
-        else:
-            expanded.append(item)
+    expanded = [path for item in paths for path in glob_matches(item) or [item]]  # no match: `discover` says so
     folders: dict[Path, Path] = {}  # resolved -> as named
     raw: list[str] = []
     for item in expanded:

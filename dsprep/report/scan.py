@@ -90,7 +90,7 @@ def scan_inputs(files: Sequence[InputFile], *, fmt: str, sample_rows: int, stats
     in this process for `workers` 1, else on that many processes. The bytes read go to `on_bytes`."""
     inspections: list[RawInspection] = []
     with contextlib.ExitStack() as stack:
-        jobs = _jobs(files, fmt, sample_rows, stats, inspections, on_bytes, inline=workers <= 1)
+        jobs = _jobs(files, fmt, sample_rows, stats, inspections, on_bytes)
         if workers <= 1:
             outcomes: Iterator[Scanned] = map(scan_job, jobs)
         else:
@@ -104,15 +104,15 @@ def scan_inputs(files: Sequence[InputFile], *, fmt: str, sample_rows: int, stats
 
 
 def _jobs(files: Sequence[InputFile], fmt: str, sample_rows: int, stats: TokenStats | None,
-          inspections: list[RawInspection], on_bytes: Progress | None, *, inline: bool) -> Iterator[Job]:  # fmt: skip
-    """Each file's jobs, in input order; a file's inspection joins `inspections` once its format is chosen. Inline,
-    a job asks for the token pieces of only the examples still to show (its outcome is merged before the next job
-    is made); on workers, for as many as are shown in all."""
+          inspections: list[RawInspection], on_bytes: Progress | None) -> Iterator[Job]:  # fmt: skip
+    """Each file's jobs, in input order; a file's inspection joins `inspections` once its format is chosen. A job
+    asks for the token pieces of the examples still to show when it is made: jobs' outcomes are merged in order, so
+    no more are missing by the time its own is merged (none once every example is shown)."""
     encoding = stats.specs if stats is not None else None
     for index, f in enumerate(files):
         spec, info = choose_format(f, fmt, sample_rows)
         inspections.append(RawInspection(f, info))
         for batch in read_records(f, on_bytes, defer_parsing=True):
             for start in range(0, len(batch), TASK_ROWS):
-                pieces = 0 if stats is None else stats.show - len(stats.examples) if inline else stats.show
+                pieces = 0 if stats is None else stats.show - len(stats.examples)
                 yield Job(index, f, spec, info["error"], batch[start : start + TASK_ROWS], encoding, pieces)
