@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import process_stats, wait_sampling
+from bench_common import compile_dsprep, process_stats, wait_sampling
 from compare_peers import save_tokenizer, worker_result
 
 WORDS = [f"w{i}x" for i in range(3000)]
@@ -91,6 +91,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="rounds of all runs; each keeps its fastest")
     parser.add_argument("--pack", type=int, default=None, metavar="L", help="convert with --pack L")
     args = parser.parse_args()
+    compile_dsprep()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         src = root / "chats.jsonl"

@@ -129,6 +129,12 @@ def _labels(ids: np.ndarray, enc: Any, spans: Sequence[Span], n_chars: int) -> n
     return labels
 
 
+def _targets(labels: np.ndarray) -> int:
+    """The tokens a row trains: its labels other than IGNORE, but for the first, which nothing before it predicts
+    (the trainers' loss compares each token's prediction with the next token's label)."""
+    return int(np.count_nonzero(labels[1:] != IGNORE))
+
+
 class Encoder:
     """Turns normalized rows into tokenized rows for one (tokenizer, template, options)."""
 
@@ -269,9 +275,26 @@ class Encoder:
                 if start < 0:
                     raise self._unstable(i)
                 end = start + len(turn)
+                self._check_followers(text, tmsgs, i, cursor, end)
             spans.append((start, end))
             cursor, passed = end, []
         return spans
+
+    def _check_followers(self, text: str, tmsgs: Sequence[Row], i: int, searched_from: int, end: int) -> None:
+        """A turn found by search must lie before the messages after it: the same text rendered as a later turn
+        (a template that renders only the last turn with its thinking block, so that an earlier turn's prefix render
+        matches the last one) is not it. Each later message found in `text` past `searched_from` must also be found,
+        in order, past `end`; one the template changed beyond finding is passed over."""
+        cursor = end
+        for later in tmsgs[i + 1 :]:
+            content = later.get("content")
+            if not isinstance(content, str) or not content.strip():
+                continue
+            past = self._end_of(text, content, cursor)
+            if past is not None:
+                cursor = past
+            elif self._end_of(text, content, searched_from) is not None:
+                raise self._unstable(i)
 
     def _turn_renders(self, tmsgs: Sequence[Row], tools: Any, i: int) -> tuple[str, str]:
         """render(messages[:i], G) and render(messages[:i+1]): message i's turn is the second beyond the first."""
@@ -525,7 +548,7 @@ class Encoder:
         return out
 
     def _row(self, row: Row, ids: np.ndarray, labels: np.ndarray, suffix: str = "") -> Row:
-        trained = int(np.count_nonzero(labels != IGNORE))
+        trained = _targets(labels)
         if trained == 0:
             raise RowError("labels", "no_trained_tokens", "no token of this row is trained")
         out = self._empty(row)
@@ -542,11 +565,24 @@ class Encoder:
         if policy == "truncate-left":
             return [self._row(row, ids[-max_len:], labels[-max_len:])]
         if policy == "split" and plan["kind"] == "text":
-            chunks = [(ids[i : i + max_len], labels[i : i + max_len]) for i in range(0, len(ids), max_len)]
-            return [self._row(row, c_ids, c_labels, f"-{k}") for k, (c_ids, c_labels) in enumerate(chunks)]
+            return self._chunks(row, ids, labels, max_len)
         if policy == "drop-turns" and plan["kind"] == "chat":
             return [self._drop_turns(row, plan, len(ids))]
         raise RowError("input_ids", "too_long", f"{len(ids)} tokens, over --max-len {max_len}")
+
+    def _chunks(self, row: Row, ids: np.ndarray, labels: np.ndarray, max_len: int) -> list[Row]:
+        """`--overflow split`: chunks of at most `max_len` tokens, each after the first starting with the last token
+        of the one before, as the context of its first target, so that every token but the row's first is a target
+        exactly once. A chunk with no target is left out (it trains nothing, and no other chunk sees it)."""
+        if max_len < 2:
+            raise RowError("input_ids", "too_long", f"{len(ids)} tokens, over --max-len {max_len}, and chunks of "
+                           f"{max_len} token leave no token a target")  # fmt: skip
+        starts = range(0, len(ids) - 1, max_len - 1)  # every chunk holds two tokens at least
+        chunks = [(k, ids[i : i + max_len], labels[i : i + max_len]) for k, i in enumerate(starts)]
+        kept = [self._row(row, c_ids, c_labels, f"-{k}") for k, c_ids, c_labels in chunks if _targets(c_labels)]
+        if not kept:
+            raise RowError("labels", "no_trained_tokens", "no token of this row is trained")
+        return kept
 
     def _drop_turns(self, row: Row, plan: dict[str, Any], length: int) -> Row:
         messages, trained = list(plan["messages"]), plan["trained"]

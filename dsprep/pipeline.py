@@ -42,6 +42,7 @@ from dsprep.detect import Detection, detect_format
 from dsprep.errors import InputError, OutputError, RejectedRowsError, RowFailure, TemplateError, WorkerDiedError
 from dsprep.pieces import load_piece, piece_table, store_piece
 from dsprep.schema import SCHEMA_VERSION
+from dsprep.server import encoding, wants_server
 from dsprep.shards import MANIFEST, REJECTS, RejectsWriter, ShardWriter, Staging, file_sha256, write_json, writing
 from dsprep.sources import InputFile, Record, discover, glob_matches, printable, read_records
 from dsprep.specs import FormatSpec, load_spec
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ConvertResult", "InputReport", "convert", "convert_rows"]
 
-SERVER_MIN_BYTES = 1 << 20  # smaller inputs rarely make more than one task: no worker process is started early
 Planned = tuple[InputFile, FormatSpec | None, Detection | None]
 Row = dict[str, Any]
 
@@ -311,9 +311,8 @@ def _encoder(config: ConvertConfig) -> tuple[Encoder | None, dict[str, Any]]:
 
 
 def _encode_spec(config: ConvertConfig) -> EncodeSpec | None:
-    if config.tokenizer is None:
-        return None
-    return EncodeSpec(config.tokenizer, config.template, config.train_on, config.max_len, config.overflow)
+    fields = encoding(config)
+    return None if fields is None else EncodeSpec(**fields)
 
 
 def _report(f: InputFile, size: int, sha256: str, spec: FormatSpec | None, detection: Detection | None) -> InputReport:
@@ -352,8 +351,7 @@ def convert(
     files = _outside(config.inputs, discover(config.inputs, on_skip=on_note), config.out)
     cacheable = config.cache and derive_spec is None
     cache = OutputCache(config.cache_dir or default_cache_dir(), config.cache_max_bytes) if cacheable else None
-    workers = config.workers or default_workers()
-    server = config.engine == "local" and workers > 1 and sum(map(_size, files)) > SERVER_MIN_BYTES
+    server = wants_server(config, sum(map(_size, files)))
     if server and (cache is None or not cache.may_hold([f.display for f in files])):
         start_server(_encode_spec(config))  # no lookup can hit: the workers' server loads while the inputs are hashed
         server = False

@@ -20,7 +20,6 @@ import contextlib
 import functools
 import gc
 import itertools
-import multiprocessing
 import os
 import signal
 import sys
@@ -29,7 +28,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
@@ -39,6 +37,7 @@ import pyarrow as pa
 from dsprep.errors import RowError, WorkerDiedError
 from dsprep.normalize import normalize_record, row_id
 from dsprep.schema import NORMALIZED, TOKENIZED, TOKENS
+from dsprep.server import cgroup_cpus, context, default_workers, launch, preload_encoder
 from dsprep.sources import Record
 from dsprep.specs import FormatSpec
 
@@ -70,38 +69,6 @@ R = TypeVar("R")
 AHEAD = 4
 UNPACKABLE = ("preference", "kto")
 Row = dict[str, Any]
-
-
-CGROUP = Path("/sys/fs/cgroup")
-
-
-def default_workers() -> int:
-    """The number of cores this process may use: those it may run on, no more than a container's CPU quota allows
-    (a pod limited to 2 CPUs on a 64-core node gets 2 workers, not 64 that each load the tokenizer)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        cores = os.cpu_count() or 1
-    quota = cgroup_cpus()
-    return max(1, min(cores, quota) if quota is not None else cores)
-
-
-def cgroup_cpus(root: Path | None = None) -> int | None:
-    """The CPUs a cgroup quota allows this process (rounded up), from cgroup v2's ``cpu.max`` or v1's
-    ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` under `root` (default `CGROUP`); None where no quota is set or none
-    can be read."""
-    root = CGROUP if root is None else root
-    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"),
-                                    ("cpu,cpuacct/cpu.cfs_quota_us", "cpu,cpuacct/cpu.cfs_period_us")):  # fmt: skip
-        try:
-            fields = (root / quota_file).read_text().split()
-            if period_file is not None:
-                fields += (root / period_file).read_text().split()
-            quota, period = int(fields[0]), int(fields[1])
-        except (OSError, ValueError, IndexError):  # absent, unreadable, or "max" (no quota)
-            continue
-        return max(1, -(-quota // period)) if quota > 0 and period > 0 else None
-    return None
 
 
 @dataclass(frozen=True)
@@ -420,29 +387,18 @@ def _work(task: Task) -> BatchResult:
     return _SINK(result) if _SINK else result
 
 
-PRELOAD = ["dsprep.forkserver"]  # imported once by the fork server, before it forks workers
-
-
 def start_server(spec: EncodeSpec | None) -> None:
     """Start the fork server now, so it loads the encoder while this process does its own start-up work."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not on Linux
-        return
-    from multiprocessing import forkserver
+    launch(None if spec is None else asdict(spec))
+    # here that runs beside the server's start-up, which the first tasks wait for anyway, rather than in the packing
+    # after the workers, which waits for it
+    warm_pyarrow()
 
-    _context()
-    with _preload_encoder(spec):
-        forkserver.ensure_running()
-    # pyarrow imports pandas on its first array (0.2 s): here that runs beside the server's start-up, which the first
-    # tasks wait for anyway, rather than in the packing after the workers, which waits for it
+
+def warm_pyarrow() -> None:
+    """Let pyarrow import pandas now: it does on the first array it builds (0.2 s of CPU, where pandas is installed).
+    The fork server does it before forking, so workers share it rather than each importing it on its first task."""
     pa.array(np.zeros(1, np.int32))
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD)
-        return context
-    return multiprocessing.get_context("spawn")  # pragma: no cover - not on Linux
 
 
 def _settle(spec: EncodeSpec | None) -> None:
@@ -520,9 +476,9 @@ def in_order(
 def _pool(
     workers: int, spec: EncodeSpec | None, initializer: Callable[..., None], initargs: tuple[Any, ...]
 ) -> Iterator[ProcessPoolExecutor]:
-    pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=initializer, initargs=initargs)
+    pool = ProcessPoolExecutor(workers, mp_context=context(), initializer=initializer, initargs=initargs)
     try:
-        with _detached_main(), _preload_encoder(spec):
+        with _detached_main(), preload_encoder(None if spec is None else asdict(spec)):
             yield pool
     finally:
         _stop(pool)
@@ -532,24 +488,6 @@ def worker_pool(workers: int, spec: EncodeSpec | None) -> contextlib.AbstractCon
     """`workers` processes started as convert's are, each with `spec`'s encoder loaded (`encoder_for`) where one is
     given, for work other than `process`; stopped when the block ends."""
     return _pool(workers, spec, _init_encoding, (spec,))
-
-
-PRELOAD_ENV = "DSPREP_FORKSERVER_ENCODER"
-
-
-@contextlib.contextmanager
-def _preload_encoder(spec: EncodeSpec | None) -> Iterator[None]:
-    """Name the encoder for a fork server started meanwhile to load before it forks (`dsprep.forkserver`)."""
-    before = os.environ.get(PRELOAD_ENV)
-    if spec is not None:
-        os.environ[PRELOAD_ENV] = orjson.dumps(asdict(spec)).decode()
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(PRELOAD_ENV, None)
-        else:
-            os.environ[PRELOAD_ENV] = before
 
 
 @contextlib.contextmanager

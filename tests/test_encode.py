@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -265,10 +266,55 @@ def test_length_policies(tmp_path: Path) -> None:
         [{"id": "t", "kind": "text", "text": "word " * 30, "source_file": "t", "source_row": 0}]
     )[0]
     assert [len(r["input_ids"]) for r in split][:-1] == [8] * (len(split) - 1)
-    assert np.concatenate([r["input_ids"] for r in split]).tolist() == loaded.tokenizer("word " * 30)["input_ids"] + [
-        loaded.tokenizer.eos_token_id
-    ]
+    assert len(split[-1]["input_ids"]) >= 2
+    whole = loaded.tokenizer("word " * 30)["input_ids"] + [loaded.tokenizer.eos_token_id]
+    # each chunk after the first starts with the last token of the one before: every token but the first is a target
+    # (a token whose label the shifted loss reads) in exactly one chunk
+    assert split[0]["input_ids"].tolist() == whole[:8]
+    assert np.concatenate([r["input_ids"][1:] for r in split]).tolist() == whole[1:]
+    assert all(a["input_ids"][-1] == b["input_ids"][0] for a, b in itertools.pairwise(split))
+    assert sum(r["num_trained"] for r in split) == len(whole) - 1
     assert [r["id"] for r in split] == [f"t-{k}" for k in range(len(split))]
+
+
+def test_a_rows_first_label_is_no_target() -> None:
+    """Trainers compare each token's prediction with the next token's label, so a row's first label is never a
+    target: num_trained leaves it out, and a row (or a split chunk) whose only trained label is its first is
+    rejected, not kept as a row that trains nothing."""
+    loaded = load_tokenizer("mistral:tekken")
+    text = {"id": "t", "kind": "text", "text": "the quick brown fox", "source_file": "t", "source_row": 0}
+
+    def run(**options: Any) -> Any:
+        return Encoder(loaded, load_template("chatml"), EncodeOptions(**options)).encode([text])[0]
+
+    [whole] = run()
+    assert whole["num_trained"] == len(whole["input_ids"]) - 1
+    for policy in ("truncate-left", "truncate-right"):
+        one = run(max_len=1, overflow=policy)
+        assert isinstance(one, RowError) and one.reason == "no_trained_tokens", policy
+    [two] = run(max_len=2, overflow="truncate-left")
+    assert two["num_trained"] == 1
+    single = run(max_len=1, overflow="split")
+    assert isinstance(single, RowError) and single.reason == "too_long"
+
+
+def test_a_turn_rendered_like_a_later_one_is_not_taken_for_it() -> None:
+    """qwen3 renders only the turn after the last user message with a thinking block. An earlier trained turn's
+    prefix render then matches the last turn's text, not its own: the row is rejected, never given the later
+    turn's mask. Trained last, the same row is exact."""
+    loaded = load_tokenizer("mistral:tekken")
+    encoder = Encoder(loaded, load_template("qwen3"), EncodeOptions())
+
+    def conversation(first: int, last: int) -> dict[str, Any]:
+        return _row([_msg("user", "Is water wet?"), _msg("assistant", "Yes.", weight=first),
+                     _msg("user", "Is fire hot?"), _msg("assistant", "Yes.", weight=last)])  # fmt: skip
+
+    [wrong] = encoder.encode([conversation(1, 0)])
+    assert isinstance(wrong, RowError) and wrong.reason == "template_not_prefix_stable"
+    [[right]] = encoder.encode([conversation(0, 1)])
+    trained = [t for t, lab in zip(right["input_ids"], right["labels"], strict=True) if lab != -100]
+    assert loaded.tokenizer.decode(trained) == "<think>\n\n</think>\n\nYes.<|im_end|>\n"
+    assert right["labels"][-len(trained) - 1] == -100
 
 
 def test_text_and_plain_prompt_completion() -> None:

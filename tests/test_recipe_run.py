@@ -496,3 +496,29 @@ def test_a_recipe_whose_train_split_keeps_no_row_warns(tmp_path: Path) -> None:
     assert load(out)["splits"]["train"]["examples"] == 0
     fine = run_cli("--recipe", str(MIX), "--out", str(tmp_path / "mix"), "-q")
     assert fine.exit_code == 0 and fine.stderr == ""
+
+
+def test_two_sources_reading_the_same_rows_give_them_distinct_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without dedup, two sources may read the same file: each row is kept twice, so the second source's copies get
+    ids of their own (as repeated copies do), and the recorded output folder is absolute though given relative."""
+    data = FIXTURES / "formats" / "alpaca.jsonl"
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [{"path": str(data), "name": "a", "rows": 3}, {"path": str(data), "name": "b", "rows": 3}],
+                "tokenizer": "mistral:tekken",
+                "template": "chatml",
+            }
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("--recipe", str(recipe), "--out", "out", "-q", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    manifest = load(tmp_path / "out")
+    ids = [r["id"] for r in manifest["_rows"]["train"]]
+    assert len(ids) == 6 and len(set(ids)) == 6
+    assert sorted(i for i in ids if i.endswith("-s1")) == sorted(i + "-s1" for i in ids if not i.endswith("-s1"))
+    assert manifest["recipe"]["out"] == str(tmp_path / "out")

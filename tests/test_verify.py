@@ -132,6 +132,35 @@ def _empty_row(rows):
     rows.append({"input_ids": [], "labels": [], "position_ids": [], "seq_lens": [], "example_ids": [], "num_tokens": 0})
 
 
+def _labels_shifted_left(rows):
+    """The classic pre-shift bug: each label moved one token left within its example (the trainer shifts again)."""
+    for row in rows:
+        labels, start = row["labels"], 0
+        for length in row["seq_lens"]:
+            labels[start : start + length] = [*labels[start + 1 : start + length], -100]
+            start += length
+
+
+def _set(row: int, column: str, token: int, value: int):
+    return lambda rows: rows[row][column].__setitem__(token, value)
+
+
+def _untrained(row: int, first: int, last: int):
+    """Tokens first..last of a row (an example, or the whole row) set to -100."""
+
+    def change(rows):
+        rows[row]["labels"][first : last + 1] = [-100] * (last + 1 - first)
+
+    return change
+
+
+def _id_and_label(row: int, token: int, value: int):
+    def change(rows):
+        rows[row]["input_ids"][token] = rows[row]["labels"][token] = value
+
+    return change
+
+
 # (change to the rows of the fixture's shard (2 packed rows: 505 tokens in 2 examples, 337 in 7), message after
 # "<shard>: "); each a shard whose checksum and row count match the manifest
 MALFORMED_ROWS = [
@@ -144,6 +173,30 @@ MALFORMED_ROWS = [
     (lambda rows: rows[0]["labels"].pop(), "row 0: labels has 504 values, input_ids has 505"),
     (lambda rows: rows[1]["position_ids"].append(0), "row 1: position_ids has 338 values, input_ids has 337"),
     (lambda rows: rows[0].update(num_tokens=506), "row 0: num_tokens says 506, input_ids has 505"),
+    # labels are -100 or the input id at their position (row 0 trains from token 142, row 1 from 48)
+    (_labels_shifted_left, "row 0: labels[141] is 1060; expected -100 or input_ids[141] (1010)"),
+    (_set(1, "labels", 48, 7), "row 1: labels[48] is 7; expected -100 or input_ids[48] (1067)"),
+    (_set(1, "labels", 49, -1), "row 1: labels[49] is -1; expected -100 or input_ids[49] (2476)"),
+    # each example trains a token after its first
+    (
+        _untrained(1, 0, 336),
+        'row 1: the example at token 0 of the row ("cdec5603ca5dc6f1") has no label but -100 after its first token; '
+        "expected one at least (it trains nothing)",
+    ),
+    (
+        _untrained(1, 111, 163),
+        'row 1: the example at token 111 of the row ("4b66d1e9de15f784") has no label but -100 after its first '
+        "token; expected one at least (it trains nothing)",
+    ),
+    # token ids lie in 0..vocab_size-1 (mistral:tekken: 131072)
+    (
+        _set(0, "input_ids", 3, -5),
+        "row 0: input_ids[3] is -5; expected a token id from 0 to 131071 (tokenizer.vocab_size is 131072)",
+    ),
+    (
+        _id_and_label(1, 48, 131072),
+        "row 1: input_ids[48] is 131072; expected a token id from 0 to 131071 (tokenizer.vocab_size is 131072)",
+    ),
 ]
 
 
@@ -152,6 +205,24 @@ def test_malformed_packed_rows_are_named_not_internal_errors(copy: Path, change,
     _rewrite(copy, change)
     result = CliRunner().invoke(main, ["verify", str(copy)])
     assert (result.exit_code, result.output) == (8, f"error: {copy / 'part-00000.parquet'}: {message}\n")
+
+
+def test_token_ids_are_checked_without_a_recorded_vocab_size(copy: Path) -> None:
+    """A manifest without `tokenizer.vocab_size`: a negative id is still no token id; a large one cannot be judged."""
+
+    def corrupt(rows):
+        rows[1]["input_ids"][48] = rows[1]["labels"][48] = 131072
+        rows[0]["input_ids"][3] = -5
+
+    _rewrite(copy, corrupt)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["tokenizer"]["vocab_size"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["verify", str(copy)])
+    message = f"{copy / 'part-00000.parquet'}: row 0: input_ids[3] is -5; expected a token id of at least 0"
+    assert (result.exit_code, result.output) == (8, f"error: {message}\n")
+    _rewrite(copy, lambda rows: rows[0]["input_ids"].__setitem__(3, 18993))
+    assert CliRunner().invoke(main, ["verify", str(copy)]).exit_code == 0
 
 
 def test_a_shard_of_no_rows_is_checked_against_the_packing_counts(copy: Path) -> None:

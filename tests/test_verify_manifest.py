@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -141,6 +142,17 @@ MALFORMED = [
         "splits.eval.examples: expected a whole number >= 0, got nothing",
     ),
     ("packed", lambda m: m["packing"].update(tokens=-1), "packing.tokens: expected a whole number >= 0, got -1"),
+    ("packed", lambda m: m["packing"].update(slots="x"), 'packing.slots: expected a whole number >= 0, got "x"'),
+    (
+        "packed",
+        lambda m: m["packing"].pop("examples_per_row_mean"),
+        "packing.examples_per_row_mean: expected a number, got nothing",
+    ),
+    (
+        "packed",
+        lambda m: m["tokenizer"].update(vocab_size=0),
+        "tokenizer.vocab_size: expected a whole number >= 1, got 0",
+    ),
     ("normalized", lambda m: m.pop("totals"), "totals: expected an object, got nothing"),
     (
         "tokenized",
@@ -220,6 +232,84 @@ def test_a_count_the_shards_contradict_names_the_field(
     recorded = json.loads((outputs[kind] / "manifest.json").read_text())
     folder = _edited(outputs, kind, tmp_path, edit)
     _fails(folder, f"{folder / 'manifest.json'}: {message.format(**recorded)}")
+
+
+# (edit of the packed output's manifest, message after "<folder>/manifest.json: ", formatted with the unedited
+# manifest): the packing report is what `PackReport` makes of the shards' rows, tokens and examples at `max_len`,
+# which is the run's `--pack`
+PACKING_REPORT = [
+    (
+        _set("packing", "slots"),
+        "packing.slots: 999 in the manifest, expected {packing[slots]} ({packing[rows]} rows of 512)",
+    ),
+    (
+        lambda m: m["packing"].update(efficiency=0.5),
+        "packing.efficiency: 0.5 in the manifest, expected {packing[efficiency]} ({packing[tokens]} tokens in "
+        "{packing[slots]} slots)",
+    ),
+    (
+        _set("packing", "lower_bound"),
+        "packing.lower_bound: 999 in the manifest, expected {packing[lower_bound]} "
+        "({packing[tokens]} tokens in rows of 512)",
+    ),
+    (
+        _set("packing", "rows_above_bound"),
+        "packing.rows_above_bound: 999 in the manifest, expected "
+        "{packing[rows_above_bound]} ({packing[rows]} rows, at least {packing[lower_bound]})",
+    ),
+    (
+        _set("packing", "examples_per_row_min"),
+        "packing.examples_per_row_min: 999 in the manifest, expected "
+        "{packing[examples_per_row_min]} (the fewest examples in a row)",
+    ),
+    (
+        _set("packing", "examples_per_row_mean"),
+        "packing.examples_per_row_mean: 999 in the manifest, expected "
+        "{packing[examples_per_row_mean]} (40 examples in {packing[rows]} rows)",
+    ),
+    (
+        _set("packing", "examples_per_row_max"),
+        "packing.examples_per_row_max: 999 in the manifest, expected "
+        "{packing[examples_per_row_max]} (the most examples in a row)",
+    ),
+    (lambda m: m["packing"].update(max_len=1024), "packing.max_len: 1024 in the manifest, options.pack is 512"),
+    (
+        lambda m: m["packing"].update(shuffle_seed=7),
+        "packing.shuffle_seed: 7 in the manifest, options.shuffle_seed is null",
+    ),
+    (
+        lambda m: (m["packing"].update(max_len=1024), m["options"].update(pack=1024)),
+        "packing.slots: {packing[slots]} in the manifest, expected {slots_at_1024} ({packing[rows]} rows of 1024)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edit", "message"), PACKING_REPORT, ids=[m[:40] for _, m in PACKING_REPORT])
+def test_a_packing_report_the_shards_contradict_names_the_field(
+    outputs: dict[str, Path], tmp_path: Path, edit: Callable[[Manifest], object], message: str
+) -> None:
+    recorded = json.loads((outputs["packed"] / "manifest.json").read_text())
+    folder = _edited(outputs, "packed", tmp_path, edit)
+    expected = message.format(**recorded, slots_at_1024=recorded["packing"]["rows"] * 1024)
+    _fails(folder, f"{folder / 'manifest.json'}: {expected}")
+
+
+def test_the_recorded_vocab_size_bounds_the_token_ids_and_is_the_tokenizers(
+    outputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """`tokenizer.vocab_size` bounds the shards' token ids without `--tokenizer`, and must be the given one's."""
+    larger = _edited(outputs, "packed", tmp_path / "larger", lambda m: m["tokenizer"].update(vocab_size=131073))
+    assert CliRunner().invoke(main, ["verify", str(larger)]).exit_code == 0
+    result = CliRunner().invoke(main, ["verify", str(larger), "-t", "mistral:tekken"])
+    message = (
+        f"{larger / 'manifest.json'}: tokenizer.vocab_size: 131073 in the manifest, mistral:tekken has 131072 tokens"
+    )
+    assert (result.exit_code, result.output) == (8, f"error: {message}\n")
+    smaller = _edited(outputs, "packed", tmp_path / "smaller", lambda m: m["tokenizer"].update(vocab_size=1000))
+    ids = pq.read_table(smaller / "part-00000.parquet", columns=["input_ids"]).column("input_ids")[0].as_py()
+    token = next(i for i, t in enumerate(ids) if t >= 1000)
+    expected = f"input_ids[{token}] is {ids[token]}; expected a token id from 0 to 999 (tokenizer.vocab_size is 1000)"
+    _fails(smaller, f"{smaller / 'part-00000.parquet'}: row 0: {expected}")
 
 
 def test_overflow_split_keeps_fewer_rows_than_it_writes(outputs: dict[str, Path], tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -120,13 +122,60 @@ def test_a_container_cpu_quota_caps_the_default_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], expected: int | None
 ) -> None:
     """The default --workers is the cores this process may run on, capped by a cgroup CPU quota where one is set."""
-    import dsprep.workers
-    from dsprep.workers import cgroup_cpus, default_workers
+    import dsprep.server
+    from dsprep.server import cgroup_cpus, default_workers
 
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert cgroup_cpus(tmp_path) == expected
-    monkeypatch.setattr(dsprep.workers, "CGROUP", tmp_path)
-    monkeypatch.setattr(dsprep.workers.os, "sched_getaffinity", lambda _: set(range(64)))
+    monkeypatch.setattr(dsprep.server, "CGROUP", tmp_path)
+    monkeypatch.setattr(dsprep.server.os, "sched_getaffinity", lambda _: set(range(64)))
     assert default_workers() == (64 if expected is None else expected)
+
+
+def test_the_fork_server_has_pyarrow_import_pandas_before_it_forks_workers() -> None:
+    """pyarrow imports pandas on the first array it builds (0.2 s of CPU): the fork server's preload does it once, so
+    workers forked from it do not each do it on their first task."""
+    pytest.importorskip("pandas", reason="pyarrow imports pandas only where it is installed")
+    probe = "import sys, dsprep.forkserver; print('pandas' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "True"
+
+
+def _launches(tmp_path: Path, rows: int, workers: str) -> list[Any]:
+    """Run `dsprep convert` over `rows` chats in a fresh process; what it asked `dsprep.server.launch` for, in order,
+    each with the dsprep modules that process had imported by then."""
+    chat = {"messages": [{"role": "user", "content": "hi " * 30}, {"role": "assistant", "content": "ok " * 30}]}
+    src = tmp_path / "chats.jsonl"
+    src.write_bytes(b"\n".join(orjson.dumps(chat) for _ in range(rows)) + b"\n")
+    args = ["convert", str(src), "--out", str(tmp_path / "out"), "-q", "--no-cache", "--workers", workers,
+            "--tokenizer", "mistral:tekken", "--template", "chatml"]  # fmt: skip
+    script = f"""
+import sys, orjson, dsprep.server
+seen = []
+launch = dsprep.server.launch
+def spy(encoding):
+    seen.append([sorted(m for m in ("dsprep.pipeline", "dsprep.workers", "dsprep.encode") if m in sys.modules), encoding])
+    launch(encoding)
+dsprep.server.launch = spy
+from dsprep.cli import main
+main({args!r}, standalone_mode=False)
+sys.stdout.write(orjson.dumps(seen).decode())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return cast(list[Any], orjson.loads(done.stdout))
+
+
+def test_convert_starts_the_workers_server_before_it_imports_the_pipeline(tmp_path: Path) -> None:
+    """The fork server's start-up (importing dsprep, loading the encoder) runs beside the command's own imports."""
+    encoding = {"tokenizer": "mistral:tekken", "template": "chatml", "train_on": "assistant", "max_len": None,
+                "overflow": "drop"}  # fmt: skip
+    seen = _launches(tmp_path, 6000, "2")  # 1.5 MB
+    assert seen[0] == [[], encoding]
+
+
+@pytest.mark.parametrize(("rows", "workers"), [(6000, "1"), (100, "2")])
+def test_no_server_starts_early_for_one_worker_or_a_small_input(tmp_path: Path, rows: int, workers: str) -> None:
+    assert _launches(tmp_path, rows, workers) == []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -96,6 +97,7 @@ class _Source:
     duplicates_across: int = 0
     duplicates_of_eval: int = 0
     split: dict[str, dict[str, int]] = field(default_factory=dict)
+    id_suffix: str = ""  # where an earlier source reads the same files, its rows' ids would repeat theirs
 
     @property
     def formats(self) -> str:
@@ -115,7 +117,7 @@ class _Source:
             yield batch.to_pylist()
 
     def take(self, picks: list[tuple[int, int]]) -> Iterator[Row]:
-        """The picked rows in order, repeated copies with their own ids.
+        """The picked rows in order, repeated copies (and rows an earlier source reads too) with their own ids.
 
         Picks come in ascending runs (one per pass over the source); each run is one streaming read of the shards.
         """
@@ -134,6 +136,7 @@ class _Source:
             if j > i:
                 rows = batch.take([r - offset for r, _ in run[i:j]]).to_pylist()
                 for (_, copy), row in zip(run[i:j], rows, strict=True):
+                    row["id"] += self.id_suffix
                     if copy:
                         row["id"] = f"{row['id']}-r{copy}"
                     yield row
@@ -192,6 +195,8 @@ class _RecipeRun:
             parts = sorted(config.out.glob("part-*.parquet"))
             files = {f.display: f.line_oriented for f in found}
             src = _Source(label, source, result, parts, files)
+            if any(not files.keys().isdisjoint(earlier.line_oriented) for earlier in self.sources):
+                src.id_suffix = f"-s{i}"
             for reason in self._carry_rejects(config.out, label):
                 src.rejected[reason] += 1
             self.sources.append(src)
@@ -369,7 +374,7 @@ def run_recipe(
     source's bytes read and normalized rows written, the rows selected from, each split's rows tokenized and shards
     written). The output cache is not used.
     """
-    effective = recipe.model_copy(update={"out": str(out)})
+    effective = recipe.model_copy(update={"out": os.path.abspath(out)})
     staging = Staging(out, overwrite=overwrite)
     try:
         run = _RecipeRun(effective, staging, say, workers, progress, origin)

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -25,11 +26,12 @@ def test_help_lists_commands(cli: CliRunner) -> None:
     assert "convert" in result.output and "formats" in result.output
 
 
-@pytest.mark.parametrize("command", sorted(main.commands))
+@pytest.mark.parametrize("command", main.list_commands(click.Context(main)))
 def test_every_command_has_help(cli: CliRunner, command: str) -> None:
     result = cli.invoke(main, [command, "--help"])
     assert result.exit_code == 0
-    assert main.commands[command].help
+    found = main.get_command(click.Context(main), command)
+    assert found is not None and found.help
     assert "Usage: main " + command in result.output or f"Usage: dsprep {command}" in result.output
 
 
