@@ -99,12 +99,16 @@ class _Layout:
     @classmethod
     def of(cls, plan: PackPlan, shard_bytes: int) -> _Layout:
         """Shards of at most about `shard_bytes` (estimated from the plan's tokens), a multiple of `SHARD_MULTIPLE` of
-        them where there are enough chunks, as even as whole chunks allow; a chunk holds no more than a shard."""
+        them once the rows fill that many chunks (chunks are then made smaller where there are fewer than shards), as
+        even as whole chunks allow; a chunk holds no more than a shard. A smaller output has a shard per chunk."""
         chunk_tokens = min(CHUNK_TOKENS, int(shard_bytes / PACKED_BYTES_PER_TOKEN))
         chunk_rows = max(1, chunk_tokens // plan.max_len)
         chunks = math.ceil(plan.rows / chunk_rows)
         estimate = int(plan.lengths.sum()) * PACKED_BYTES_PER_TOKEN
         shards = SHARD_MULTIPLE * math.ceil(estimate / shard_bytes / SHARD_MULTIPLE)
+        if SHARD_MULTIPLE <= chunks < shards:  # rows for every shard, in chunks too large to go round
+            chunk_rows = max(1, plan.rows // shards)
+            chunks = math.ceil(plan.rows / chunk_rows)
         shards = max(1, min(chunks, shards))
         return cls(chunk_rows, chunks, np.arange(shards + 1) * chunks // shards)
 

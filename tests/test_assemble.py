@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -201,3 +202,23 @@ def test_a_run_that_fails_while_writing_unpacked_shards_leaves_none_open(
             held.append(os.readlink(fd))
     assert not [p for p in held if str(out) in p]
     assert not (out / STAGING / "part-00000.parquet").exists()
+
+
+@pytest.mark.parametrize("rows", [9, 100, 409, 5000])
+def test_packed_shards_come_in_multiples_of_8_once_the_rows_fill_8_chunks(rows: int) -> None:
+    """Where the rows fill 8 chunks but too few to give each of the multiple of 8 shards the size asks for one,
+    the chunks are made smaller rather than the shards fewer (13 or 14 shards for 2, 4 or 8 ranks)."""
+    from dsprep.assemble import SHARD_MULTIPLE, _Layout
+    from dsprep.pack import PackPlan
+
+    plan = PackPlan(256, np.arange(rows), np.ones(rows, np.int64), np.full(rows, 200, np.int64))
+    shard_bytes = 20_000  # chunks of 31 rows at first: 409 rows fill 14, the size asks for 11 shards, so 16
+    layout = _Layout.of(plan, shard_bytes)
+    shards = len(layout.shard_starts) - 1
+    assert layout.chunks == -(-rows // layout.chunk_rows)
+    assert layout.chunk_rows * plan.max_len * 2.5 <= shard_bytes  # a chunk holds no more than a shard
+    assert np.all(np.diff(layout.shard_starts) >= 1)  # every shard gets a chunk
+    if -(-rows // 31) >= SHARD_MULTIPLE:
+        assert shards % SHARD_MULTIPLE == 0
+    else:
+        assert shards == layout.chunks
