@@ -5,7 +5,8 @@
 
 The shards are verified (`dsprep verify`) and must have been tokenized with MODEL_DIR's tokenizer. Their
 `prompt_input_ids`, `chosen_input_ids` and `rejected_input_ids` go to DPOTrainer as `prompt_ids`, `chosen_ids` and
-`rejected_ids`, untouched. The reference model is a frozen copy loaded from MODEL_DIR.
+`rejected_ids`, untouched; with --max-length, the pairs whose prompt alone fills it are left out, as DPOTrainer
+leaves them out (a line says how many). The reference model is a frozen copy loaded from MODEL_DIR.
 Needs `pip install 'dsprep[trl]'` with trl>=1.9,!=1.15.* (1.15 cannot train without a GPU).
 """
 
@@ -16,8 +17,8 @@ import sys
 from typing import Any
 
 from dsprep.errors import DsprepError
-from dsprep.integrations.common import local_tokenizer, prepared_shards, require
-from dsprep.integrations.trl import dpo_dataset, dpo_trainer
+from dsprep.integrations.common import local_model, local_tokenizer, prepared_shards
+from dsprep.integrations.trl import DPO_NEEDS, dpo_dataset, dpo_trainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,7 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=2, help="pairs per step and device")
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--max-length", type=int, default=None, help="truncate prompt+completion (default: none)")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="truncate prompt+completion; pairs whose prompt alone is this long are left out (default: none)",
+    )
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -39,9 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build(args: argparse.Namespace) -> Any:
     """The DPOTrainer for `args`, after the shards passed verification and the tokenizer check."""
     tokenizer = local_tokenizer(args.model, extra="trl")
-    _, shards = prepared_shards(args.shards, tokenizer)
-    dataset = dpo_dataset(shards)  # before the model loads: the shards may still be refused
-    model = require("transformers", extra="trl").AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True)
+    _, shards = prepared_shards(args.shards, tokenizer, needs=DPO_NEEDS)
+    dataset = dpo_dataset(shards, max_length=args.max_length)  # refusals come before the model loads
+    model = local_model(args.model, extra="trl")
     return dpo_trainer(
         model=model,
         tokenizer=tokenizer,

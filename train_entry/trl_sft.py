@@ -15,8 +15,8 @@ import sys
 from typing import Any
 
 from dsprep.errors import DsprepError
-from dsprep.integrations.common import local_tokenizer, prepared_shards, require
-from dsprep.integrations.trl import sft_dataset, sft_trainer
+from dsprep.integrations.common import local_model, local_tokenizer, prepared_shards
+from dsprep.integrations.trl import SFT_NEEDS, sft_dataset, sft_trainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,9 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build(args: argparse.Namespace) -> Any:
     """The SFTTrainer for `args`, after the shards passed verification and the tokenizer check."""
     tokenizer = local_tokenizer(args.model, extra="trl")
-    _, shards = prepared_shards(args.shards, tokenizer)
-    dataset = sft_dataset(shards)  # before the model loads: the shards may still be refused
-    model = require("transformers", extra="trl").AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True)
+    _, shards = prepared_shards(args.shards, tokenizer, needs=SFT_NEEDS)
+    dataset = sft_dataset(shards)  # refusals (of the shards, or of the TRL installed) come before the model loads
+    model = local_model(args.model, extra="trl")
     return sft_trainer(
         model=model,
         tokenizer=tokenizer,

@@ -16,7 +16,11 @@ flash attention transformers keeps them apart only in one-row batches, so such a
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import secrets
+import shlex
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dsprep.errors import ConfigError, DsprepError, InputError, OutputError, VerifyError
+from dsprep.errors import ConfigError, DsprepError, InputError, VerifyError
 from dsprep.integrations.common import local_tokenizer, prepared_shards, require
 
 __all__ = [
@@ -68,8 +72,9 @@ class AxolotlRun:
     @property
     def command(self) -> str:
         """The single-process command(s) that train: `axolotl preprocess` first when Axolotl packs the rows."""
-        train = f"axolotl train {self.config} --launcher python"
-        return f"axolotl preprocess {self.config} && {train}" if self.sample_packing else train
+        config = shlex.quote(str(self.config))
+        train = f"axolotl train {config} --launcher python"
+        return f"axolotl preprocess {config} && {train}" if self.sample_packing else train
 
 
 def _batches(paths: Sequence[str], columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
@@ -124,17 +129,29 @@ def write_dataset(shards: str | Path, model: str | Path, data: str | Path) -> tu
     data = Path(data)
     data.parent.mkdir(parents=True, exist_ok=True)
     rows, longest = 0, 0
-    with pq.ParquetWriter(data, schema) as writer:
-        for batch in _batches(paths, columns):
-            if mode == "unpacked":
-                longest = max(longest, pc.max(batch.column("num_tokens")).as_py() or 0)
-                batch = _unpacked_batch(batch, str(shards))
-            writer.write_batch(pa.record_batch(list(batch.columns), schema=schema))
-            rows += batch.num_rows
-    if rows == 0:
-        data.unlink()
-        raise OutputError(f"{shards}: the shards hold no rows to train on")
+    with _replaced_on_success(data) as part:
+        with pq.ParquetWriter(part, schema) as writer:
+            for batch in _batches(paths, columns):
+                if mode == "unpacked":
+                    longest = max(longest, pc.max(batch.column("num_tokens")).as_py() or 0)
+                    batch = _unpacked_batch(batch, str(shards))
+                writer.write_batch(pa.record_batch(list(batch.columns), schema=schema))
+                rows += batch.num_rows
+        if rows == 0:
+            raise VerifyError(f"{shards}: the shards hold no rows to train on")
     return mode, rows, sequence_len or int(longest)
+
+
+@contextlib.contextmanager
+def _replaced_on_success(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` to write, moved onto `path` only when the block succeeds (else removed): a
+    run that fails half-way leaves a previous `path` as it was, and no partial file."""
+    part = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    try:
+        yield part
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _yaml_value(yaml: Any, key: str, value: Any) -> str:
@@ -228,26 +245,25 @@ def prepare(
     template_path = Path(template) if template is not None else TEMPLATE
     if not template_path.is_file():
         raise InputError(f"{template_path}: Axolotl template not found; pass --template train_entry/axolotl_sft.yaml")
-    mode, rows, sequence_len = write_dataset(shards, model, data_path)
-    values: dict[str, Any] = {
-        "base_model": str(model),
-        "datasets": [{"path": str(data_path), "ds_type": "parquet"}],
-        "skip_prepare_dataset": mode == "packed",
-        "sample_packing": mode == "unpacked" and sample_packing,
-        "sequence_len": sequence_len,
-        "dataset_prepared_path": str(out.parent / f"{out.stem}-prepared"),
-        "output_dir": str(Path(output_dir).absolute() if output_dir is not None else out.parent / f"{out.stem}-out"),
-    }
-    values.update(overrides or {})
-    text = render_config(template_path.read_text(encoding="utf-8"), values)
-    if mode == "packed":
-        try:
+    run_dir = Path(output_dir).absolute() if output_dir is not None else out.parent / f"{out.stem}-out"
+    with _replaced_on_success(data_path) as data_part:  # in place only once the config is accepted and written
+        mode, rows, sequence_len = write_dataset(shards, model, data_part)
+        values: dict[str, Any] = {
+            "base_model": str(model),
+            "datasets": [{"path": str(data_path), "ds_type": "parquet"}],
+            "skip_prepare_dataset": mode == "packed",
+            "sample_packing": mode == "unpacked" and sample_packing,
+            "sequence_len": sequence_len,
+            "dataset_prepared_path": str(out.parent / f"{out.stem}-prepared"),
+            "output_dir": str(run_dir),
+        }
+        values.update(overrides or {})
+        text = render_config(template_path.read_text(encoding="utf-8"), values)
+        if mode == "packed":
             check_packed_config(require("yaml", EXTRA).safe_load(text), sequence_len)
-        except ConfigError:
-            data_path.unlink()
-            raise
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _replaced_on_success(out) as out_part:
+            out_part.write_text(text, encoding="utf-8")
     return AxolotlRun(out, data_path, mode, rows, int(values["sequence_len"]), bool(values["sample_packing"]))
 
 

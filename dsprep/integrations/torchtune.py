@@ -25,13 +25,15 @@ token of one example never learns the first token of the next. ``padded_collate_
 block-causal mask that keeps the examples apart.
 
 Building the dataset runs `dsprep verify` on the shards and compares their tokenizer fingerprint with the tokenizer
-in ``tokenizer_dir``; a mismatch is refused.
+in ``tokenizer_dir``; a mismatch is refused. Under ``tune run`` a refusal is one line ``error: ...`` and dsprep's
+exit code (`packed_shards`); ``build_packed_shards`` raises the `DsprepError` instead, for use from Python.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,13 +43,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dsprep.errors import ConfigError, VerifyError
+from dsprep.errors import ConfigError, DsprepError, VerifyError
 from dsprep.integrations.common import prepared_shards, require
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["IGNORE_INDEX", "PackedShards", "packed_shards"]
+__all__ = ["IGNORE_INDEX", "PackedShards", "build_packed_shards", "packed_shards"]
 
 IGNORE_INDEX = -100  # torchtune.data.CROSS_ENTROPY_IGNORE_IDX
 _COLUMNS = ("input_ids", "labels", "position_ids", "seq_lens")
@@ -125,7 +127,7 @@ def _check_model_tokenizer(model_tokenizer: Any, hf_tokenizer: Any, tokenizer_di
             )
 
 
-def packed_shards(
+def build_packed_shards(
     model_tokenizer: Any = None,
     /,
     *,
@@ -136,7 +138,9 @@ def packed_shards(
     packed: bool = True,
     model_max_seq_len: int | None = None,
 ) -> PackedShards:
-    """Verified dsprep packed shards as a torchtune packed dataset.
+    """Verified dsprep packed shards as a torchtune packed dataset; a refusal raises a `DsprepError`.
+
+    Recipe configs name `packed_shards`, which ends the run with one line instead.
 
     model_tokenizer: the recipe's tokenizer (torchtune passes it positionally); its pad id is the default padding id,
         and its bos/eos ids and vocabulary size, where it has them, must match ``tokenizer_dir``'s.
@@ -195,3 +199,18 @@ def packed_shards(
     if padding_idx is None:
         padding_idx = getattr(hf_tokenizer, "pad_token_id", None)
     return _torchtune_class()(table, max_seq_len=size, padding_idx=int(padding_idx or 0))
+
+
+def packed_shards(model_tokenizer: Any = None, /, **options: Any) -> PackedShards:
+    """`build_packed_shards` as a recipe config's ``dataset._component_``: a refusal ends the run with one line.
+
+    torchtune builds the dataset deep inside the recipe, where a `DsprepError` would reach the user as a traceback
+    of about a hundred lines and exit code 1. Here it is one line ``error: ...`` on stderr and dsprep's exit code
+    (8 for shards that are refused, 2 for settings that conflict with them), through a `SystemExit`, which passes
+    through torchtune and `tune run`. `options` are `build_packed_shards`'s keyword arguments.
+    """
+    try:
+        return build_packed_shards(model_tokenizer, **options)
+    except DsprepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None

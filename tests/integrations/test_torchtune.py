@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dsprep.config import ConvertConfig
-from dsprep.errors import DsprepError, VerifyError
+from dsprep.errors import ConfigError, DsprepError, VerifyError
 from dsprep.integrations import torchtune as dsprep_tt
 from dsprep.pipeline import convert
 from isolation import example_loss_deltas, float64_model
@@ -195,6 +195,34 @@ def test_tune_run_trains_on_packed_shards(
 
 
 @pytest.mark.torchtune
+@pytest.mark.slow
+@pytest.mark.parametrize(("shards", "overrides", "code", "message"), [
+    ("unpacked_shards", [], VerifyError.exit_code,
+     "{shards}: holds tokenized shards, not packed ones; re-run dsprep convert with --pack L"),
+    ("packed_shards", ["model.max_seq_len=128"], ConfigError.exit_code,
+     "the samples are 256 tokens long (the shards' packing length or dataset.max_seq_len) but the model's "
+     "max_seq_len is 128: re-run dsprep convert with --pack 128 or lower"),
+])  # fmt: skip
+def test_tune_run_refusals_are_one_line_and_the_exit_code(
+    shards: str, overrides: list[str], code: int, message: str, tiny_model_dir: Path, tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
+    folder = request.getfixturevalue(shards)
+    tune = Path(sys.executable).with_name("tune")
+    command = [str(tune) if tune.is_file() else str(shutil.which("tune")), "run", "full_finetune_single_device"]
+    config = ["--config", str(REPO / "train_entry" / "torchtune_sft.yaml")]
+    values = [f"model_dir={tiny_model_dir}", f"shards={folder}", f"output_dir={tmp_path / 'out'}", "device=cpu",
+              "dtype=fp32", *overrides]  # fmt: skip
+    done = subprocess.run(
+        [*command, *config, *values], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == code, done.stderr[-4000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == f"error: {message.format(shards=folder)}"
+
+
+@pytest.mark.torchtune
 def test_recipe_batches_keep_examples_apart(recipe_run: RecipeRun) -> None:
     # the forward pre-hook checked mask and input_pos of every model call against the shards' seq_lens
     assert len(recipe_run.calls) == STEPS
@@ -293,25 +321,33 @@ def test_samples_have_packed_dataset_layout(packed_shards: Path, tiny_model_dir:
 
 
 @pytest.mark.torchtune
-def test_config_refuses_shards_of_another_tokenizer(tekken_shards: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_config_refuses_shards_of_another_tokenizer(
+    tekken_shards: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = _cfg("torchtune_sft.yaml", model_dir=tiny_model_dir, shards=tekken_shards, output_dir=tmp_path)
     recipe_tokenizer = tt_config.instantiate(cfg.tokenizer)
-    with pytest.raises(VerifyError, match=r"tokenizer mismatch: the shards were tokenized with 'mistral:tekken'"):
+    with pytest.raises(SystemExit) as stop:  # the config's component: one line and the exit code, no traceback
         tt_config.instantiate(cfg.dataset, recipe_tokenizer)
+    assert stop.value.code == VerifyError.exit_code
+    err = capsys.readouterr().err
+    assert err.startswith("error: tokenizer mismatch: the shards were tokenized with 'mistral:tekken'")
+    assert err.count("\n") == 1
+    with pytest.raises(VerifyError, match=r"tokenizer mismatch: the shards were tokenized with 'mistral:tekken'"):
+        dsprep_tt.build_packed_shards(recipe_tokenizer, source=tekken_shards, tokenizer_dir=tiny_model_dir)
 
 
 @pytest.mark.torchtune
 def test_builder_refusals(packed_shards: Path, tiny_model_dir: Path) -> None:
     with pytest.raises(DsprepError, match=r"dataset.packed: True"):
-        dsprep_tt.packed_shards(source=packed_shards, tokenizer_dir=tiny_model_dir, packed=False)
+        dsprep_tt.build_packed_shards(source=packed_shards, tokenizer_dir=tiny_model_dir, packed=False)
     with pytest.raises(DsprepError, match=r"max_seq_len=128 is shorter than the longest packed row"):
-        dsprep_tt.packed_shards(source=packed_shards, tokenizer_dir=tiny_model_dir, max_seq_len=128)
+        dsprep_tt.build_packed_shards(source=packed_shards, tokenizer_dir=tiny_model_dir, max_seq_len=128)
 
     class OtherTokenizer:
         bos_id, eos_id, vocab_size, pad_id = 1, 2, 131072, 0
 
     with pytest.raises(DsprepError, match=r"vocab_size=131072"):
-        dsprep_tt.packed_shards(OtherTokenizer(), source=packed_shards, tokenizer_dir=tiny_model_dir)
+        dsprep_tt.build_packed_shards(OtherTokenizer(), source=packed_shards, tokenizer_dir=tiny_model_dir)
     ds = dsprep_tt.packed_shards(source=[packed_shards, packed_shards], tokenizer_dir=tiny_model_dir, max_seq_len=300)
     assert len(ds) == 2 * len(_shard_rows(packed_shards))
     assert ds[0]["tokens"].shape == (300,)
@@ -321,11 +357,14 @@ def test_builder_refusals(packed_shards: Path, tiny_model_dir: Path) -> None:
 @pytest.mark.torchtune
 @pytest.mark.parametrize("name", sorted(CONFIGS.values()))
 def test_config_refuses_samples_longer_than_the_model(
-    name: str, packed_shards: Path, tiny_model_dir: Path, tmp_path: Path
+    name: str, packed_shards: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = _cfg(name, model_dir=tiny_model_dir, shards=packed_shards, output_dir=tmp_path, **{"model.max_seq_len": 128})
-    with pytest.raises(DsprepError, match=r"the samples are 256 tokens long .* max_seq_len is 128: re-run dsprep "):
+    with pytest.raises(SystemExit) as stop:
         tt_config.instantiate(cfg.dataset, tt_config.instantiate(cfg.tokenizer))
+    assert stop.value.code == ConfigError.exit_code
+    assert re.fullmatch(r"error: the samples are 256 tokens long .* max_seq_len is 128: re-run dsprep .*\n",
+                        capsys.readouterr().err)  # fmt: skip
     cfg = _cfg(name, model_dir=tiny_model_dir, shards=packed_shards, output_dir=tmp_path, **{"model.max_seq_len": 256})
     assert tt_config.instantiate(cfg.dataset, tt_config.instantiate(cfg.tokenizer)).max_seq_len == 256
 
@@ -348,4 +387,4 @@ def test_untokenized_shards_are_refused(tiny_model_dir: Path, tmp_path: Path) ->
     shards = tmp_path / "normalized"
     convert(ConvertConfig(inputs=(str(SHARED_DATA / SOURCE),), out=shards))
     with pytest.raises(VerifyError, match=r"normalized shards hold no tokens; re-run dsprep convert with --tokenizer"):
-        dsprep_tt.packed_shards(source=shards, tokenizer_dir=tiny_model_dir)
+        dsprep_tt.build_packed_shards(source=shards, tokenizer_dir=tiny_model_dir)

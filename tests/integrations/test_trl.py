@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import shutil
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dsprep.config import ConvertConfig
-from dsprep.errors import TokenizerError, VerifyError
+from dsprep.errors import ConfigError, InputError, TokenizerError, VerifyError
+from dsprep.integrations.trl import DPO_NEEDS, SFT_NEEDS
 from dsprep.pipeline import convert
 from isolation import example_loss_deltas, float64_model
 from paths import SHARED_DATA
@@ -179,7 +181,7 @@ def test_dpo_refuses_shards_without_preference_rows(
     argv = ["--shards", str(shards), "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "out")]
     assert _entry("trl_dpo").main(argv) == VerifyError.exit_code
     err = capsys.readouterr().err
-    assert err == "trl_dpo: no tokenized preference rows in the shards (only kto rows): DPO needs chosen/rejected\n"
+    assert err == f"trl_dpo: {shards} holds tokenized kto rows; {DPO_NEEDS}\n"
 
 
 @pytest.mark.parametrize("entry", ["trl_sft", "trl_dpo"])
@@ -191,3 +193,120 @@ def test_entries_refuse_a_missing_model_folder(
     assert _entry(entry).main(argv) == TokenizerError.exit_code
     err = capsys.readouterr().err
     assert err == f"{entry}: {missing}: not a model folder (pass a local folder holding the model and its tokenizer)\n"
+
+
+@pytest.fixture(scope="module")
+def preference_shards(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tokenized preference shards of a real sample file for the tiny model (prompts of 32 to ~190 tokens)."""
+    return _convert(tmp_path_factory.mktemp("prefs") / "prefs", PREFERENCE, str(tiny_model_dir), max_len=192)
+
+
+def test_dpo_leaves_out_pairs_whose_prompt_fills_max_length(
+    preference_shards: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = [len(r["prompt_input_ids"]) for p in sorted(preference_shards.glob("part-*.parquet"))
+               for r in pq.read_table(p, columns=["prompt_input_ids"]).to_pylist()]  # fmt: skip
+    kept = sum(n < 64 for n in prompts)
+    assert 0 < kept < len(prompts)  # the rule is TRL 1.16's: a prompt of max_length tokens leaves no completion
+    dpo = _entry("trl_dpo")
+    args = dpo.parse_args(["--shards", str(preference_shards), "--model", str(tiny_model_dir), "--output-dir",
+                           str(tmp_path / "out"), "--max-steps", "1", "--max-length", "64"])  # fmt: skip
+    trainer = dpo.build(args)
+    assert sorted(map(len, trainer.train_dataset["prompt_ids"])) == sorted(n for n in prompts if n < 64)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dsprep:")]
+    assert lines == [
+        f"dsprep: {preference_shards}: left out {len(prompts) - kept} of {len(prompts)} preference pairs whose "
+        "prompt alone fills max_length 64 (no completion token would remain)"
+    ]
+
+
+def test_dpo_trainer_applies_trls_filter_to_a_dataset_it_is_given(
+    preference_shards: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import transformers
+
+    from dsprep.integrations.trl import dpo_dataset, dpo_trainer
+
+    dataset = dpo_dataset(sorted(preference_shards.glob("part-*.parquet")))  # no max_length: every pair
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    trainer = dpo_trainer(model=model, tokenizer=tokenizer, dataset=dataset, output_dir=tmp_path, max_length=64)
+    assert 0 < len(trainer.train_dataset) < len(dataset)
+    assert all(len(ids) < 64 for ids in trainer.train_dataset["prompt_ids"])
+    left_out = len(dataset) - len(trainer.train_dataset)
+    err = capsys.readouterr().err
+    assert f"dsprep: the train dataset: left out {left_out} of {len(dataset)} preference pairs" in err
+
+
+def test_dpo_refuses_a_max_length_that_leaves_no_pair(
+    preference_shards: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--shards", str(preference_shards), "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "out"),
+            "--max-length", "16"]  # fmt: skip
+    assert _entry("trl_dpo").main(argv) == ConfigError.exit_code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"trl_dpo: {preference_shards}: max_length 16 (--max-length) leaves no completion token in ")
+    assert err.endswith("raise it or leave it unset\n") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("missing", "message"), [
+    (("config.json", "model.safetensors"), "no config.json, so no model to load (pass the folder holding the model itself)"),
+    (("model.safetensors",), "config.json but no model weights (expected one of model.safetensors, "
+                             "model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json)"),
+])  # fmt: skip
+@pytest.mark.parametrize("entry", ["trl_sft", "trl_dpo"])
+def test_entries_refuse_a_model_folder_without_a_model(
+    entry: str, missing: tuple[str, ...], message: str, packed_shards: Path, preference_shards: Path,
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    model = tmp_path / "my model"  # its tokenizer is the shards' one: only the model itself is missing
+    shutil.copytree(tiny_model_dir, model)
+    for name in missing:
+        (model / name).unlink()
+    shards = packed_shards if entry == "trl_sft" else preference_shards
+    argv = ["--shards", str(shards), "--model", str(model), "--output-dir", str(tmp_path / "out")]
+    assert _entry(entry).main(argv) == InputError.exit_code == 3
+    assert capsys.readouterr().err == f"{entry}: {model}: {message}\n"
+
+
+@pytest.fixture(scope="module")
+def packed_preference_shards(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Preference data converted with --pack: every row rejected as not_packable, so the shards hold no row."""
+    return _convert(tmp_path_factory.mktemp("prefpack") / "prefpack", PREFERENCE, str(tiny_model_dir), pack=256)
+
+
+@pytest.mark.parametrize(("entry", "shards", "held", "needs"), [
+    ("trl_dpo", "packed_shards", "packed SFT rows", DPO_NEEDS),
+    ("trl_sft", "preference_shards", "tokenized preference rows", SFT_NEEDS),
+    ("trl_dpo", "packed_preference_shards", "no rows (300 rejected as not_packable: see {shards}/rejects.jsonl)",
+     DPO_NEEDS),
+])  # fmt: skip
+def test_entries_say_what_the_shards_hold_and_what_they_need(
+    entry: str, shards: str, held: str, needs: str, tiny_model_dir: Path, tmp_path: Path,
+    request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    folder = request.getfixturevalue(shards)
+    argv = ["--shards", str(folder), "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "out")]
+    assert _entry(entry).main(argv) == VerifyError.exit_code
+    assert capsys.readouterr().err == f"{entry}: {folder} holds {held.format(shards=folder)}; {needs}\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("entry", ["trl_sft", "trl_dpo"])
+def test_an_unsupported_trl_is_refused_before_the_model_loads(
+    entry: str, packed_shards: Path, preference_shards: Path, tiny_model_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    import transformers
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the model loaded before TRL was checked")
+
+    monkeypatch.setattr(trl, "__version__", "1.15.0")  # computes its loss only on a GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", load)
+    shards = packed_shards if entry == "trl_sft" else preference_shards
+    argv = ["--shards", str(shards), "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "out")]
+    assert _entry(entry).main(argv) == 9
+    assert capsys.readouterr().err.startswith(f"{entry}: trl 1.15.0 computes the loss with a Triton kernel")
