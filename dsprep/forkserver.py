@@ -1,10 +1,10 @@
 """Imported by the fork server that starts convert's worker processes (`dsprep.workers`), and by nothing else.
 
 The server dies with the convert process that started it, and before it forks any worker it imports the heavy
-modules (pandas too, which pyarrow imports on the first array it builds) and loads the encoder the convert names (in
-``DSPREP_FORKSERVER_ENCODER``), with the tokenizer's thread pool off and without encoding anything, so no tokenizer
-thread exists to be forked: each worker starts with the encoder loaded, its memory shared with the server's until
-written.
+modules and loads the encoder the convert names (in ``DSPREP_FORKSERVER_ENCODER``), with the tokenizer's thread pool
+off and without encoding anything, so no tokenizer thread exists to be forked: each worker starts with the encoder
+loaded, its memory shared with the server's until written. Without an encoder the workers build tables of normalized
+rows through pyarrow's conversion, which imports pandas on first use: the server imports it once for them.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from dsprep.server import PRELOAD_ENV  # noqa: E402
 from dsprep.workers import EncodeSpec, die_with_parent, encoder_for, warm_pyarrow  # noqa: E402
 
 die_with_parent()
-warm_pyarrow()
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 if os.environ.get(PRELOAD_ENV):
     with contextlib.suppress(Exception):  # a worker that cannot load it reports why
         encoder_for(EncodeSpec(**orjson.loads(os.environ[PRELOAD_ENV]))).fast  # noqa: B018 - built before forking
+else:  # workers then build tables of normalized rows through pyarrow's conversion, which imports pandas
+    warm_pyarrow()

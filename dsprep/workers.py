@@ -264,6 +264,12 @@ def _normalized(src: SourceInput, records: list[Record], out: _Collector) -> lis
     return kept
 
 
+def _validity(values: list[Any]) -> pa.Buffer | None:
+    """The validity bitmap of `values` (None: null), or None where none is null."""
+    valid = np.fromiter((v is not None for v in values), np.bool_, len(values))
+    return None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+
+
 def _token_column(values: list[np.ndarray | None]) -> pa.Array:
     """A ``list<int32>`` column from per-row arrays (None: null) in one concatenation, not value by value."""
     lengths = np.fromiter((0 if v is None else len(v) for v in values), np.int64, len(values))
@@ -271,19 +277,41 @@ def _token_column(values: list[np.ndarray | None]) -> pa.Array:
     np.cumsum(lengths, out=offsets[1:])
     present = [v for v in values if v is not None]
     flat = np.concatenate(present).astype(np.int32, copy=False) if present else np.zeros(0, np.int32)
-    mask = None if len(present) == len(values) else pa.array([v is None for v in values])
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat), type=TOKENS, mask=mask)
+    items = pa.Array.from_buffers(pa.int32(), len(flat), [None, pa.py_buffer(flat)])
+    return pa.Array.from_buffers(TOKENS, len(values), [_validity(values), pa.py_buffer(offsets)], children=[items])
+
+
+def _plain_column(values: list[Any], kind: pa.DataType) -> pa.Array | None:
+    """`values` as a string, integer or boolean array built from its buffers (None for another type): pyarrow's own
+    conversion imports pandas the first time it runs (0.2 s of CPU in every worker process)."""
+    validity = _validity(values)
+    if pa.types.is_string(kind):
+        data = [b"" if v is None else v.encode() for v in values]
+        offsets = np.zeros(len(data) + 1, np.int64)
+        np.cumsum(np.fromiter(map(len, data), np.int64, len(data)), out=offsets[1:])
+        if offsets[-1] >= 1 << 31:
+            return None
+        buffers = [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(data))]
+    elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        flat = np.fromiter((0 if v is None else v for v in values), kind.to_pandas_dtype(), len(values))
+        packed = np.packbits(flat, bitorder="little") if pa.types.is_boolean(kind) else flat
+        buffers = [validity, pa.py_buffer(packed)]
+    else:
+        return None
+    return pa.Array.from_buffers(kind, len(values), buffers)
 
 
 def _table(rows: list[Row], schema: pa.Schema) -> pa.Table:
-    """Rows as a table of `schema` (as `pa.Table.from_pylist`, with token columns of arrays taken whole)."""
+    """Rows as a table of `schema` (as `pa.Table.from_pylist`, with token columns of arrays taken whole, and columns
+    of strings, integers and booleans built from their buffers)."""
     columns = []
     for f in schema:
         values = [row.get(f.name) for row in rows]
         if f.type == TOKENS and all(v is None or isinstance(v, np.ndarray) for v in values):
             columns.append(_token_column(values))
         else:
-            columns.append(pa.array(values, type=f.type))
+            built = _plain_column(values, f.type)
+            columns.append(pa.array(values, type=f.type) if built is None else built)
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -396,8 +424,8 @@ def start_server(spec: EncodeSpec | None) -> None:
 
 
 def warm_pyarrow() -> None:
-    """Let pyarrow import pandas now: it does on the first array it builds (0.2 s of CPU, where pandas is installed).
-    The fork server does it before forking, so workers share it rather than each importing it on its first task."""
+    """Let pyarrow import pandas now: it does the first time it converts values to an array (0.2 s of CPU, where
+    pandas is installed). Tokenized rows never need it in a worker (`_table` builds their columns from buffers)."""
     pa.array(np.zeros(1, np.int32))
 
 

@@ -134,13 +134,27 @@ def test_a_container_cpu_quota_caps_the_default_workers(
     assert default_workers() == (64 if expected is None else expected)
 
 
-def test_the_fork_server_has_pyarrow_import_pandas_before_it_forks_workers() -> None:
-    """pyarrow imports pandas on the first array it builds (0.2 s of CPU): the fork server's preload does it once, so
-    workers forked from it do not each do it on their first task."""
+def test_a_worker_tokenizing_rows_never_imports_pandas() -> None:
+    """pyarrow imports pandas the first time it converts values (0.2 s of CPU): a worker's tables of tokenized rows
+    are built from buffers, so neither the fork server nor its workers spend it on a tokenizing run."""
     pytest.importorskip("pandas", reason="pyarrow imports pandas only where it is installed")
-    probe = "import sys, dsprep.forkserver; print('pandas' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
-    assert done.stdout.strip() == "True"
+    probe = """
+import os, sys
+os.environ["DSPREP_FORKSERVER_ENCODER"] = '{"tokenizer": "mistral:tekken", "template": "chatml", "train_on": "assistant", "max_len": null, "overflow": "drop"}'
+import dsprep.forkserver
+from dsprep.sources import Record
+from dsprep.specs import load_spec
+from dsprep.workers import EncodeSpec, SourceInput, Stage, Task, process
+spec = EncodeSpec("mistral:tekken", "chatml", "assistant", None, "drop")
+source = SourceInput("c.jsonl", "c.jsonl", True, load_spec("openai"))
+line = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}'
+result = process(Stage((source,), spec, False), Task(0, 0, [Record(0, None, line, pending=True)]))
+assert result.table is not None and result.table.num_rows == 1
+print("pandas" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
 
 
 def _launches(tmp_path: Path, rows: int, workers: str) -> list[Any]:
