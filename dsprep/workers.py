@@ -23,6 +23,7 @@ import itertools
 import os
 import signal
 import sys
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -418,9 +419,10 @@ def _work(task: Task) -> BatchResult:
 def start_server(spec: EncodeSpec | None) -> None:
     """Start the fork server now, so it loads the encoder while this process does its own start-up work."""
     launch(None if spec is None else asdict(spec))
-    # here that runs beside the server's start-up, which the first tasks wait for anyway, rather than in the packing
-    # after the workers, which waits for it
-    warm_pyarrow()
+    # pyarrow's first conversion here (the packing) imports pandas: a thread does it now, beside the workers, rather
+    # than this process before their first tasks or the packing after them; not a daemon, so an early end of the run
+    # waits for it rather than stopping the interpreter mid-import
+    threading.Thread(target=warm_pyarrow, name="dsprep-warm-pyarrow").start()
 
 
 def warm_pyarrow() -> None:
