@@ -106,9 +106,10 @@ class _Layout:
         chunks = math.ceil(plan.rows / chunk_rows)
         estimate = int(plan.lengths.sum()) * PACKED_BYTES_PER_TOKEN
         shards = SHARD_MULTIPLE * math.ceil(estimate / shard_bytes / SHARD_MULTIPLE)
-        if SHARD_MULTIPLE <= chunks < shards:  # rows for every shard, in chunks too large to go round
+        if SHARD_MULTIPLE <= chunks < shards:  # chunks too large to go round: smaller ones, a row at least
             chunk_rows = max(1, plan.rows // shards)
             chunks = math.ceil(plan.rows / chunk_rows)
+            shards = min(shards, SHARD_MULTIPLE * (chunks // SHARD_MULTIPLE))  # fewer rows than shards: round down
         shards = max(1, min(chunks, shards))
         return cls(chunk_rows, chunks, np.arange(shards + 1) * chunks // shards)
 

@@ -275,16 +275,18 @@ class Encoder:
                 if start < 0:
                     raise self._unstable(i)
                 end = start + len(turn)
-                self._check_followers(text, tmsgs, i, cursor, end)
+                self._check_followers(text, tmsgs, i, cursor, start, end)
             spans.append((start, end))
             cursor, passed = end, []
         return spans
 
-    def _check_followers(self, text: str, tmsgs: Sequence[Row], i: int, searched_from: int, end: int) -> None:
-        """A turn found by search must lie before the messages after it: the same text rendered as a later turn
-        (a template that renders only the last turn with its thinking block, so that an earlier turn's prefix render
-        matches the last one) is not it. Each later message found in `text` past `searched_from` must also be found,
-        in order, past `end`; one the template changed beyond finding is passed over."""
+    def _check_followers(self, text: str, tmsgs: Sequence[Row], i: int, searched_from: int, start: int,
+                         end: int) -> None:  # fmt: skip
+        """A turn found by search at [start, end) must lie before the messages after it: the same text rendered as a
+        later turn (a template that renders only the last turn with its thinking block, so that an earlier turn's
+        prefix render matches the last one) is not it. Each later message must be found, in order, past `end`, or
+        else not between `searched_from` and `start` either; one the template changed beyond finding (a tool result
+        written as JSON) is passed over."""
         cursor = end
         for later in tmsgs[i + 1 :]:
             content = later.get("content")
@@ -293,7 +295,7 @@ class Encoder:
             past = self._end_of(text, content, cursor)
             if past is not None:
                 cursor = past
-            elif self._end_of(text, content, searched_from) is not None:
+            elif any(text.find(needle, searched_from, start) >= 0 for needle in (content, content.strip())):
                 raise self._unstable(i)
 
     def _turn_renders(self, tmsgs: Sequence[Row], tools: Any, i: int) -> tuple[str, str]:

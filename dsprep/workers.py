@@ -283,22 +283,30 @@ def _token_column(values: list[np.ndarray | None]) -> pa.Array:
 
 
 def _plain_column(values: list[Any], kind: pa.DataType) -> pa.Array | None:
-    """`values` as a string, integer or boolean array built from its buffers (None for another type): pyarrow's own
-    conversion imports pandas the first time it runs (0.2 s of CPU in every worker process)."""
-    validity = _validity(values)
+    """`values` as a string, integer or boolean array built from its buffers; None for another type, or values of
+    another Python type (pyarrow's conversion then converts or refuses them). That conversion imports pandas the
+    first time it runs: 0.2 s of CPU in every worker process."""
     if pa.types.is_string(kind):
+        python_type: type = str
+    elif pa.types.is_boolean(kind):
+        python_type = bool
+    elif pa.types.is_integer(kind):
+        python_type = int
+    else:
+        return None
+    if not all(v is None or type(v) is python_type for v in values):
+        return None
+    validity = _validity(values)
+    if python_type is str:
         data = [b"" if v is None else v.encode() for v in values]
         offsets = np.zeros(len(data) + 1, np.int64)
         np.cumsum(np.fromiter(map(len, data), np.int64, len(data)), out=offsets[1:])
         if offsets[-1] >= 1 << 31:
             return None
         buffers = [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(data))]
-    elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
-        flat = np.fromiter((0 if v is None else v for v in values), kind.to_pandas_dtype(), len(values))
-        packed = np.packbits(flat, bitorder="little") if pa.types.is_boolean(kind) else flat
-        buffers = [validity, pa.py_buffer(packed)]
     else:
-        return None
+        flat = np.fromiter((0 if v is None else v for v in values), kind.to_pandas_dtype(), len(values))
+        buffers = [validity, pa.py_buffer(np.packbits(flat, bitorder="little") if python_type is bool else flat)]
     return pa.Array.from_buffers(kind, len(values), buffers)
 
 

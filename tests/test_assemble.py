@@ -204,21 +204,24 @@ def test_a_run_that_fails_while_writing_unpacked_shards_leaves_none_open(
     assert not (out / STAGING / "part-00000.parquet").exists()
 
 
-@pytest.mark.parametrize("rows", [9, 100, 409, 5000])
-def test_packed_shards_come_in_multiples_of_8_once_the_rows_fill_8_chunks(rows: int) -> None:
+@pytest.mark.parametrize(("rows", "shard_bytes"), [(9, 20_000), (100, 20_000), (409, 20_000), (5000, 20_000),
+                                                   (10, 100), (13, 1000)])  # fmt: skip
+def test_packed_shards_come_in_multiples_of_8_once_the_rows_fill_8_chunks(rows: int, shard_bytes: int) -> None:
     """Where the rows fill 8 chunks but too few to give each of the multiple of 8 shards the size asks for one,
-    the chunks are made smaller rather than the shards fewer (13 or 14 shards for 2, 4 or 8 ranks)."""
+    the chunks are made smaller rather than the shards fewer (13 or 14 shards for 2, 4 or 8 ranks); where there
+    are fewer rows than those shards (a size under a row's), the shards are a multiple of 8 of whole rows."""
     from dsprep.assemble import SHARD_MULTIPLE, _Layout
     from dsprep.pack import PackPlan
 
     plan = PackPlan(256, np.arange(rows), np.ones(rows, np.int64), np.full(rows, 200, np.int64))
-    shard_bytes = 20_000  # chunks of 31 rows at first: 409 rows fill 14, the size asks for 11 shards, so 16
+    # at 20 kB, chunks of 31 rows at first: 409 rows fill 14, the size asks for 11 shards, so 16
+    first_chunk_rows = max(1, int(shard_bytes / 2.5) // plan.max_len)
     layout = _Layout.of(plan, shard_bytes)
     shards = len(layout.shard_starts) - 1
     assert layout.chunks == -(-rows // layout.chunk_rows)
-    assert layout.chunk_rows * plan.max_len * 2.5 <= shard_bytes  # a chunk holds no more than a shard
+    assert layout.chunk_rows <= first_chunk_rows  # a chunk holds no more than a shard, or one row
     assert np.all(np.diff(layout.shard_starts) >= 1)  # every shard gets a chunk
-    if -(-rows // 31) >= SHARD_MULTIPLE:
+    if -(-rows // first_chunk_rows) >= SHARD_MULTIPLE:
         assert shards % SHARD_MULTIPLE == 0
     else:
         assert shards == layout.chunks

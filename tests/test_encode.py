@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from dsprep.config import ConvertConfig
@@ -315,6 +316,30 @@ def test_a_turn_rendered_like_a_later_one_is_not_taken_for_it() -> None:
     trained = [t for t, lab in zip(right["input_ids"], right["labels"], strict=True) if lab != -100]
     assert loaded.tokenizer.decode(trained) == "<think>\n\n</think>\n\nYes.<|im_end|>\n"
     assert right["labels"][-len(trained) - 1] == -100
+
+
+def test_a_later_message_the_template_rewrites_does_not_unplace_a_quoting_turn(tmp_path: Path) -> None:
+    """mistral_v3 writes tool results as JSON (quotes escaped), so a tool result is never found as written. That
+    the trained turn before it quotes the same text is no sign of a moved turn: the row keeps its exact mask."""
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "d",
+                                               "parameters": {"type": "object", "properties": {}}}}]  # fmt: skip
+    call = [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]
+    messages = [
+        {"role": "user", "content": "What did he say?"},
+        {"role": "assistant", "content": 'He said "hi".', "weight": 1},
+        {"role": "user", "content": "Check the log"},
+        {"role": "assistant", "content": "", "tool_calls": call, "weight": 0},
+        {"role": "tool", "tool_call_id": "c1", "content": 'He said "hi".'},
+        {"role": "assistant", "content": "Confirmed.", "weight": 0},
+    ]
+    src = tmp_path / "quote.jsonl"
+    src.write_text(json.dumps({"messages": messages, "tools": tools}) + "\n")
+    out = tmp_path / "out"
+    convert(ConvertConfig(inputs=(str(src),), out=out, tokenizer="mistral:tekken", template="mistral_v3", workers=1,
+                          cache=False))  # fmt: skip
+    [row] = pq.read_table(out / "part-00000.parquet").to_pylist()
+    trained = [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100]
+    assert load_tokenizer("mistral:tekken").tokenizer.decode(trained) == ' He said "hi".</s>'
 
 
 def test_text_and_plain_prompt_completion() -> None:

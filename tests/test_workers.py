@@ -90,6 +90,33 @@ def test_batch_table_equals_arrow_from_rows() -> None:
     assert _table([], TOKENIZED).equals(TOKENIZED.empty_table())
 
 
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        (["a", None, "é", ""], pa.string()),
+        ([True, None, False], pa.bool_()),
+        ([1, None, 2**40], pa.int64()),
+        ([7, 0], pa.int32()),
+        (["yes"], pa.bool_()),  # values of another Python type: converted, or refused, as pyarrow does
+        ([True], pa.int64()),
+        ([b"x"], pa.string()),
+        (["5"], pa.int64()),
+    ],
+)
+def test_columns_built_from_buffers_are_pyarrows_and_other_values_take_its_conversion(
+    values: list[Any], kind: pa.DataType
+) -> None:
+    rows = [{"v": v} for v in values]
+    schema = pa.schema([pa.field("v", kind)])
+    try:
+        expected = pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        with pytest.raises(type(exc)):
+            _table(rows, schema)
+    else:
+        assert _table(rows, schema).equals(expected)
+
+
 def test_an_inline_run_leaves_the_callers_objects_collectable(tmp_path: Path) -> None:
     """One worker runs in the caller's process: the heap it freezes for the run thaws after, and a heap the caller
     froze itself stays as the caller left it."""
