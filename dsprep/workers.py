@@ -503,7 +503,7 @@ def in_order(
     pending: deque[tuple[bool, Any]] = deque()  # (submitted, its future or its result)
     for item in items:
         previous = done(item) if done else None
-        pending.append((False, previous) if previous is not None else (True, pool.submit(fn, item)))
+        pending.append((False, previous) if previous is not None else (True, _submit(pool, fn, item)))
         while len(pending) >= limit or (pending and not pending[0][0]):
             yield _result(pending.popleft())
     while pending:
@@ -542,6 +542,21 @@ def _detached_main() -> Iterator[None]:
             setattr(main, name, value)
 
 
+def _died() -> WorkerDiedError:
+    return WorkerDiedError(
+        "a worker process died (killed by a signal, or out of memory?): run the same command again to resume "
+        "from the completed pieces, with fewer --workers if memory ran out"
+    )
+
+
+def _submit(pool: Executor, fn: Callable[[T], R], item: T) -> Any:
+    """`pool.submit`, which raises BrokenProcessPool itself once the pool has seen a worker die."""
+    try:
+        return pool.submit(fn, item)
+    except BrokenProcessPool:
+        raise _died() from None
+
+
 def _result(entry: tuple[bool, Any]) -> Any:
     submitted, value = entry
     if not submitted:
@@ -549,10 +564,7 @@ def _result(entry: tuple[bool, Any]) -> Any:
     try:
         return value.result()
     except BrokenProcessPool:
-        raise WorkerDiedError(
-            "a worker process died (killed by a signal, or out of memory?): run the same command again to resume "
-            "from the completed pieces, with fewer --workers if memory ran out"
-        ) from None
+        raise _died() from None
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

@@ -240,3 +240,21 @@ def test_the_server_start_leaves_pyarrows_pandas_import_to_a_thread(monkeypatch:
     assert not finished.is_set()  # it returned while the warm-up still runs
     release.set()
     assert finished.wait(5)
+
+
+def test_a_pool_broken_before_a_submit_ends_the_run_as_a_dead_worker() -> None:
+    """A worker's death is seen either by a pending result or by the next submit, whichever comes first: both end
+    the run with the dead-worker error (exit 12), never an internal error."""
+    from concurrent.futures import Executor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from dsprep.errors import WorkerDiedError
+    from dsprep.workers import in_order
+
+    class Broken(Executor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            raise BrokenProcessPool("A child process terminated abruptly")
+
+    with pytest.raises(WorkerDiedError) as died:
+        list(in_order(Broken(), str, [1, 2], 4))
+    assert died.value.exit_code == 12
