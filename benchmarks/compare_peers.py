@@ -18,7 +18,8 @@ from ``wait4`` and its process tree's summed PSS, sampled):
   ``encode_to_numpy`` (the call dsprep makes); the faster of those is the ceiling of a ratio of its own; and
   ``encode_to_numpy`` in a single process, for how far the encoder alone scales from one core to N; and that
   encoder plus writing its arrays as dsprep's packed Parquet, one process per core (the floor of tokenizing and
-  writing the shards, reported for information);
+  writing the shards, reported for information); where fastokens is installed, the engine dsprep runs that encoder
+  on (`dsprep.ordinary`) alone and plus the same writing, one process per core, for information;
 - dsprep: ``dsprep convert corpus.jsonl --tokenizer T --template chatml --pack L --out DIR`` as the CLI, with
   ``--workers 1`` and ``--workers N`` (N = the cores this process may use) when the installed dsprep has --workers,
   plus a one-row convert for the fixed start-up (imports, tokenizer and template load, output); steady state =
@@ -34,12 +35,13 @@ settings take turns (tiktoken, 1, N, tiktoken, 1, N, ...), so the drift weighs o
 Throughput is compared per token of input: tok/s = the ceiling's token count of the rows a path processed divided by
 its seconds, so paths that ran on the subsample compare with the full-corpus ones. The table also gives each path's
 own token count and whether it matches the ceiling's where the tokenizer and template are the same. It prints
-``dsprep/raw tokenizer ceiling`` (target >= 0.8; the ceiling is the fastest encoder of the tokenizer measured: for
-``mistral:tekken``, tiktoken) and ``dsprep/best TRL`` (target >= 3) with PASS/FAIL, both on dsprep's steady state (the
-ceiling's and the peers' seconds exclude their start-up as well), plus the ratio to the Hugging Face tokenizer's
-ceiling and the end-to-end ratio to TRL for information. A verdict is given only for runs that did the work
-measured: dsprep packed every row <= L and rejected every longer one, TRL's tokens are the ceiling's truncated to L
-and it trained some. The exit code is 0 even on FAIL: this is a report.
+``dsprep/raw tokenizer ceiling`` (target >= 0.8; the ceiling is the fastest of the tokenizer's own encoders
+measured, the Hugging Face tokenizer's and, for ``mistral:tekken``, tiktoken's, as mistral-common runs it) and
+``dsprep/best TRL`` (target >= 3) with PASS/FAIL, both on dsprep's steady state (the ceiling's and the peers'
+seconds exclude their start-up as well), plus the ratio to the Hugging Face tokenizer's ceiling, to dsprep's own
+engine alone and with the writing, and the end-to-end ratio to TRL for information. A verdict is given only for
+runs that did the work measured: dsprep packed every row <= L and rejected every longer one, TRL's tokens are the
+ceiling's truncated to L and it trained some. The exit code is 0 even on FAIL: this is a report.
 """
 
 from __future__ import annotations
@@ -160,6 +162,13 @@ def _peer_run(cmd: list[str], log: Path) -> tuple[float, tuple[int, float, dict[
     return (r["seconds"] if code == 0 and r is not None else float("inf")), (code, rss, r)
 
 
+def has_fastokens() -> bool:
+    """Whether dsprep's encoder runs on fastokens here (`dsprep.ordinary`)."""
+    import importlib.util
+
+    return importlib.util.find_spec("fastokens") is not None
+
+
 def _ceiling_run(cmd: list[str], log: Path) -> tuple[float, tuple[dict[str, Any], float]]:
     code, _, rss, out = run_child(cmd, log)
     ceiling = worker_result(out)
@@ -278,6 +287,8 @@ def main() -> int:
         if n_cores > 1:  # how far the bare encoder itself scales here, beside dsprep's --workers 1 vs N
             fast_runs.append(("tiktoken-numpy", 1))
         fast_runs.append(("tiktoken-parquet", n_cores))  # the floor of tokenizing and writing the shards alone
+        if has_fastokens():  # dsprep's own engine for that encoder, alone and with the writing
+            fast_runs += [("fastokens", n_cores), ("fastokens-parquet", n_cores)]
 
     def ceiling_cmd(encoder: str, num_proc: int) -> list[str]:
         return [sys.executable, base[0], "ceiling", *base[1:], "--num-proc", str(num_proc), "--encoder", encoder,
@@ -320,7 +331,8 @@ def main() -> int:
         if encoder == "hf" and num_proc == 1:
             how = f"{n_cores} threads"
         what = {"hf": "tokenizer", "tiktoken": "tiktoken encoder", "tiktoken-numpy": "tiktoken to arrays",
-                "tiktoken-parquet": "tiktoken + Parquet"}[encoder]  # fmt: skip
+                "tiktoken-parquet": "tiktoken + Parquet", "fastokens": "dsprep's engine (fastokens) alone",
+                "fastokens-parquet": "fastokens + Parquet"}[encoder]  # fmt: skip
         m = Measured(f"ceiling: {what}, {how}", opts.rows, sum(lengths), ceiling["seconds"], rss)
         m.own_tokens = ceiling["tokens"]
         m.extra["encoder"] = encoder
@@ -457,7 +469,7 @@ def main() -> int:
     print()
     hf_ceilings = [m for m in ceilings if m.extra["encoder"] == "hf"]
     top = max(hf_ceilings, key=lambda m: m.base_tokens / m.seconds)
-    raw_ceilings = [m for m in ceilings if m.extra["encoder"] != "tiktoken-parquet"]
+    raw_ceilings = [m for m in ceilings if m.extra["encoder"] in ("hf", "tiktoken", "tiktoken-numpy")]
     fastest_ceiling = max(raw_ceilings, key=lambda m: m.base_tokens / m.seconds)
     best = max(dsprep_rows, key=lambda m: m.base_tokens / m.seconds)
     print(f"dsprep start-up (one-row convert): {startup:.2f} s")
@@ -482,9 +494,25 @@ def main() -> int:
     r_ceiling = best.extra["steady"] / (fastest_ceiling.base_tokens / fastest_ceiling.seconds)
     print(
         f"ratio dsprep/raw tokenizer ceiling = {r_ceiling:.2f}  ({best.name}, steady state; target >= "
-        f"{TARGET_CEILING}) {verdict(r_ceiling >= TARGET_CEILING)}; against the fastest encoder of this tokenizer "
-        f"measured ({fastest_ceiling.name.removeprefix('ceiling: ')})"
+        f"{TARGET_CEILING}) {verdict(r_ceiling >= TARGET_CEILING)}; against the fastest of this tokenizer's own "
+        f"encoders measured ({fastest_ceiling.name.removeprefix('ceiling: ')}; mistral-common encodes Tekken with "
+        "tiktoken, the peers with the Hugging Face tokenizer)"
     )
+    engine = next((m for m in ceilings if m.extra["encoder"] == "fastokens"), None)
+    engine_floor = next((m for m in ceilings if m.extra["encoder"] == "fastokens-parquet"), None)
+    if engine is not None:
+        print(
+            f"ratio dsprep/{engine.name.removeprefix('ceiling: ')} = "
+            f"{best.extra['steady'] / (engine.base_tokens / engine.seconds):.2f}  (steady state; for information: "
+            f"the engine dsprep encodes with, bare, is {fastest_ceiling.seconds / engine.seconds:.1f}x that ceiling, "
+            "so reading, rendering, masks, packing and writing, not encoding, bound dsprep)"
+        )
+    if engine_floor is not None:
+        print(
+            f"ratio dsprep/{engine_floor.name.removeprefix('ceiling: ')} = "
+            f"{best.extra['steady'] / (engine_floor.base_tokens / engine_floor.seconds):.2f}  (steady state; for "
+            "information: dsprep's engine plus writing its arrays as packed Parquet, and nothing else)"
+        )
     r_hf = best.extra["steady"] / (top.base_tokens / top.seconds)
     print(
         f"ratio dsprep/{top.name.removeprefix('ceiling: ')} = {r_hf:.2f}  (steady state; for information: the "

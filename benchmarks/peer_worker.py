@@ -15,7 +15,9 @@ MEASUREMENT is one of:
   ``--encoder tiktoken-parquet`` adds what any tool writing these shards must also do: each process lays its rows'
   arrays end to end into rows of at most L tokens (in order, rows over L left out) and writes them as dsprep's
   packed Parquet (`dsprep.pack.packed_table`, `dsprep.shards.ShardFile`, same columns and encoding), labels a copy of
-  the ids: the floor of tokenizing and writing alone, without reading, rendering, masks or a packing plan;
+  the ids: the floor of tokenizing and writing alone, without reading, rendering, masks or a packing plan.
+  ``--encoder fastokens`` and ``fastokens-parquet`` do the same with the engine dsprep runs that encoder on where
+  fastokens is installed (`dsprep.ordinary`), one call per text as dsprep makes it;
 - ``trl``: ``SFTTrainer._prepare_dataset`` (the method ``SFTTrainer.__init__`` calls, here without a model) with
   ``SFTConfig(assistant_only_loss=True, packing=True, packing_strategy="bfd", max_length=L, dataset_num_proc=N)``;
 - ``torchtune``: ``SFTDataset`` (OpenAI messages, ``train_on_input=False``) over a ChatML model tokenizer written the
@@ -103,12 +105,19 @@ def _encoder(args: argparse.Namespace, tok: Any) -> Callable[[list[str]], list[i
         fast = load_tokenizer(args.tokenizer_name).fast
         if fast is None:
             raise SystemExit(f"{args.tokenizer_name} has no tiktoken encoder in dsprep")
+        if args.encoder.startswith("fastokens"):
+            engine = fast.ordinary
+            if engine.wait() != "fastokens":  # built before any process is forked: its thread would not be copied
+                raise SystemExit("fastokens is not installed, or does not take this tokenizer")
+            if args.encoder == "fastokens-parquet":
+                return _encode_and_write(lambda text, **_: engine.encode(text), args.max_len)
+            return lambda texts: [len(engine.encode(t)) for t in texts]
         if args.encoder == "tiktoken-numpy":
-            to_numpy = fast.encoding.encode_to_numpy
+            to_numpy = fast.ordinary.tiktoken.encode_to_numpy
             return lambda texts: [len(to_numpy(t, disallowed_special=())) for t in texts]
         if args.encoder == "tiktoken-parquet":
-            return _encode_and_write(fast.encoding.encode_to_numpy, args.max_len)
-        encode_ordinary = fast.encoding.encode_ordinary
+            return _encode_and_write(fast.ordinary.tiktoken.encode_to_numpy, args.max_len)
+        encode_ordinary = fast.ordinary.tiktoken.encode_ordinary
         return lambda texts: [len(encode_ordinary(t)) for t in texts]
 
     def hf(texts: list[str]) -> list[int]:
@@ -438,7 +447,7 @@ def main() -> int:
     parser.add_argument("--max-len", type=int, default=4096)
     parser.add_argument("--rows", type=int, default=None, help="use the first N conversations (default: all)")
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes where the library has them")
-    encoders = ["hf", "tiktoken", "tiktoken-numpy", "tiktoken-parquet"]
+    encoders = ["hf", "tiktoken", "tiktoken-numpy", "tiktoken-parquet", "fastokens", "fastokens-parquet"]
     parser.add_argument("--encoder", choices=encoders, default="hf", help="ceiling: which encoder")
     parser.add_argument("--tokenizer-name", default="mistral:tekken", help="ceiling --encoder tiktoken: dsprep name")
     args = parser.parse_args()

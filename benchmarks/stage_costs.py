@@ -7,7 +7,7 @@ It builds the same seeded multi-turn corpus `compare_peers.py` does (OpenAI-chat
 on one core, each the fastest of --repeat runs of ``time.process_time``:
 
 - the ceiling: the tokenizer's tiktoken encoder alone (``encode_to_numpy``) on the conversations rendered
-  beforehand, the call dsprep makes;
+  beforehand, and dsprep's own engine alone (fastokens where installed: `dsprep.ordinary`) on the same texts;
 - JSON parsing; normalizing (JSON included, as a worker does it); rendering the template; rendering plus the
   trained spans; dsprep's encoder on the rendered texts (ids and character offsets); the whole encode step (render,
   spans, tokens, labels); and `process` itself, on tasks of `dsprep.workers.TASK_ROWS` records.
@@ -93,11 +93,13 @@ def main() -> int:
             _normalized(source, task.records, _Collector(source, task.locations))
 
     gc.freeze()  # as in a worker: start-up's objects are not walked by the collector
-    ceiling = _fastest(lambda: [fast.encoding.encode_to_numpy(t, disallowed_special=()) for t in texts], opts.repeat)
-    tokens = sum(len(fast.encoding.encode_to_numpy(t, disallowed_special=())) for t in texts)
+    to_numpy = fast.ordinary.tiktoken.encode_to_numpy
+    ceiling = _fastest(lambda: [to_numpy(t, disallowed_special=()) for t in texts], opts.repeat)
+    tokens = sum(len(to_numpy(t, disallowed_special=())) for t in texts)
     print(f"{opts.rows} conversations, {tokens / opts.rows:.0f} tokens on average; {opts.tokenizer} + {opts.template}")
     print(f"{'ceiling: encode_to_numpy on rendered text':44s} {ceiling:7.3f} s  1.000x")
     parts: list[tuple[str, Callable[[], object]]] = [
+        (f"dsprep's engine alone ({fast.ordinary.engine})", lambda: [fast.ordinary.encode(t) for t in texts]),
         ("JSON parsing", lambda: [orjson.loads(line) for line in lines]),
         ("normalizing (JSON included)", normalize),
         ("rendering", lambda: [encoder._conversation_text(r["messages"], r["tools"]) for r in rows]),

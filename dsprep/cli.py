@@ -288,6 +288,9 @@ def convert(
         cache_max_bytes=parse_size(cache_max_size),
     )
     input_bytes = _input_bytes(inputs)
+    from dsprep.server import engine_for
+
+    click.get_current_context().with_resource(engine_for(input_bytes))  # before the server starts: it inherits it
     _start_server_early(config, input_bytes)
     from dsprep.pipeline import convert as run_convert
     from dsprep.progress import display

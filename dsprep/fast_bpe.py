@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from dsprep.ordinary import OrdinaryEncoder
+
 __all__ = ["FastEncoder", "FastEncoding", "RankedVocab", "ranked_encoder"]
 
 # how many places an added token could start at before a text is searched by the added-token pattern instead
@@ -147,7 +149,7 @@ def _added_pattern(added: Sequence[str]) -> re.Pattern[str] | None:
 class FastEncoder:
     """Encodes like a Hugging Face byte-level BPE tokenizer whose merges are a tiktoken rank table.
 
-    encoding: a ``tiktoken.Encoding`` whose ranks are the tokenizer's ids.
+    ordinary: the ids of a text without added tokens (`ordinary_encoder`).
     added: the added tokens (content -> id) the text is cut at, none of them stripped, normalized or single-word.
     byte_lengths: the length in bytes of every id's text.
     with_specials: whether it also encodes as the tokenizer does with its special tokens (it adds none of its own);
@@ -155,9 +157,14 @@ class FastEncoder:
     """
 
     def __init__(
-        self, encoding: Any, added: Mapping[str, int], byte_lengths: np.ndarray, *, with_specials: bool = True
+        self,
+        ordinary: OrdinaryEncoder,
+        added: Mapping[str, int],
+        byte_lengths: np.ndarray,
+        *,
+        with_specials: bool = True,
     ) -> None:
-        self.encoding = encoding
+        self.ordinary = ordinary
         self.added = dict(added)
         self.byte_lengths = byte_lengths
         self.with_specials = with_specials
@@ -166,7 +173,7 @@ class FastEncoder:
 
     def _ordinary(self, text: str) -> np.ndarray:
         """Ids of text without added tokens, straight into an array (no list of Python ints)."""
-        return self.encoding.encode_to_numpy(text, disallowed_special=()).view(np.int32)
+        return self.ordinary.encode(text)
 
     def _search_candidates(self, text: str, at: int) -> re.Match[str] | None:
         """The leftmost added token in `text` from `at`, tried only where a first character of one occurs: in most
@@ -356,21 +363,20 @@ class RankedVocab:
 
 
 def ranked_encoder(
-    vocab: RankedVocab, added_tokens: Mapping[str, int], name: str = "bpe", *, with_specials: bool = True
+    vocab: RankedVocab,
+    added_tokens: Mapping[str, int],
+    name: str = "bpe",
+    *,
+    with_specials: bool = True,
+    ranks_file: Path | None = None,
 ) -> FastEncoder:
-    """The encoder of a rank table, with the Hugging Face tokenizer's added tokens (its specials)."""
-    import tiktoken
-
-    first = vocab.first_id
-    ranks = {token: rank + first for rank, token in enumerate(vocab.tokens)}
-    # one special token the text is searched for and never allowed: with none, tiktoken's search for specials
-    # matches the empty string at every position (encode_to_numpy, unlike encode_ordinary, runs that search)
-    never = {"<dsprep-no-special-token>": max([first + len(vocab.tokens), *added_tokens.values()]) + 1}
-    encoding = tiktoken.Encoding(name=f"dsprep-{name}", pat_str=vocab.pattern, mergeable_ranks=ranks,
-                                 special_tokens=never)  # fmt: skip
-    size = max([first + len(vocab.tokens), *(i + 1 for i in added_tokens.values())])
+    """The encoder of a rank table, with the Hugging Face tokenizer's added tokens (its specials); `ranks_file`: where
+    the rank file its engine is built from is kept (`OrdinaryEncoder`)."""
+    ordinary = OrdinaryEncoder(vocab, ranks_file, name)
+    size = max([vocab.first_id + len(vocab.tokens), *(i + 1 for i in added_tokens.values())])
     lengths = np.zeros(size, dtype=np.int64)
+    first = vocab.first_id
     lengths[first : first + len(vocab.tokens)] = np.fromiter(map(len, vocab.tokens), np.int64, len(vocab.tokens))
     for content, i in added_tokens.items():
         lengths[i] = len(content.encode("utf-8"))
-    return FastEncoder(encoding, added_tokens, lengths, with_specials=with_specials)
+    return FastEncoder(ordinary, added_tokens, lengths, with_specials=with_specials)

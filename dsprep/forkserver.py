@@ -3,8 +3,9 @@
 The server dies with the convert process that started it, and before it forks any worker it imports the heavy
 modules and loads the encoder the convert names (in ``DSPREP_FORKSERVER_ENCODER``), with the tokenizer's thread pool
 off and without encoding anything, so no tokenizer thread exists to be forked: each worker starts with the encoder
-loaded, its memory shared with the server's until written. Without an encoder the workers build tables of normalized
-rows through pyarrow's conversion, which imports pandas on first use: the server imports it once for them.
+loaded (its fastokens engine built: `dsprep.ordinary`), its memory shared with the server's until written. Without
+an encoder the workers build tables of normalized rows through pyarrow's conversion, which imports pandas on first
+use: the server imports it once for them.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import os  # noqa: E402
 
 import orjson  # noqa: E402
 
-from dsprep.server import PRELOAD_ENV  # noqa: E402
+from dsprep.server import PRELOAD_ENV, wants_fastokens  # noqa: E402
 from dsprep.workers import EncodeSpec, die_with_parent, encoder_for, warm_pyarrow  # noqa: E402
 
 die_with_parent()
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 if os.environ.get(PRELOAD_ENV):
     with contextlib.suppress(Exception):  # a worker that cannot load it reports why
-        encoder_for(EncodeSpec(**orjson.loads(os.environ[PRELOAD_ENV]))).fast  # noqa: B018 - built before forking
+        fast = encoder_for(EncodeSpec(**orjson.loads(os.environ[PRELOAD_ENV]))).fast  # built before forking
+        if fast is not None and wants_fastokens():
+            fast.ordinary.wait()  # built before forking: its thread would not live on in the forked workers
 else:  # workers then build tables of normalized rows through pyarrow's conversion, which imports pandas
     warm_pyarrow()

@@ -43,6 +43,7 @@ DEFAULT_TOKENIZER = "mistral:tekken"
 TEKKEN_FILE = "tekken_240911.json"
 FACTS = "facts.json"
 TEKKEN_VOCAB = "tekken.vocab"
+TEKKEN_RANKS = "tekken.tiktoken"
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,9 @@ class LoadedTokenizer:
             from dsprep.fast_bpe import ranked_encoder
 
             vocab = _tekken_vocab(self.folder)
-            return ranked_encoder(vocab, self.stored.added_tokens, "tekken") if vocab is not None else None
+            if vocab is None:
+                return None
+            return ranked_encoder(vocab, self.stored.added_tokens, "tekken", ranks_file=_tekken_ranks(self.folder))
         return fast_encoder(self.name, self.tokenizer, self.folder)
 
     @property
@@ -254,7 +257,8 @@ def fast_encoder(name: str, tok: Any, folder: Path) -> FastEncoder | None:
     added = tok.backend_tokenizer.get_added_tokens_decoder()
     if any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in added.values()):
         return None
-    vocab = _tekken_vocab(folder) if name == "mistral:tekken" else _ranked_vocab(folder)
+    tekken = name == "mistral:tekken"
+    vocab = _tekken_vocab(folder) if tekken else _ranked_vocab(folder)
     if vocab is None:
         return None
     from dsprep.fast_bpe import ranked_encoder
@@ -263,11 +267,12 @@ def fast_encoder(name: str, tok: Any, folder: Path) -> FastEncoder | None:
     with_specials = tok(FAST_PROBE)["input_ids"] == reference["input_ids"]
     added_ids = {t.content: i for i, t in added.items()}
     try:
+        ranks_file = _tekken_ranks(folder) if tekken else _ranked_path(folder, ".tiktoken")
         encoder = ranked_encoder(vocab, added_ids, name.replace(":", "-") if name in BUILTIN else "folder",
-                                 with_specials=with_specials)  # fmt: skip
+                                 with_specials=with_specials, ranks_file=ranks_file)  # fmt: skip
+        probe = encoder.encode(FAST_PROBE)
     except ValueError:  # a split regex tiktoken's engine does not take
         return None
-    probe = encoder.encode(FAST_PROBE)
     offsets = list(zip(probe.starts.tolist(), probe.ends.tolist(), strict=True))
     same_offsets = [tuple(o) for o in reference.encodings[0].offsets] == offsets
     return encoder if probe.ids.tolist() == reference["input_ids"] and same_offsets else None
@@ -286,21 +291,35 @@ def _ranked_vocab(folder: Path) -> RankedVocab | None:
     import orjson
 
     from dsprep.fast_bpe import RankedVocab
+
+    kept = _ranked_path(folder, ".vocab")
+    if kept is None:
+        return None
+
+    def work_out() -> RankedVocab | None:
+        try:
+            return RankedVocab.from_tokenizer_json(orjson.loads((folder / "tokenizer.json").read_bytes()))
+        except (OSError, orjson.JSONDecodeError):
+            return None
+
+    return _kept_vocab(kept, work_out)
+
+
+def _tekken_ranks(folder: Path) -> Path:
+    """Where the rank file of mistral-common's Tekken vocabulary is kept (`dsprep.ordinary`)."""
+    return _beside(folder, TEKKEN_RANKS)
+
+
+def _ranked_path(folder: Path, suffix: str) -> Path | None:
+    """Where a file worked out from a folder's ``tokenizer.json`` is kept, by its content and dsprep's version."""
     from dsprep.version import __version__
 
     try:
         data = (folder / "tokenizer.json").read_bytes()
     except OSError:
         return None
-
-    def work_out() -> RankedVocab | None:
-        try:
-            return RankedVocab.from_tokenizer_json(orjson.loads(data))
-        except orjson.JSONDecodeError:
-            return None
-
     key = hashlib.sha256(data + f"\0dsprep {__version__}".encode()).hexdigest()
-    return _kept_vocab(cache_dir() / "tokenizers" / "ranked" / f"{key}.vocab", work_out)
+    return cache_dir() / "tokenizers" / "ranked" / f"{key}{suffix}"
 
 
 def _kept_vocab(kept: Path, work_out: Callable[[], RankedVocab | None]) -> RankedVocab | None:
@@ -427,11 +446,10 @@ def _write_atomic(target: Path, data: bytes) -> None:
 
 def _versions() -> dict[str, str]:
     """What a stored fast-encoder verification depends on besides the folder (whose name holds the rest)."""
-    from importlib.metadata import version
-
+    from dsprep.ordinary import engine_versions
     from dsprep.version import __version__
 
-    return {"dsprep": __version__, "tiktoken": version("tiktoken")}
+    return {"dsprep": __version__, **engine_versions()}
 
 
 def _stored_facts(folder: Path) -> TokenizerFacts | None:

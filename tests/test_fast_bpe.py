@@ -9,8 +9,10 @@ cut short, back to back).
 
 from __future__ import annotations
 
+import copy
 import json
 import random
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from typing import Any
 import pytest
 
 from dsprep.encode import _token_range
-from dsprep.fast_bpe import FEW_CANDIDATES, FastEncoding
+from dsprep.fast_bpe import FEW_CANDIDATES, FastEncoder, FastEncoding
+from dsprep.server import ENGINE_ENV
 from dsprep.tokenizers import load_tokenizer
 from paths import SHARED_DATA
 
@@ -37,11 +40,26 @@ CONVERSATIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tekken() -> Any:
+@pytest.fixture(scope="module", params=["fastokens", "tiktoken"])
+def tekken(request: pytest.FixtureRequest) -> Any:
+    """mistral:tekken, its fast encoder running on each engine (`dsprep.ordinary`): both must give these ids."""
     loaded = load_tokenizer("mistral:tekken")
     assert loaded.fast is not None, "mistral:tekken must encode with its fast encoder"
-    return loaded
+    assert loaded.fast.ordinary.wait() == "fastokens", "fastokens is a dependency: it must be the engine"
+    if request.param == "fastokens":
+        return loaded
+    return _on_tiktoken(loaded)
+
+
+def _on_tiktoken(loaded: Any) -> Any:
+    """A copy of `loaded` whose fast encoder runs on tiktoken."""
+    ordinary = copy.copy(loaded.fast.ordinary)
+    ordinary.fast = None
+    forced = copy.copy(loaded)
+    fast = loaded.fast
+    forced.__dict__["fast"] = FastEncoder(ordinary, fast.added, fast.byte_lengths, with_specials=fast.with_specials)
+    assert forced.fast.ordinary.engine == "tiktoken"
+    return forced
 
 
 def _assert_same(loaded: Any, texts: list[str], positions: int | None = None) -> None:
@@ -85,7 +103,10 @@ def test_words_the_merges_must_build(tekken: Any) -> None:
     leftmost-first and a rank-first merge order could part), and concatenations of 2 to 5 vocabulary tokens."""
     rng = random.Random(5)
     texts = [c * n for c in "=-_*#~.aZ7 \té中😀" for n in range(1, 70)]
-    tokens = [tekken.fast.encoding.decode_single_token_bytes(i).decode("utf-8", "replace") for i in range(1000, 131072)]
+    tokens = [
+        tekken.fast.ordinary.tiktoken.decode_single_token_bytes(i).decode("utf-8", "replace")
+        for i in range(1000, 131072)
+    ]
     words = [t for t in tokens if t.isalpha()]
     marks = [t for t in tokens if t and not any(c.isalnum() or c.isspace() or c == "\ufffd" for c in t)]
     for _ in range(4000):
@@ -170,9 +191,25 @@ def test_rendered_conversations(tekken: Any, tmp_path: Path) -> None:
     _assert_same(tekken, texts, positions=64)
 
 
-def test_a_text_tiktoken_cannot_split_is_encoded_by_the_tokenizer(tmp_path: Path) -> None:
-    """tiktoken's regex gives up on a run of about a million spaces (its backtracking limit); the row is encoded by
-    the tokenizer itself, with the ids `apply_chat_template` gives, and the other rows as before."""
+@pytest.fixture(params=["fastokens", "tiktoken"])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Runs a test with each engine under the fast encoder: tiktoken by hiding fastokens (as where it is missing)."""
+    from dsprep.workers import encoder_for
+
+    if request.param == "tiktoken":
+        monkeypatch.setitem(sys.modules, "fastokens", None)
+    monkeypatch.setenv(ENGINE_ENV, request.param)
+    load_tokenizer.cache_clear()
+    encoder_for.cache_clear()
+    yield request.param
+    load_tokenizer.cache_clear()
+    encoder_for.cache_clear()
+
+
+def test_a_text_the_engine_regex_gives_up_on_is_still_encoded(tmp_path: Path, engine: str) -> None:
+    """tiktoken's regex gives up on a run of about a million spaces (its backtracking limit), where fastokens does
+    not: either way the row gets the ids `apply_chat_template` gives (from the tokenizer itself where tiktoken is the
+    engine), and the other rows as before."""
     import pyarrow.parquet as pq
     from click.testing import CliRunner
 
@@ -180,6 +217,9 @@ def test_a_text_tiktoken_cannot_split_is_encoded_by_the_tokenizer(tmp_path: Path
     from dsprep.templates import load_template
     from oracles import reference_ids
 
+    encoder = load_tokenizer("mistral:tekken").fast.ordinary
+    assert encoder.engine == "tiktoken"  # nothing built before the run asks for it
+    assert encoder.wait() == engine
     long = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x" + " " * 1_000_000 + "y"}]
     short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
     data = tmp_path / "ws.jsonl"
