@@ -4,6 +4,7 @@ where tiktoken's regex gives up, and the rank file fastokens is built from is ke
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -159,3 +160,40 @@ def test_encoding_starts_fastokens_only_where_the_run_wants_it(
     large.encode("hello")
     assert large._building is not None
     assert large.wait() == "fastokens"
+
+
+@pytest.mark.parametrize("engine", ["fastokens", "tiktoken"])
+def test_the_fork_server_forks_with_its_engine_built_and_no_other_thread(engine: str) -> None:
+    """The server builds fastokens on a thread beside its imports, and joins it before it could fork a worker."""
+    probe = f"""
+import os, threading
+os.environ["DSPREP_FORKSERVER_ENCODER"] = '{{"tokenizer": "mistral:tekken", "template": "chatml", "train_on": "assistant", "max_len": null, "overflow": "drop"}}'
+os.environ["DSPREP_ENCODER_ENGINE"] = "{engine}"
+import dsprep.forkserver
+from dsprep.tokenizers import load_tokenizer
+building = [t.name for t in threading.enumerate() if t.name in ("dsprep-engine", "dsprep-fastokens")]
+print(len(building), load_tokenizer("mistral:tekken").fast.ordinary.engine)
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", engine]
+
+
+@pytest.mark.shared_data
+def test_shards_are_the_same_bytes_whichever_engine_encodes(tmp_path: Path, shared_data: Path) -> None:
+    inputs = [
+        shared_data / "sharegpt" / "llamafactory__glaive_toolcall_en_demo.json",
+        shared_data / "multilingual" / "llamafactory__glaive_toolcall_zh_demo.json",
+        shared_data / "openai" / "llamafactory__reason_tool_use_demo_50.jsonl",
+    ]
+    outputs = []
+    for engine, workers in (("fastokens", "2"), ("tiktoken", "1")):
+        out = tmp_path / engine
+        args = [sys.executable, "-m", "dsprep", "convert", *map(str, inputs), "-o", str(out), "-q", "--no-cache",
+                "-t", "mistral:tekken", "--template", "chatml", "--pack", "2048", "--workers", workers]  # fmt: skip
+        env = {**os.environ, "DSPREP_ENCODER_ENGINE": engine}
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0]) > 2
