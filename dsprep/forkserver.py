@@ -16,35 +16,25 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)  # first: Ctrl-C is the convert's t
 
 import contextlib  # noqa: E402
 import os  # noqa: E402
-import threading  # noqa: E402
 
 import orjson  # noqa: E402
 
 from dsprep.server import PRELOAD_ENV, wants_fastokens  # noqa: E402
 
-
-def _build_engine(tokenizer: str) -> None:
-    """Build the tokenizer's fastokens engine (its build releases the GIL), while the server imports the rest."""
-    from dsprep.tokenizers import load_tokenizer
-
-    with contextlib.suppress(Exception):  # the server's own load below reports nothing either: a worker does
-        fast = load_tokenizer(tokenizer).fast
-        if fast is not None:
-            fast.ordinary.wait()
-
-
 _preload = orjson.loads(os.environ[PRELOAD_ENV]) if os.environ.get(PRELOAD_ENV) else None
-_engine = None
 if _preload is not None and wants_fastokens():
-    _engine = threading.Thread(target=_build_engine, args=(_preload["tokenizer"],), name="dsprep-engine")
-    _engine.start()
+    from dsprep import engine_build
+    from dsprep.tokenizers import kept_ranks
+
+    with contextlib.suppress(Exception):  # where it cannot start, the encoder below builds its engine itself
+        _kept = kept_ranks(_preload["tokenizer"])
+        if _kept is not None:
+            engine_build.start(*_kept)  # the build releases the GIL: it runs beside the imports below
 
 from dsprep.workers import EncodeSpec, die_with_parent, encoder_for, warm_pyarrow  # noqa: E402
 
 die_with_parent()
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-if _engine is not None:
-    _engine.join()  # before the encoder below (the same tokenizer: one build) and before any fork
 if _preload is not None:
     with contextlib.suppress(Exception):  # a worker that cannot load it reports why
         fast = encoder_for(EncodeSpec(**_preload)).fast  # built before forking

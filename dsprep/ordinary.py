@@ -10,9 +10,10 @@ where fastokens is missing or does not take the tokenizer's split pattern, and f
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
+import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -22,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dsprep import engine_build
 from dsprep.server import wants_fastokens
 
 if TYPE_CHECKING:
     from dsprep.fast_bpe import RankedVocab
 
-__all__ = ["OrdinaryEncoder", "engine_versions", "rank_lines"]
+__all__ = ["OrdinaryEncoder", "engine_versions"]
 
 # one special token the text is searched for and never allowed: with none, tiktoken's search for specials matches the
 # empty string at every position (encode_to_numpy, unlike encode_ordinary, runs that search)
@@ -38,11 +40,7 @@ PROBE = (
     "café naïve e\u0301 ß ﬁ Ελληνικά кириллица עברית مرحبا हिन्दी 日本語のテキスト 한국어 🦩👩‍👩‍👧🇫🇷 𝔘𝔫𝔦 \x00 "
     '<s>[INST] {"k": "v"} ```python\n    return x\n```   \n'
 )
-
-
-def rank_lines(vocab: RankedVocab) -> bytes:
-    """The vocabulary as a tiktoken rank file, ranks from 0 (fastokens numbers tokens from 0)."""
-    return b"".join(base64.b64encode(token) + b" %d\n" % rank for rank, token in enumerate(vocab.tokens))
+PROBE_KEY = hashlib.sha256(PROBE.encode()).hexdigest()[:12]  # names the kept probe ids: a changed probe is a new file
 
 
 def engine_versions() -> dict[str, str]:
@@ -74,7 +72,7 @@ class OrdinaryEncoder:
         self.fast: Any = None  # the fastokens tokenizer, once built and checked
         self._ranks_file = ranks_file
         self._building: threading.Thread | None = None
-        self._started = _fastokens_module() is None  # nothing to build without fastokens
+        self._started = engine_build.fastokens_module() is None  # nothing to build without fastokens
         if self._started:
             self.tiktoken.name  # noqa: B018 - a pattern tiktoken does not take fails here (ValueError), not mid-run
 
@@ -88,8 +86,20 @@ class OrdinaryEncoder:
     def _build(self) -> None:
         fast = _fastokens(self.vocab, self._ranks_file)
         with contextlib.suppress(Exception):
-            if fast is not None and self._fast_ids(fast, PROBE).tolist() == self._tiktoken_ids(PROBE).tolist():
+            if fast is not None and self._fast_ids(fast, PROBE).tolist() == self._probe_ids():
                 self.fast = fast
+
+    def _probe_ids(self) -> list[int]:
+        """tiktoken's ids of `PROBE`, kept beside the rank file (building tiktoken takes 0.15 s)."""
+        kept = None
+        if self._ranks_file is not None:
+            kept = self._ranks_file.with_name(f"{self._ranks_file.name}.probe-{PROBE_KEY}")
+            with contextlib.suppress(OSError, ValueError):
+                return [int(i) for i in json.loads(kept.read_text())]
+        ids = self._tiktoken_ids(PROBE).tolist()
+        if kept is not None:
+            _write_kept(kept, json.dumps(ids).encode())
+        return ids
 
     def wait(self) -> str:
         """Build fastokens (where it is installed) and wait until it is ready; the engine that encodes from now on."""
@@ -146,35 +156,26 @@ def _without_surrogates(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def _fastokens_module() -> Any:
-    try:
-        import fastokens
-    except ImportError:
-        return None
-    return fastokens
-
-
 def _fastokens(vocab: RankedVocab, ranks_file: Path | None) -> Any:
-    """A fastokens tokenizer of `vocab`, or None where fastokens is not installed or does not take its pattern."""
-    fastokens = _fastokens_module()
-    if fastokens is None:
-        return None
+    """A fastokens tokenizer of `vocab` (the one a fork server started building, where it did), or None where
+    fastokens is not installed or does not take its pattern."""
+    if ranks_file is not None:
+        started, built = engine_build.take(ranks_file, vocab.pattern)
+        if started:
+            return built
     with _rank_file(vocab, ranks_file) as path:
-        try:
-            return fastokens.Tokenizer.from_tiktoken(str(path), pattern=vocab.pattern, special_tokens={})
-        except (ValueError, RuntimeError, OSError):
-            return None
+        return engine_build.build(path, vocab.pattern)
 
 
 @contextlib.contextmanager
 def _rank_file(vocab: RankedVocab, kept: Path | None) -> Iterator[Path]:
     """The path of `vocab`'s rank file: `kept`, written there (atomically) when missing, else a temporary file."""
-    if kept is not None and (kept.is_file() or _write_kept(kept, rank_lines(vocab))):
+    if kept is not None and (kept.is_file() or _write_kept(kept, engine_build.rank_lines(vocab.tokens))):
         yield kept
         return
     with tempfile.TemporaryDirectory(prefix="dsprep-ranks-") as folder:
         path = Path(folder) / "ranks.tiktoken"
-        path.write_bytes(rank_lines(vocab))
+        path.write_bytes(engine_build.rank_lines(vocab.tokens))
         yield path
 
 

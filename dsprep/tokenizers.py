@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -195,14 +196,35 @@ def _build(name: str, target: Path) -> None:
                 raise
 
 
-def _builtin_path(name: str) -> Path:
+def _builtin_folder(name: str) -> Path:
+    """Where a built-in tokenizer's folder is (built or not)."""
     from importlib.metadata import version
 
     try:
         mc = version("mistral-common")
     except Exception:
         mc = "unknown"
-    folder = cache_dir() / "tokenizers" / f"{name.replace(':', '-')}-mc{mc}-tf{version('transformers')}"
+    return cache_dir() / "tokenizers" / f"{name.replace(':', '-')}-mc{mc}-tf{version('transformers')}"
+
+
+def kept_ranks(name: str) -> tuple[Path, str] | None:
+    """A built-in's kept rank file and split pattern, where both are on disk already (its engine can be built from
+    them before anything else is loaded: `dsprep.engine_build.start`); None otherwise."""
+    if name != "mistral:tekken":
+        return None
+    folder = _builtin_folder(name)
+    ranks = _tekken_ranks(folder)
+    try:
+        with open(_beside(folder, TEKKEN_VOCAB), "rb") as f:
+            size = int.from_bytes(f.read(4), sys.byteorder)  # as `RankedVocab.dump` writes it
+            pattern = json.loads(f.read(size))["pattern"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (ranks, pattern) if isinstance(pattern, str) and ranks.is_file() else None
+
+
+def _builtin_path(name: str) -> Path:
+    folder = _builtin_folder(name)
     if not folder.is_dir():
         folder.parent.mkdir(parents=True, exist_ok=True)
         _build(name, folder)

@@ -77,7 +77,11 @@ def test_the_rank_file_is_kept_and_reused(tekken: Any, tmp_path: Path) -> None:
     assert OrdinaryEncoder(vocab, kept).wait() == "fastokens"
     first = kept.stat().st_mtime_ns
     assert kept.read_bytes().count(b"\n") == len(vocab.tokens)
-    assert OrdinaryEncoder(vocab, kept).wait() == "fastokens"
+    probes = list(kept.parent.glob("ranks.tiktoken.probe-*"))
+    assert len(probes) == 1  # tiktoken's ids of the probe, kept: later builds check fastokens without building it
+    again = OrdinaryEncoder(vocab, kept)
+    assert again.wait() == "fastokens"
+    assert "tiktoken" not in again.__dict__
     assert kept.stat().st_mtime_ns == first
     assert not list(kept.parent.glob("*.tmp"))
 
@@ -197,3 +201,25 @@ def test_shards_are_the_same_bytes_whichever_engine_encodes(tmp_path: Path, shar
         outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert outputs[0] == outputs[1]
     assert len(outputs[0]) > 2
+
+
+def test_a_build_started_ahead_is_the_one_the_encoder_takes(tekken: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork server starts building a built-in's engine from its kept rank file before anything else is loaded
+    (`kept_ranks`, `engine_build.start`); the encoder then takes that build rather than making another."""
+    from dsprep import engine_build
+    from dsprep.tokenizers import kept_ranks
+
+    tekken.fast.ordinary.wait()  # the rank file is kept by now
+    kept = kept_ranks("mistral:tekken")
+    assert kept is not None and kept[0].is_file() and kept[1] == tekken.fast.ordinary.vocab.pattern
+    assert kept_ranks(str(tekken.folder)) is None  # a folder's engine is built when its encoder is
+    assert engine_build.take(*kept) == (False, None)
+    builds: list[Path] = []
+    real = engine_build.build
+    monkeypatch.setattr(engine_build, "build", lambda path, pattern: builds.append(path) or real(path, pattern))
+    engine_build.start(*kept)
+    encoder = OrdinaryEncoder(tekken.fast.ordinary.vocab, kept[0])
+    assert encoder.wait() == "fastokens"
+    assert builds == [kept[0]]  # one build: the one started ahead
+    assert engine_build.take(*kept) == (False, None)
+    assert encoder.encode("ahead").tolist() == tekken.tokenizer("ahead", add_special_tokens=False)["input_ids"]
