@@ -93,6 +93,7 @@ def main() -> int:
             _normalized(source, task.records, _Collector(source, task.locations))
 
     gc.freeze()  # as in a worker: start-up's objects are not walked by the collector
+    fast.ordinary.wait()  # dsprep's engine built before anything is timed (fastokens where installed)
     to_numpy = fast.ordinary.tiktoken.encode_to_numpy
     ceiling = _fastest(lambda: [to_numpy(t, disallowed_special=()) for t in texts], opts.repeat)
     tokens = sum(len(to_numpy(t, disallowed_special=())) for t in texts)
