@@ -42,7 +42,7 @@ from dsprep.detect import Detection, detect_format
 from dsprep.errors import InputError, OutputError, RejectedRowsError, RowFailure, TemplateError, WorkerDiedError
 from dsprep.pieces import load_piece, piece_table, store_piece
 from dsprep.schema import SCHEMA_VERSION
-from dsprep.server import encoding, wants_server
+from dsprep.server import encoding, engine_for, wants_server
 from dsprep.shards import MANIFEST, REJECTS, RejectsWriter, ShardWriter, Staging, file_sha256, write_json, writing
 from dsprep.sources import InputFile, Record, discover, glob_matches, printable, read_records
 from dsprep.specs import FormatSpec, load_spec
@@ -349,6 +349,22 @@ def convert(
     detected) before it is used; the cache key cannot cover it, so such a run neither uses the cache nor resumes.
     """
     files = _outside(config.inputs, discover(config.inputs, on_skip=on_note), config.out)
+    with engine_for(sum(map(_size, files))):  # a small input is encoded by tiktoken alone (`dsprep.ordinary`)
+        return _convert_files(config, files, on_bytes=on_bytes, on_input=on_input, on_note=on_note, explain=explain,
+                              derive_spec=derive_spec, on_writing=on_writing)  # fmt: skip
+
+
+def _convert_files(
+    config: ConvertConfig,
+    files: list[InputFile],
+    *,
+    on_bytes: Callable[[int], None] | None,
+    on_input: Callable[[InputReport], None] | None,
+    on_note: Callable[[str], None] | None,
+    explain: Callable[[str], None] | None,
+    derive_spec: Callable[[FormatSpec], FormatSpec] | None,
+    on_writing: OnWriting | None,
+) -> ConvertResult:
     cacheable = config.cache and derive_spec is None
     cache = OutputCache(config.cache_dir or default_cache_dir(), config.cache_max_bytes) if cacheable else None
     server = wants_server(config, sum(map(_size, files)))

@@ -3,6 +3,7 @@ where tiktoken's regex gives up, and the rank file fastokens is built from is ke
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -223,3 +224,28 @@ def test_a_build_started_ahead_is_the_one_the_encoder_takes(tekken: Any, monkeyp
     assert builds == [kept[0]]  # one build: the one started ahead
     assert engine_build.take(*kept) == (False, None)
     assert encoder.encode("ahead").tolist() == tekken.tokenizer("ahead", add_special_tokens=False)["input_ids"]
+
+
+def test_small_converts_and_inspects_never_build_fastokens(tmp_path: Path) -> None:
+    """Below `FASTOKENS_MIN_BYTES` the library calls and the commands encode with tiktoken alone: no build thread
+    is started (its 0.7 s would be waited for at exit: a small `dsprep inspect` took 1.9 s instead of 0.6 s)."""
+    data = tmp_path / "chat.jsonl"
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
+    data.write_text((json.dumps(chat) + "\n") * 50)
+    probe = f"""
+import threading
+from pathlib import Path
+from dsprep.config import ConvertConfig
+from dsprep.pipeline import convert
+from dsprep.report.build import InspectOptions, build_report
+from dsprep.tokenizers import load_tokenizer
+convert(ConvertConfig(inputs=({str(data)!r},), out=Path({str(tmp_path / "out")!r}), tokenizer="mistral:tekken",
+                      template="chatml", cache=False, workers=1))
+build_report([{str(data)!r}], InspectOptions(tokenizer="mistral:tekken", template="chatml", workers=1))
+ordinary = load_tokenizer("mistral:tekken").fast.ordinary
+print(ordinary._started, ordinary.engine, [t.name for t in threading.enumerate() if "engine" in t.name or "fastokens" in t.name])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "DSPREP_ENCODER_ENGINE"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "tiktoken", "[]"]

@@ -12,6 +12,7 @@ from dsprep.errors import InputError
 from dsprep.report.raw import overlaps as find_overlaps
 from dsprep.report.scan import scan_inputs
 from dsprep.report.shards import COUNTS, inspect_output, is_output_folder
+from dsprep.server import engine_for
 from dsprep.sources import InputFile, discover, glob_matches, printable
 from dsprep.version import __version__
 from dsprep.workers import EncodeSpec, default_workers, start_server
@@ -95,9 +96,17 @@ def build_report(
     are reported to as they are read.
     """
     folders, files = locate(paths)
+    size = sum(f.size for f in files)
+    with engine_for(size):  # a small input is encoded by tiktoken alone: fastokens' build would not pay
+        return _report(paths, options, folders, files, size, on_start)
+
+
+def _report(
+    paths: Sequence[str], options: InspectOptions, folders: list[Path], files: list[InputFile], size: int,
+    on_start: Callable[[int], Callable[[int], None]] | None,
+) -> dict[str, Any]:  # fmt: skip
     outputs = [inspect_output(f, tokenizer=options.tokenizer, show=options.show) for f in folders]
     shards = [s for entries, _ in outputs for s in entries]
-    size = sum(f.size for f in files)
     measure = None  # how rows are encoded for the token statistics, if they are
     if options.tokenizer is not None and files:
         measure = EncodeSpec(options.tokenizer, options.template, options.train_on, None, "drop")
