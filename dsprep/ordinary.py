@@ -14,7 +14,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import os
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import numpy as np
 
 from dsprep import engine_build
 from dsprep.server import wants_fastokens
+from dsprep.tokenizers import write_atomic
 
 if TYPE_CHECKING:
     from dsprep.fast_bpe import RankedVocab
@@ -98,7 +98,7 @@ class OrdinaryEncoder:
                 return [int(i) for i in json.loads(kept.read_text())]
         ids = self._tiktoken_ids(PROBE).tolist()
         if kept is not None:
-            _write_kept(kept, json.dumps(ids).encode())
+            write_atomic(kept, json.dumps(ids).encode())
         return ids
 
     def wait(self) -> str:
@@ -170,22 +170,10 @@ def _fastokens(vocab: RankedVocab, ranks_file: Path | None) -> Any:
 @contextlib.contextmanager
 def _rank_file(vocab: RankedVocab, kept: Path | None) -> Iterator[Path]:
     """The path of `vocab`'s rank file: `kept`, written there (atomically) when missing, else a temporary file."""
-    if kept is not None and (kept.is_file() or _write_kept(kept, engine_build.rank_lines(vocab.tokens))):
+    if kept is not None and (kept.is_file() or write_atomic(kept, engine_build.rank_lines(vocab.tokens))):
         yield kept
         return
     with tempfile.TemporaryDirectory(prefix="dsprep-ranks-") as folder:
         path = Path(folder) / "ranks.tiktoken"
         path.write_bytes(engine_build.rank_lines(vocab.tokens))
         yield path
-
-
-def _write_kept(kept: Path, data: bytes) -> bool:
-    """Write `kept` under a temporary name and rename it; False where it cannot be written."""
-    try:
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        tmp = kept.with_name(f"{kept.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, kept)
-    except OSError:
-        return False
-    return True

@@ -349,14 +349,16 @@ def convert(
     detected) before it is used; the cache key cannot cover it, so such a run neither uses the cache nor resumes.
     """
     files = _outside(config.inputs, discover(config.inputs, on_skip=on_note), config.out)
-    with engine_for(sum(map(_size, files))):  # a small input is encoded by tiktoken alone (`dsprep.ordinary`)
-        return _convert_files(config, files, on_bytes=on_bytes, on_input=on_input, on_note=on_note, explain=explain,
-                              derive_spec=derive_spec, on_writing=on_writing)  # fmt: skip
+    input_bytes = sum(map(_size, files))
+    with engine_for(input_bytes):  # a small input is encoded by tiktoken alone (`dsprep.ordinary`)
+        return _convert_files(config, files, input_bytes, on_bytes=on_bytes, on_input=on_input, on_note=on_note,
+                              explain=explain, derive_spec=derive_spec, on_writing=on_writing)  # fmt: skip
 
 
 def _convert_files(
     config: ConvertConfig,
     files: list[InputFile],
+    input_bytes: int,
     *,
     on_bytes: Callable[[int], None] | None,
     on_input: Callable[[InputReport], None] | None,
@@ -367,7 +369,7 @@ def _convert_files(
 ) -> ConvertResult:
     cacheable = config.cache and derive_spec is None
     cache = OutputCache(config.cache_dir or default_cache_dir(), config.cache_max_bytes) if cacheable else None
-    server = wants_server(config, sum(map(_size, files)))
+    server = wants_server(config, input_bytes)
     if server and (cache is None or not cache.may_hold([f.display for f in files])):
         start_server(_encode_spec(config))  # no lookup can hit: the workers' server loads while the inputs are hashed
         server = False

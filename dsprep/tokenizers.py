@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -33,6 +32,7 @@ __all__ = [
     "load_tokenizer",
     "read_beside",
     "tokenizer_folder",
+    "write_atomic",
     "write_beside",
 ]
 
@@ -280,7 +280,8 @@ def fast_encoder(name: str, tok: Any, folder: Path) -> FastEncoder | None:
     if any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in added.values()):
         return None
     tekken = name == "mistral:tekken"
-    vocab = _tekken_vocab(folder) if tekken else _ranked_vocab(folder)
+    stem = None if tekken else _ranked_stem(folder)
+    vocab = _tekken_vocab(folder) if tekken else _ranked_vocab(folder, stem)
     if vocab is None:
         return None
     from dsprep.fast_bpe import ranked_encoder
@@ -289,7 +290,7 @@ def fast_encoder(name: str, tok: Any, folder: Path) -> FastEncoder | None:
     with_specials = tok(FAST_PROBE)["input_ids"] == reference["input_ids"]
     added_ids = {t.content: i for i, t in added.items()}
     try:
-        ranks_file = _tekken_ranks(folder) if tekken else _ranked_path(folder, ".tiktoken")
+        ranks_file = _tekken_ranks(folder) if stem is None else stem.with_suffix(".tiktoken")
         encoder = ranked_encoder(vocab, added_ids, name.replace(":", "-") if name in BUILTIN else "folder",
                                  with_specials=with_specials, ranks_file=ranks_file)  # fmt: skip
         probe = encoder.encode(FAST_PROBE)
@@ -307,15 +308,15 @@ def _tekken_vocab(folder: Path) -> RankedVocab | None:
     return _kept_vocab(_beside(folder, TEKKEN_VOCAB), lambda: RankedVocab.read(_mistral_data() / TEKKEN_FILE))
 
 
-def _ranked_vocab(folder: Path) -> RankedVocab | None:
+def _ranked_vocab(folder: Path, stem: Path | None = None) -> RankedVocab | None:
     """The rank table of a folder's ``tokenizer.json`` (None where it is not one), worked out once per file content
-    and dsprep version and kept in ``$DSPREP_CACHE/tokenizers/ranked/``."""
+    and dsprep version and kept in ``$DSPREP_CACHE/tokenizers/ranked/`` (`stem`: `_ranked_stem`, when known)."""
     import orjson
 
     from dsprep.fast_bpe import RankedVocab
 
-    kept = _ranked_path(folder, ".vocab")
-    if kept is None:
+    stem = stem or _ranked_stem(folder)
+    if stem is None:
         return None
 
     def work_out() -> RankedVocab | None:
@@ -324,7 +325,7 @@ def _ranked_vocab(folder: Path) -> RankedVocab | None:
         except (OSError, orjson.JSONDecodeError):
             return None
 
-    return _kept_vocab(kept, work_out)
+    return _kept_vocab(stem.with_suffix(".vocab"), work_out)
 
 
 def _tekken_ranks(folder: Path) -> Path:
@@ -332,8 +333,9 @@ def _tekken_ranks(folder: Path) -> Path:
     return _beside(folder, TEKKEN_RANKS)
 
 
-def _ranked_path(folder: Path, suffix: str) -> Path | None:
-    """Where a file worked out from a folder's ``tokenizer.json`` is kept, by its content and dsprep's version."""
+def _ranked_stem(folder: Path) -> Path | None:
+    """Where the files worked out from a folder's ``tokenizer.json`` are kept (less their suffix), by its content and
+    dsprep's version; None where it cannot be read."""
     from dsprep.version import __version__
 
     try:
@@ -341,7 +343,7 @@ def _ranked_path(folder: Path, suffix: str) -> Path | None:
     except OSError:
         return None
     key = hashlib.sha256(data + f"\0dsprep {__version__}".encode()).hexdigest()
-    return cache_dir() / "tokenizers" / "ranked" / f"{key}{suffix}"
+    return cache_dir() / "tokenizers" / "ranked" / key
 
 
 def _kept_vocab(kept: Path, work_out: Callable[[], RankedVocab | None]) -> RankedVocab | None:
@@ -354,7 +356,7 @@ def _kept_vocab(kept: Path, work_out: Callable[[], RankedVocab | None]) -> Ranke
     except (OSError, ValueError, KeyError, TypeError):
         pass
     vocab = work_out()
-    _write_atomic(kept, vocab.dump() if vocab is not None else b"")
+    write_atomic(kept, vocab.dump() if vocab is not None else b"")
     return vocab
 
 
@@ -454,16 +456,19 @@ def read_beside(folder: Path, name: str) -> Any:
 def write_beside(folder: Path, name: str, value: Any) -> None:
     """Keep `value` as JSON beside a built-in tokenizer folder, atomically; where it cannot be written, nothing is
     kept (the next run works it out again)."""
-    _write_atomic(_beside(folder, name), json.dumps(value, indent=1).encode())
+    write_atomic(_beside(folder, name), json.dumps(value, indent=1).encode())
 
 
-def _write_atomic(target: Path, data: bytes) -> None:
-    """Write a file under a temporary name and rename it; where it cannot be written, nothing is kept."""
-    with contextlib.suppress(OSError):
+def write_atomic(target: Path, data: bytes) -> bool:
+    """Write a file under a temporary name and rename it; where it cannot be written, nothing is kept (False)."""
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, target)
+    except OSError:
+        return False
+    return True
 
 
 def _versions() -> dict[str, str]:

@@ -224,7 +224,7 @@ def test_a_split_regex_tiktoken_cannot_run_leaves_the_tokenizer(
     vocab = tokenizers._ranked_vocab(small_folder)
     assert vocab is not None
     monkeypatch.setattr(
-        tokenizers, "_ranked_vocab", lambda folder: RankedVocab("(?<![a-z)", vocab.first_id, vocab.tokens)
+        tokenizers, "_ranked_vocab", lambda folder, stem=None: RankedVocab("(?<![a-z)", vocab.first_id, vocab.tokens)
     )
     loaded = tokenizers.load_tokenizer.__wrapped__(str(small_folder))
     assert loaded.fast is None
