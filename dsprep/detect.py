@@ -124,7 +124,8 @@ def _conversation_snippet(sample: Sequence[dict[str, Any]], lists: list[str]) ->
     role = _named(msg_keys, ROLE_KEYS) or msg_keys[0]
     texts = [k for k in msg_keys if k != role and isinstance(first[key][0].get(k), str)]
     content = _named(msg_keys, CONTENT_KEYS) or (texts or msg_keys)[-1]
-    seen = sorted({m.get(role) for r in sample for m in (r.get(key) or []) if isinstance(m, dict)} - {None}, key=str)
+    values = (m.get(role) for r in sample for m in (r.get(key) or []) if isinstance(m, dict))
+    seen = sorted({v for v in values if isinstance(v, (str, int, float))}, key=str)  # a list or object names no role
     lines = ['kind = "conversation"', "", "[fields]", f"messages = {_toml(key)}", "", "[message]"]
     lines += [f"role = {_toml(role)}", f"content = {_toml(content)}", "", "[roles]"]
     for value in seen[:20]:

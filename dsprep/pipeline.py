@@ -40,6 +40,7 @@ from dsprep.cache import (
 from dsprep.config import ConvertConfig, percent
 from dsprep.detect import Detection, detect_format
 from dsprep.errors import InputError, OutputError, RejectedRowsError, RowFailure, TemplateError, WorkerDiedError
+from dsprep.lines import LineScanner, LineSlice, sliceable
 from dsprep.pieces import load_piece, piece_table, store_piece
 from dsprep.schema import SCHEMA_VERSION
 from dsprep.server import encoding, engine_for, wants_server
@@ -232,13 +233,24 @@ class _Accounts:
 
 def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None, sizes: Sequence[int]) -> Iterator[Task]:
     """The inputs' records in tasks of `TASK_ROWS` (the last one fewer): a task goes on into the next input where the
-    previous one ends, so that many small inputs make few tasks. An input whose size is no longer its `sizes` entry
-    (what its sha256 was taken of) once read is an `InputError`: the rows read are not the ones the manifest and the
-    cache key would name."""
-    seq = itertools.count()
-    records: list[Record] = []
-    spans: list[tuple[int, int]] = []
+    previous one ends, so that many small inputs make few tasks. A plain JSON Lines input's records stay in the file,
+    named by slices of its lines (`dsprep.lines`), for whoever processes the task to read. An input whose size is no
+    longer its `sizes` entry (what its sha256 was taken of) once read is an `InputError`: the rows read are not the
+    ones the manifest and the cache key would name."""
+    gathered = _Gathered()
     for index, (f, _, _) in enumerate(plan):
+        if sliceable(f):
+            with LineScanner(f, on_bytes) as scanner:
+                while True:
+                    with _reading(f):
+                        lines = scanner.take(TASK_ROWS - gathered.rows)
+                    if lines is None:
+                        break
+                    gathered.add_lines(index, lines)
+                    if gathered.rows == TASK_ROWS:
+                        yield gathered.task()
+            _unchanged(f, sizes[index])
+            continue
         batches = read_records(f, on_bytes, defer_parsing=True)
         while True:
             with _reading(f):  # only the read happens here: a failed write never looks like a failed input
@@ -248,18 +260,48 @@ def _tasks(plan: list[Planned], on_bytes: Callable[[int], None] | None, sizes: S
                 break
             at = 0
             while at < len(batch):
-                take = batch[at : at + TASK_ROWS - len(records)]
-                records.extend(take)
+                take = batch[at : at + TASK_ROWS - gathered.rows]
+                gathered.add(index, take)
                 at += len(take)
-                if spans and spans[-1][0] == index:
-                    spans[-1] = (index, spans[-1][1] + len(take))
-                else:
-                    spans.append((index, len(take)))
-                if len(records) == TASK_ROWS:
-                    yield _task(next(seq), records, spans)
-                    records, spans = [], []
-    if records:
-        yield _task(next(seq), records, spans)
+                if gathered.rows == TASK_ROWS:
+                    yield gathered.task()
+    if gathered.rows:
+        yield gathered.task()
+
+
+class _Gathered:
+    """The parts of the next task, in order: records of an input, or a slice of a JSON Lines input's lines."""
+
+    def __init__(self) -> None:
+        self.seq = itertools.count()
+        self._clear()
+
+    def _clear(self) -> None:
+        self.records: list[Record] = []
+        self.spans: list[tuple[int, int]] = []
+        self.slices: list[LineSlice | None] = []
+        self.rows = 0
+
+    def add(self, index: int, records: list[Record]) -> None:
+        self.records.extend(records)
+        if self.spans and self.spans[-1][0] == index and self.slices[-1] is None:
+            self.spans[-1] = (index, self.spans[-1][1] + len(records))
+        else:
+            self.spans.append((index, len(records)))
+            self.slices.append(None)
+        self.rows += len(records)
+
+    def add_lines(self, index: int, lines: LineSlice) -> None:
+        self.spans.append((index, lines.rows))
+        self.slices.append(lines)
+        self.rows += lines.rows
+
+    def task(self) -> Task:
+        spans = tuple(self.spans) if len(self.spans) > 1 else ()
+        slices = tuple(self.slices) if any(self.slices) else ()
+        task = Task(next(self.seq), self.spans[0][0], self.records, spans=spans, slices=slices)
+        self._clear()
+        return task
 
 
 def _unchanged(f: InputFile, size: int) -> None:
@@ -269,10 +311,6 @@ def _unchanged(f: InputFile, size: int) -> None:
             f"{f.display}: changed while it was read ({size} bytes when the run began, {now} now); run again once it "
             "is complete"
         )
-
-
-def _task(seq: int, records: list[Record], spans: list[tuple[int, int]]) -> Task:
-    return Task(seq, spans[0][0], records, spans=tuple(spans) if len(spans) > 1 else ())
 
 
 def _engine(config: ConvertConfig) -> Callable[..., Iterator[BatchResult]]:

@@ -136,7 +136,11 @@ def ray_results(
                 window = list(itertools.islice(tasks, WINDOW_TASKS))
                 if window:
                     ready = {t.seq: r for t in window if done and (r := done(t.seq)) is not None}
-                    todo = [{"seq": t.seq, "task": pickle.dumps(t, protocol=5)} for t in window if t.seq not in ready]
+                    todo = [
+                        {"seq": t.seq, "task": pickle.dumps(t.loaded(), protocol=5)}
+                        for t in window
+                        if t.seq not in ready
+                    ]
                     pending.append((window, ready, pool.submit(_run_window, todo, stage)))
                 if pending and (len(pending) > 1 or not window):
                     head, ready, future = pending.popleft()

@@ -38,7 +38,17 @@ import orjson
 from dsprep import jsontext
 from dsprep.errors import InputError, RowError
 
-__all__ = ["InputFile", "Record", "discover", "glob_matches", "printable", "read_records"]
+__all__ = [
+    "BOM",
+    "InputFile",
+    "Progress",
+    "Record",
+    "discover",
+    "glob_matches",
+    "open_input",
+    "printable",
+    "read_records",
+]
 
 BATCH_ROWS = 1024
 CSV_FIELD_LIMIT = (1 << 31) - 1  # characters in one CSV cell (Python's default, 131072, is too small for documents)
@@ -182,7 +192,7 @@ def _compression_of(head: bytes, named: str | None) -> str | None:
 
 def _input_file(path: Path, display: str) -> InputFile:
     """A file to read: its container from its name, its compression from its first bytes, else from its name (a
-    file named as compressed that is not is refused when read, `_open_binary`)."""
+    file named as compressed that is not is refused when read, `open_input`)."""
     container, named = _classify(path)
     compression = named
     if path.is_file():
@@ -476,7 +486,7 @@ def _check_text(f: InputFile, stream: Any) -> None:
 
 
 @contextmanager
-def _open_binary(f: InputFile, progress: Progress | None) -> Iterator[IO[bytes]]:
+def open_input(f: InputFile, progress: Progress | None) -> Iterator[IO[bytes]]:
     """The input's bytes, decompressed by what its first bytes show (`_compression_of`); a file named as compressed
     that is not is refused, and a text input is checked to be UTF-8 text (`_check_text`)."""
     try:
@@ -517,7 +527,7 @@ def _seekable(f: InputFile, progress: Progress | None) -> Iterator[IO[bytes] | P
             yield fh
         return
     with tempfile.TemporaryFile() as tmp:
-        with _open_binary(f, progress) as stream:
+        with open_input(f, progress) as stream:
             shutil.copyfileobj(stream, tmp, 1 << 20)
         tmp.seek(0)
         yield tmp
@@ -562,20 +572,20 @@ def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 
 
 def _jsonl(f: InputFile, progress: Progress | None) -> Iterator[Record]:
-    with _open_binary(f, progress) as stream:
+    with open_input(f, progress) as stream:
         for i, line in _lines(stream):
             value, error = _parse_json_line(line)
             yield _object_record(i, value, line, error)
 
 
 def _jsonl_lines(f: InputFile, progress: Progress | None) -> Iterator[Record]:
-    with _open_binary(f, progress) as stream:
+    with open_input(f, progress) as stream:
         for i, line in _lines(stream):
             yield Record(i, None, line, pending=True)
 
 
 def _txt(f: InputFile, progress: Progress | None) -> Iterator[Record]:
-    with _open_binary(f, progress) as stream:
+    with open_input(f, progress) as stream:
         for i, line in _lines(stream):
             try:
                 text = line.decode("utf-8")
@@ -607,7 +617,7 @@ def _element_record(i: int, raw: bytes) -> Record:
 
 
 def _json(f: InputFile, progress: Progress | None) -> Iterator[Record]:
-    with _open_binary(f, progress) as stream:
+    with open_input(f, progress) as stream:
         head = stream.read(SMALL_JSON_BYTES + 1).removeprefix(BOM)
         if not head.strip():
             return
@@ -616,7 +626,7 @@ def _json(f: InputFile, progress: Progress | None) -> Iterator[Record]:
             return
         resume = yield from _streamed_array(head, stream)
     if resume is not None:  # ijson cannot go on: the elements from there on are parsed one by one
-        with _open_binary(f, None) as stream:
+        with open_input(f, None) as stream:
             elements = _array_elements(stream.read(JSON_CHUNK_BYTES).removeprefix(BOM), stream, f.display)
             for i, raw in enumerate(elements):
                 if i >= resume:
@@ -794,7 +804,7 @@ def _csv(f: InputFile, progress: Progress | None) -> Iterator[Record]:
     """CSV, and TSV, with CSV's quoting rules (as pandas and `datasets` read both); rows are numbered from 0 after
     the header, blank lines not counted, and a message names the CSV line a row starts on."""
     delimiter = "\t" if f.container == "tsv" else ","
-    with _open_binary(f, progress) as stream:
+    with open_input(f, progress) as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
         csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
         rows = _csv_rows(text, delimiter, f.display)

@@ -36,6 +36,7 @@ import orjson
 import pyarrow as pa
 
 from dsprep.errors import RowError, WorkerDiedError
+from dsprep.lines import LineSlice
 from dsprep.normalize import normalize_record, row_id
 from dsprep.schema import NORMALIZED, TOKENIZED, TOKENS
 from dsprep.server import cgroup_cpus, context, default_workers, launch, preload_encoder
@@ -132,8 +133,10 @@ class Task:
     input order.
 
     spans: ``(input, records)`` pairs, in order, where the records belong to several inputs; empty where they are all
-    input `input_index`'s. locations: for an input of normalized rows, each record's location (by `Record.row`) that
-    its reject line names (such tasks hold one input).
+    input `input_index`'s. slices: where some are not in `records` but left in their file to be read where the task
+    is processed, the `LineSlice` of each part (each span, or the one input), None for a part held in `records`.
+    locations: for an input of normalized rows, each record's location (by `Record.row`) that its reject line names
+    (such tasks hold one input).
     """
 
     seq: int
@@ -141,16 +144,32 @@ class Task:
     records: list[Record]
     locations: dict[int, str] | None = None
     spans: tuple[tuple[int, int], ...] = ()
+    slices: tuple[LineSlice | None, ...] = ()
+
+    @property
+    def rows(self) -> int:
+        """The number of records the task holds."""
+        if self.spans:
+            return sum(n for _, n in self.spans)
+        return self.slices[0].rows if self.slices and self.slices[0] else len(self.records)
 
     def parts(self) -> Iterator[tuple[int, list[Record]]]:
-        """(input, its records) for each input the task holds records of, in order."""
-        if not self.spans:
-            yield self.input_index, self.records
-            return
+        """(input, its records) for each input the task holds records of, in order (slices read now)."""
         at = 0
-        for index, n in self.spans:
-            yield index, self.records[at : at + n]
-            at += n
+        for k, (index, n) in enumerate(self.spans or ((self.input_index, self.rows),)):
+            lines = self.slices[k] if self.slices else None
+            if lines is not None:
+                yield index, lines.records()
+            else:
+                yield index, self.records[at : at + n]
+                at += n
+
+    def loaded(self) -> Task:
+        """This task with every record in `records` (its slices read now): for a process that cannot read the file."""
+        if not self.slices:
+            return self
+        records = [record for _, part in self.parts() for record in part]
+        return Task(self.seq, self.input_index, records, self.locations, self.spans)
 
 
 @dataclass
@@ -378,7 +397,7 @@ def process(stage: Stage, task: Task) -> BatchResult:
         for index, records, out in collectors
     ]
     return BatchResult(
-        seq=task.seq, input_index=task.input_index, rows_read=len(task.records), rows_kept=sum(o.kept for o in outs),
+        seq=task.seq, input_index=task.input_index, rows_read=task.rows, rows_kept=sum(o.kept for o in outs),
         rejects=[line for o in outs for line in o.rejects], shares=shares, failure=failed[1], failed_input=failed[0],
         methods=methods, approx=[a for o in outs for a in o.approx], lengths=[n for o in outs for n in o.lengths],
         table=_table([row for o in outs for row in o.rows], stage.schema),

@@ -62,6 +62,16 @@ def test_conversation_snippet_names_message_keys() -> None:
         detect_format([{"turns": [{"who": "me", "said": "hi"}]}], "t.jsonl")
 
 
+def test_a_conversation_snippet_skips_role_values_that_name_no_role() -> None:
+    """A list or object where a message's role would be (found by fuzzing: it stopped detection with a TypeError)
+    is left out of the snippet's roles table; the scalar roles are listed."""
+    with pytest.raises(FormatDetectionError) as caught:
+        detect_format([{"prompt": "", "completion": "w", "label": [{"": []}]}], "x.json")
+    assert "[roles]" in str(caught.value) and "input_role" in str(caught.value)
+    with pytest.raises(FormatDetectionError, match=r'# "7" = "user" \| "assistant"'):
+        detect_format([{"turns": [{"who": ["a"], "said": "hi"}, {"who": 7, "said": "yo"}]}], "t.jsonl")
+
+
 def test_mostly_unmatched_sample_is_an_error() -> None:
     rows = [{"text": "t"}] + [{"foo": i} for i in range(3)]
     with pytest.raises(FormatDetectionError, match="no known format matches"):
