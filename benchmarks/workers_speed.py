@@ -3,15 +3,18 @@
     .venv/bin/python benchmarks/workers_speed.py --rows 20000 --repeat 3 [--pack 4096]
 
 Generates a seeded chat corpus (JSONL, openai format, 1-3 exchanges with lognormal turn lengths), converts it with
-``--tokenizer mistral:tekken --template chatml --no-cache`` (and ``--pack L`` where given) once per worker count in
-each of --repeat rounds, and prints every run's wall seconds, then for each worker count its fastest run's wall
-seconds and the CPU seconds of the whole process tree (the convert process, its fork server and workers, read from
-/proc while it runs), then the wall speed-up and the CPU speed-up bound ``cpu(1) / (cpu(2) / 2)`` — what the
-speed-up is on two otherwise idle cores; on a shared machine the wall figure is lower, and the fastest of several
-rounds is the least disturbed. In the same rounds it times the bare tiktoken encoder dsprep uses on the pre-rendered
-rows in one process and in two (`peer_worker.py ceiling --encoder tiktoken-numpy`): the speed-up the machine's two
-cores give the encoding alone (two hyperthreads of one core give far less than two), beside dsprep's. The load
-average at the start of each run is printed too. A report: the exit code is 1 only when the outputs differ.
+``--tokenizer mistral:tekken --template chatml --no-cache`` (and ``--pack L`` where given) once per worker count in each
+of --repeat rounds, and prints every run's wall seconds, then for each worker count its fastest run's wall seconds and
+the CPU seconds of the whole process tree (the convert process, its fork server and workers, read from /proc while it
+runs), then the wall speed-up and the CPU speed-up bound ``cpu(1) / (cpu(2) / 2)`` — what the speed-up is on two
+otherwise idle cores; on a shared machine the wall figure is lower, and the fastest of several rounds is the least
+disturbed. It also prints the cores each setting keeps busy on average (CPU seconds over wall seconds): a one-worker run
+uses more than one core where it builds its engine and writes shards on helper threads, and where both settings take the
+same CPU time, the wall speed-up is the ratio of the two. In the same rounds it times the bare tiktoken encoder dsprep
+uses on the pre-rendered rows in one process and in two (`peer_worker.py ceiling --encoder tiktoken-numpy`): the
+speed-up the machine's two cores give the encoding alone (two hyperthreads of one core give far less than two), beside
+dsprep's. The load average at the start of each run is printed too. A report: the exit code is 1 only when the outputs
+differ.
 """
 
 from __future__ import annotations
@@ -115,6 +118,9 @@ def main() -> int:
         print(f"rows {args.rows}{packed}, fastest of {len(runs[1])}: workers 1 {one:.1f} s wall, {cpu_one:.1f} CPU s; "
               f"workers 2 {two:.1f} s wall, {cpu_two:.1f} CPU s")  # fmt: skip
         print(f"speed-up: wall {one / two:.2f}x, on two idle cores (CPU bound) {cpu_one / (cpu_two / 2):.2f}x")
+        busy_one, busy_two = cpu_one / one, cpu_two / two
+        print(f"cores in use on average (CPU s / wall s): workers 1 {busy_one:.2f}, workers 2 {busy_two:.2f}; with "
+              f"equal CPU time the wall speed-up is their ratio, {busy_two / busy_one:.2f}")  # fmt: skip
         bare_one, bare_two = min(bare[1]), min(bare[2])
         print(f"the bare encoder on the pre-rendered rows, fastest of {len(bare[1])}: 1 process {bare_one:.2f} s, "
               f"2 processes {bare_two:.2f} s: {bare_one / bare_two:.2f}x; dsprep's wall speed-up is "

@@ -2,8 +2,10 @@
 
 A `Task` is a run of at most `TASK_ROWS` consecutive records, numbered (``seq``) in input order: a slice of one input,
 or the records of several small inputs in a row (so that a folder of many small files costs tasks by rows, not by
-files). `process(stage, task)` turns it into a `BatchResult` (the kept rows as an Arrow table, the reject lines, the
-counts per input) and depends on nothing but its arguments, both picklable: any engine can call it. `ordered_results`
+files); a plain JSON Lines input's part of it is a slice of the file's lines (`dsprep.lines`), read where the task is
+processed. `process(stage, task)` turns it into a `BatchResult` (the kept rows as an Arrow table, the reject lines,
+the counts per input) and depends on nothing but its arguments, both picklable, and the files a task's slices name:
+any engine on this machine can call it, and one elsewhere with `Task.loaded()`. `ordered_results`
 runs it inline (one worker) or on a local process pool, hands small tasks to whichever worker is free (so long examples
 never leave the other cores idle for long at the tail), keeps at most ``workers * AHEAD`` tasks in flight and yields
 results strictly in task order: what is written — every byte of the output — is the same for any number of workers.
