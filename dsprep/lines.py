@@ -11,7 +11,6 @@ before the first line, CR line ends and blank lines dropped.
 
 from __future__ import annotations
 
-import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +45,9 @@ class LineSlice:
     def records(self) -> list[Record]:
         """The slice's records, read from the file now (an `InputError` where it no longer holds them)."""
         try:
-            with open(self.path, "rb", buffering=0) as fh:
-                data = os.pread(fh.fileno(), self.end - self.start, self.start)
+            with open(self.path, "rb") as fh:
+                fh.seek(self.start)
+                data = fh.read(self.end - self.start)
         except OSError as exc:
             raise InputError(f"{self.display}: cannot read: {exc.strerror or exc}") from None
         lines = data.split(b"\n")
