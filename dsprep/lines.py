@@ -11,13 +11,14 @@ before the first line, CR line ends and blank lines dropped.
 
 from __future__ import annotations
 
+import io
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from dsprep.errors import InputError
-from dsprep.sources import BOM, InputFile, Progress, Record, open_input
+from dsprep.sources import BOM, InputFile, Progress, Record, numbered_lines, open_input
 
 __all__ = ["LineScanner", "LineSlice", "sliceable"]
 
@@ -50,16 +51,8 @@ class LineSlice:
                 data = fh.read(self.end - self.start)
         except OSError as exc:
             raise InputError(f"{self.display}: cannot read: {exc.strerror or exc}") from None
-        lines = data.split(b"\n")
-        if lines[-1] == b"":  # the slice ends with a line end (else with the file's last line)
-            lines.pop()
-        if self.start == 0 and lines and lines[0].startswith(BOM):
-            lines[0] = lines[0][len(BOM) :]
-        records = []
-        for k, line in enumerate(lines):
-            line = line.rstrip(b"\r")
-            if line.strip():
-                records.append(Record(self.first + k, None, line, pending=True))
+        lines = numbered_lines(io.BytesIO(data), self.first)
+        records = [Record(i, None, line, pending=True) for i, line in lines]
         if len(data) != self.end - self.start or len(records) != self.rows:
             raise InputError(f"{self.display}: changed while it was read; run again once it is complete")
         return records

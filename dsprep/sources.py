@@ -45,6 +45,7 @@ __all__ = [
     "Record",
     "discover",
     "glob_matches",
+    "numbered_lines",
     "open_input",
     "printable",
     "read_records",
@@ -562,8 +563,11 @@ def _batched(records: Iterator[Record]) -> Iterator[list[Record]]:
         yield batch
 
 
-def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    for i, line in enumerate(stream):
+def numbered_lines(stream: IO[bytes], first: int = 0) -> Iterator[tuple[int, bytes]]:
+    """The lines of a JSON Lines or text stream that are not blank, without their line ends, each with its number
+    (from `first`: a stream that starts within a file starts at its line's number); a UTF-8 BOM before line 0 is
+    dropped."""
+    for i, line in enumerate(stream, first):
         if i == 0 and line.startswith(BOM):
             line = line[len(BOM) :]
         line = line.rstrip(b"\r\n")
@@ -573,20 +577,20 @@ def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 
 def _jsonl(f: InputFile, progress: Progress | None) -> Iterator[Record]:
     with open_input(f, progress) as stream:
-        for i, line in _lines(stream):
+        for i, line in numbered_lines(stream):
             value, error = _parse_json_line(line)
             yield _object_record(i, value, line, error)
 
 
 def _jsonl_lines(f: InputFile, progress: Progress | None) -> Iterator[Record]:
     with open_input(f, progress) as stream:
-        for i, line in _lines(stream):
+        for i, line in numbered_lines(stream):
             yield Record(i, None, line, pending=True)
 
 
 def _txt(f: InputFile, progress: Progress | None) -> Iterator[Record]:
     with open_input(f, progress) as stream:
-        for i, line in _lines(stream):
+        for i, line in numbered_lines(stream):
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as exc:
