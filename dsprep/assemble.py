@@ -9,9 +9,11 @@ ranks splitting the shards between them, get equal shares). Several shards are w
 are workers, one thread each — and the output is the same for any number of them.
 
 A chunk reads exactly its examples' bytes from the piece files: the pieces are uncompressed Arrow IPC files, so
-where each example's tokens and id lie is known once from each file's layout (`_Locations`: a few more bytes per
-example), and each example's tokens are read straight into their place in the chunk (`_chunk`). Memory holds the
-lengths, those locations and, per thread, two chunks, whatever the size of the input.
+where each example's tokens and id lie is known from each file's layout, read as each piece completes
+(`PieceLocations`: a few more bytes per example), and each example's tokens are read straight into their place in the
+chunk (`_chunk`: one ``preadv`` each for its ids, labels and id; no memory map, whose pages, mapped a few dozen
+kilobytes around each read, counted several times the chunks' size towards the process's resident memory). Memory
+holds the lengths, those locations and, per thread, two chunks, whatever the size of the input.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dsprep.schema import PACKED
 from dsprep.shards import ShardFile, ShardWriter, parquet_options, shard_name, writing
 from dsprep.workers import BatchResult
 
-__all__ = ["CHUNK_TOKENS", "OnWriting", "UnpackedShards", "write_packed"]
+__all__ = ["CHUNK_TOKENS", "OnWriting", "PieceLocations", "UnpackedShards", "write_packed"]
 
 CHUNK_TOKENS = 1 << 21  # tokens per materialized chunk of packed rows (at most)
 SHARD_MULTIPLE = 8  # shards come in multiples of 8: 2, 4 or 8 threads or data-parallel ranks get equal shares
@@ -174,41 +176,55 @@ def _located(path: Path, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
         ) from None
 
 
-def _locate(pieces: Path, kept: Sequence[BatchResult], lengths: Sequence[np.ndarray]) -> _Locations:
-    """The locations of every example of the pieces `kept` (whose rows have `lengths`), filled in piece by piece;
-    offsets take 4 bytes where every piece file is under 4 GiB (as they are: a piece holds `TASK_ROWS` records)."""
-    files = [str(piece_path(pieces, r.seq)) for r in kept]
-    try:
-        largest = max((os.stat(f).st_size for f in files), default=0)
-    except OSError as exc:
-        raise OutputError(f"{exc.filename}: cannot read this staged piece ({exc.strerror})") from None
-    offset = np.uint32 if largest < 1 << 32 else np.int64
-    n = sum(len(part) for part in lengths)
-    ids_at, labels_at, id_at = (np.empty(n, offset) for _ in range(3))
-    id_len = np.empty(n, np.int32)
-    at = 0
-    for f, part in zip(files, lengths, strict=True):
-        for column, values in zip((ids_at, labels_at, id_at, id_len), _located(Path(f), part), strict=True):
-            column[at : at + len(part)] = values
-        at += len(part)
-    piece = np.repeat(np.arange(len(kept), dtype=np.int32), [len(part) for part in lengths])
-    return _Locations(files, piece, ids_at, labels_at, id_at, id_len)
+class PieceLocations:
+    """Where the examples of the completed pieces lie in their files (`_Locations`), found piece by piece as each
+    completes (`add`): the convert process does it while the workers go on, rather than all at once before packing.
+    Offsets take 4 bytes where a piece file is under 4 GiB (as they are: a piece holds `TASK_ROWS` records)."""
+
+    def __init__(self, pieces: Path) -> None:
+        self.pieces = pieces
+        self.seqs: list[int] = []
+        self.parts: tuple[list[np.ndarray], ...] = ([], [], [], [])  # ids_at, labels_at, id_at, id_len
+
+    def add(self, result: BatchResult) -> None:
+        """Locate the examples of a completed piece (nothing to do where it kept no row)."""
+        if not result.rows_kept:
+            return
+        *offsets, id_len = _located(piece_path(self.pieces, result.seq), np.asarray(result.lengths, np.int64))
+        if max(int(a.max(initial=0)) for a in offsets) < 1 << 32:
+            offsets = [a.astype(np.uint32) for a in offsets]
+        for part, values in zip(self.parts, (*offsets, id_len), strict=True):
+            part.append(values)
+        self.seqs.append(result.seq)
+
+    def of(self, kept: Sequence[BatchResult]) -> _Locations:
+        """The locations of the examples of `kept`: the results added that kept rows, in the order added."""
+        if [r.seq for r in kept] != self.seqs:
+            raise OutputError("the staged pieces to pack are not the ones located as they completed")
+        counts = [len(a) for a in self.parts[0]]
+        columns = []
+        for part in self.parts:  # one column at a time: no more than one column's parts are held twice
+            columns.append(np.concatenate(part) if part else np.zeros(0, np.uint32))
+            part.clear()
+        piece = np.repeat(np.arange(len(kept), dtype=np.int32), counts)
+        files = [str(piece_path(self.pieces, seq)) for seq in self.seqs]
+        return _Locations(files, piece, columns[0], columns[1], columns[2], columns[3].astype(np.int32, copy=False))
 
 
-def _preadv_at(fd: int, into: memoryview, offset: int) -> int:
-    """Read into `into` from `offset` of file `fd` without moving its position; returns the bytes read."""
-    return os.preadv(fd, [into], offset)
-
-
-def _seek_read_at(fd: int, into: memoryview, offset: int) -> int:
-    """`_preadv_at` where there is no ``preadv`` (each thread has its own descriptors: nobody else moves this one)."""
+def _seek_readv(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
+    """``os.preadv`` where there is none (each thread has its own descriptors: nobody else moves this one)."""
     os.lseek(fd, offset, os.SEEK_SET)
-    data = os.read(fd, len(into))
-    into[: len(data)] = data
-    return len(data)
+    done = 0
+    for into in buffers:
+        data = os.read(fd, len(into))
+        into[: len(data)] = data
+        done += len(data)
+        if len(data) < len(into):
+            break
+    return done
 
 
-_read_at = _preadv_at if hasattr(os, "preadv") else _seek_read_at
+_readv_at: Callable[[int, Sequence[memoryview], int], int] = getattr(os, "preadv", _seek_readv)
 
 
 class _Files:
@@ -219,7 +235,8 @@ class _Files:
         self.capacity = max(1, capacity)
         self.open: OrderedDict[int, int] = OrderedDict()
 
-    def read(self, piece: int, into: memoryview, offset: int) -> None:
+    def fd(self, piece: int) -> int:
+        """An open descriptor of the piece file `piece`."""
         fd = self.open.get(piece)
         if fd is None:
             if len(self.open) >= self.capacity:
@@ -227,8 +244,10 @@ class _Files:
             fd = self.open[piece] = os.open(self.files[piece], os.O_RDONLY | getattr(os, "O_BINARY", 0))
         else:
             self.open.move_to_end(piece)
-        if _read_at(fd, into, offset) != len(into):
-            raise OSError(f"{self.files[piece]}: a staged piece is shorter than its layout says")
+        return fd
+
+    def short(self, piece: int) -> OSError:
+        return OSError(f"{self.files[piece]}: a staged piece is shorter than its layout says")
 
     def close(self) -> None:
         while self.open:
@@ -249,14 +268,20 @@ def _chunk(loc: _Locations, lengths: np.ndarray, order: np.ndarray, counts: np.n
     ids_view, labels_view, names_view = (a.data.cast("B") for a in (flat_ids, flat_labels, names))
     visit = np.argsort(loc.piece[order], kind="stable")  # piece by piece: each file opened once per chunk at most
     picked = order[visit]
-    for j, piece, ids_at, labels_at, id_at in zip(
-        visit.tolist(), loc.piece[picked].tolist(), loc.ids_at[picked].tolist(), loc.labels_at[picked].tolist(),
+    read, current, fd = _readv_at, -1, -1
+    for piece, lo, hi, ids_at, labels_at, name_lo, name_hi, id_at in zip(
+        loc.piece[picked].tolist(), at[visit].tolist(), at[visit + 1].tolist(), loc.ids_at[picked].tolist(),
+        loc.labels_at[picked].tolist(), id_offsets[visit].tolist(), id_offsets[visit + 1].tolist(),
         loc.id_at[picked].tolist(), strict=True,
     ):  # fmt: skip
-        lo, hi = int(at[j]), int(at[j + 1])
-        files.read(piece, ids_view[lo:hi], ids_at)
-        files.read(piece, labels_view[lo:hi], labels_at)
-        files.read(piece, names_view[int(id_offsets[j]) : int(id_offsets[j + 1])], id_at)
+        if piece != current:
+            current, fd = piece, files.fd(piece)
+        if (
+            read(fd, [ids_view[lo:hi]], ids_at) != hi - lo
+            or read(fd, [labels_view[lo:hi]], labels_at) != hi - lo
+            or read(fd, [names_view[name_lo:name_hi]], id_at) != name_hi - name_lo
+        ):
+            raise files.short(piece)
     example_ids = pa.StringArray.from_buffers(
         len(order), pa.py_buffer(id_offsets.astype(np.int32)), pa.py_buffer(names)
     )
@@ -340,12 +365,13 @@ def _open_files_each(threads: int) -> int:
 
 
 def write_packed(
-    pieces: Path, results: Sequence[BatchResult], folder: Path, *, max_len: int, shuffle_seed: int | None,
+    located: PieceLocations, results: Sequence[BatchResult], folder: Path, *, max_len: int, shuffle_seed: int | None,
     shard_bytes: int, threads: int, on_writing: OnWriting | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Plan packing from the pieces' lengths, then write the packed rows' shards into `folder`, `threads` shards at a
-    time; returns the packing report with the shard list. `on_writing` is told the number of chunks of packed rows
-    once the plan is made, and each chunk written (from the writing threads).
+    """Plan packing from the lengths of the pieces `results` name (each piece `located` as it completed), then write
+    the packed rows' shards into `folder`, `threads` shards at a time; returns the packing report with the shard
+    list. `on_writing` is told the number of chunks of packed rows once the plan is made, and each chunk written
+    (from the writing threads).
 
     The worker processes have ended by now: chunks are read and built on helper threads (file reads, NumPy and
     Parquet release the GIL) while other threads write.
@@ -356,9 +382,9 @@ def write_packed(
     plan = plan_packing(lengths, max_len)
     if shuffle_seed is not None:
         plan = plan.shuffled(shuffle_seed)
-    layout = _Layout.of(plan, shard_bytes)
-    loc = _locate(pieces, kept, per_piece)
     del per_piece
+    layout = _Layout.of(plan, shard_bytes)
+    loc = located.of(kept)
     options = parquet_options(PACKED)
     capacity = _open_files_each(threads)
     step = on_writing(layout.chunks) if on_writing else None

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 
-from dsprep.assemble import OnWriting, UnpackedShards, write_packed
+from dsprep.assemble import OnWriting, PieceLocations, UnpackedShards, write_packed
 from dsprep.cache import (
     OutputCache,
     cache_key,
@@ -535,10 +535,12 @@ def _write(
     try:
         with ExitStack() as stack:
             rejects = stack.enter_context(RejectsWriter(staging.dir / REJECTS))
-            unpacked = None
+            unpacked = located = None
             if config.pack is None:  # written as the pieces complete
                 writer = ShardWriter(staging.dir, stage.schema, shard_bytes=config.shard_bytes)
                 unpacked = stack.enter_context(UnpackedShards(staging.pieces, writer))
+            else:  # each piece's examples located in its file as it completes
+                located = PieceLocations(staging.pieces)
             accounts = _Accounts(config, reports, rejects, on_input)
             sink = functools.partial(store_piece, staging.pieces)
             workers = config.workers or default_workers()
@@ -546,6 +548,8 @@ def _write(
                 accounts.add(result)
                 if unpacked is not None:
                     unpacked.add(result)
+                if located is not None:
+                    located.add(result)
                 if on_result is not None:
                     on_result(result)
             accounts.finish(upto=len(reports))
@@ -554,7 +558,8 @@ def _write(
             if unpacked is not None:
                 shard_list, packing = unpacked.finish(on_writing), None
             else:
-                shard_list, packing = _packed(config, staging, accounts.done, on_writing)
+                assert located is not None
+                shard_list, packing = _packed(config, staging, located, accounts.done, on_writing)
         read = sum(r.rows_read for r in reports)
         rejected = sum(r.rows_rejected for r in reports)
         if config.max_rejected is not None and read and rejected / read > config.max_rejected:
@@ -582,13 +587,17 @@ def _write(
 
 
 def _packed(
-    config: ConvertConfig, staging: Staging, done: list[BatchResult], on_writing: OnWriting | None
+    config: ConvertConfig,
+    staging: Staging,
+    located: PieceLocations,
+    done: list[BatchResult],
+    on_writing: OnWriting | None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Pack the completed pieces' rows into shards; the shard list and packing report."""
     assert config.pack is not None
     with writing(staging.dir):
         packing = write_packed(
-            staging.pieces, done, staging.dir, max_len=config.pack, shuffle_seed=config.shuffle_seed,
+            located, done, staging.dir, max_len=config.pack, shuffle_seed=config.shuffle_seed,
             shard_bytes=config.shard_bytes, threads=config.workers or default_workers(), on_writing=on_writing,
         )  # fmt: skip
         return packing.pop("shards"), packing

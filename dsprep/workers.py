@@ -25,7 +25,6 @@ import itertools
 import os
 import signal
 import sys
-import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -71,6 +70,7 @@ TASK_ROWS = 256
 T = TypeVar("T")
 R = TypeVar("R")
 AHEAD = 4
+WATCH_S = 1.0  # how often a wait for a result looks for a dead worker whose death the executor may have missed
 UNPACKABLE = ("preference", "kto")
 Row = dict[str, Any]
 
@@ -448,10 +448,9 @@ def _work(task: Task) -> BatchResult:
 def start_server(spec: EncodeSpec | None) -> None:
     """Start the fork server now, so it loads the encoder while this process does its own start-up work."""
     launch(None if spec is None else asdict(spec))
-    # pyarrow's first conversion here (the packing) imports pandas: a thread does it now, beside the workers, rather
-    # than this process before their first tasks or the packing after them; not a daemon, so an early end of the run
-    # waits for it rather than stopping the interpreter mid-import
-    threading.Thread(target=warm_pyarrow, name="dsprep-warm-pyarrow").start()
+    # pyarrow's first conversion in this process imports pandas (`warm_pyarrow`): it comes with the first result,
+    # while the workers run; done now on a thread, it would take CPU from the server's engine build, which the
+    # workers wait for (0.2 s later on two cores)
 
 
 def warm_pyarrow() -> None:
@@ -526,9 +525,9 @@ def in_order(
         previous = done(item) if done else None
         pending.append((False, previous) if previous is not None else (True, _submit(pool, fn, item)))
         while len(pending) >= limit or (pending and not pending[0][0]):
-            yield _result(pending.popleft())
+            yield _result(pool, pending.popleft())
     while pending:
-        yield _result(pending.popleft())
+        yield _result(pool, pending.popleft())
 
 
 @contextlib.contextmanager
@@ -578,21 +577,44 @@ def _submit(pool: Executor, fn: Callable[[T], R], item: T) -> Any:
         raise _died() from None
 
 
-def _result(entry: tuple[bool, Any]) -> Any:
+def _result(pool: Executor, entry: tuple[bool, Any]) -> Any:
+    """An entry's result: its future's, waited for while no worker of `pool` has died."""
     submitted, value = entry
     if not submitted:
         return value
     try:
-        return value.result()
+        while True:
+            try:
+                return value.result(timeout=WATCH_S)
+            except TimeoutError:
+                if _lost_worker(pool):
+                    raise _died() from None
     except BrokenProcessPool:
         raise _died() from None
 
 
+def _lost_worker(pool: Executor) -> bool:
+    """Whether a worker process of `pool` has ended. The executor sees a death itself, except that of a worker killed
+    while it sent a result: its thread then waits for the rest of that message, and no pending future ever ends."""
+    try:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+    except RuntimeError:  # changed size meanwhile (the executor's thread replaces workers only as it shuts down)
+        return False
+    return any(p.exitcode is not None for p in processes)
+
+
 def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool's workers, and the executor's thread even where a worker killed while it sent a result left that
+    thread waiting for the rest of the message (it would hang the interpreter's exit, which joins it): with every
+    worker gone, closing this process's end for writing results leaves that pipe without a writer, so the wait ends."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)  # before the shutdown lets go of it
     pool.shutdown(wait=False, cancel_futures=True)
     for p in processes:
         if p.is_alive():
             p.terminate()
     for p in processes:
         p.join(timeout=5)
+    if writer is not None and all(p.exitcode is not None for p in processes):
+        with contextlib.suppress(OSError):
+            writer.close()

@@ -86,40 +86,63 @@ def test_a_small_shard_size_bounds_the_chunks_so_packed_shards_keep_to_it(tmp_pa
     assert len(rows) % 8 == 0 or len(rows) == -(-sum(rows) // 31)  # a multiple of 8, or one shard per chunk
 
 
-def test_an_unreadable_piece_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_packed = dsprep.pipeline.write_packed
-
-    def damaged(pieces: Path, *args: Any, **kwargs: Any) -> Any:
-        first = sorted(pieces.glob("*.arrow"))[0]
-        first.write_bytes(first.read_bytes()[:100])  # cut short after the workers wrote it
-        return write_packed(pieces, *args, **kwargs)
-
-    monkeypatch.setattr(dsprep.pipeline, "write_packed", damaged)
+def _packing_error(tmp_path: Path) -> str:
+    """The error of a packed convert of the fixtures (one worker), which must fail."""
     config = ConvertConfig(inputs=(str(FIXTURES / "formats"),), out=tmp_path / "out", tokenizer="mistral:tekken",
                            template="chatml", pack=L, workers=1)  # fmt: skip
     with pytest.raises(OutputError) as caught:
         convert(config)
-    message = str(caught.value)
+    return str(caught.value)
+
+
+def test_an_unreadable_piece_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store_piece = dsprep.pipeline.store_piece
+
+    def damaged(folder: Path, result: Any) -> Any:
+        stored = store_piece(folder, result)
+        path = dsprep.assemble.piece_path(folder, result.seq)
+        path.write_bytes(path.read_bytes()[:100])  # cut short after the worker wrote it
+        return stored
+
+    monkeypatch.setattr(dsprep.pipeline, "store_piece", damaged)
+    message = _packing_error(tmp_path)
     assert "\n" not in message and "000000000.arrow: cannot read this staged piece" in message
     assert "to start the run over" in message
 
 
-@pytest.mark.parametrize("read_at", [dsprep.assemble._preadv_at, dsprep.assemble._seek_read_at])
-def test_both_ways_of_reading_a_piece_read_the_same_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_at: Any
+def test_a_piece_cut_short_after_it_was_located_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    write_packed = dsprep.pipeline.write_packed
+
+    def damaged(located: Any, *args: Any, **kwargs: Any) -> Any:
+        first = sorted(located.pieces.glob("*.arrow"))[0]
+        data = first.read_bytes()
+        first.write_bytes(data[: len(data) // 2])  # the tokens of its later rows gone
+        return write_packed(located, *args, **kwargs)
+
+    monkeypatch.setattr(dsprep.pipeline, "write_packed", damaged)
+    message = _packing_error(tmp_path)
+    assert "\n" not in message and message.startswith("cannot read the staged pieces: ")
+    assert "000000000.arrow: a staged piece is shorter than its layout says" in message
+
+
+@pytest.mark.parametrize("readv_at", [getattr(os, "preadv", None), dsprep.assemble._seek_readv])
+def test_both_ways_of_reading_a_piece_read_the_same_bytes(tmp_path: Path, readv_at: Any) -> None:
+    if readv_at is None:
+        pytest.skip("os.preadv is not available on this platform")
     path = tmp_path / "piece"
     path.write_bytes(bytes(range(256)) * 4)
-    monkeypatch.setattr(dsprep.assemble, "_read_at", read_at)
     files = dsprep.assemble._Files([str(path)], capacity=1)
-    into = bytearray(10)
+    into, more = bytearray(10), bytearray(3)
     try:
-        files.read(0, memoryview(into), 300)
+        fd = files.fd(0)
+        assert readv_at(fd, [memoryview(into)], 300) == 10
         assert bytes(into) == bytes(range(44, 54))
-        files.read(0, memoryview(into)[:4], 1020)
-        assert bytes(into[:4]) == bytes(range(252, 256))
-        with pytest.raises(OSError, match="shorter than its layout says"):
-            files.read(0, memoryview(into), 1020)  # 4 bytes left, 10 wanted
+        assert readv_at(fd, [memoryview(into)[:4], memoryview(more)], 1017) == 7
+        assert bytes(into[:4]) == bytes(range(249, 253)) and bytes(more) == bytes(range(253, 256))
+        assert readv_at(fd, [memoryview(into)], 1020) == 4  # 4 bytes left, 10 wanted: a short read
+        assert files.fd(0) == fd  # kept open
     finally:
         files.close()
 

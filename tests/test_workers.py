@@ -222,24 +222,52 @@ def test_no_server_starts_early_for_one_worker_or_a_small_input(tmp_path: Path, 
     assert _launches(tmp_path, rows, workers) == []
 
 
-def test_the_server_start_leaves_pyarrows_pandas_import_to_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Starting the workers' server does not wait for pyarrow's pandas import (0.2 s before the first task)."""
-    import threading
-
+def test_the_server_start_leaves_pyarrows_pandas_import_until_the_workers_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Starting the workers' server does not warm pyarrow here: its pandas import (0.2 s of CPU) would run beside the
+    server's engine build, which the workers wait for; this process's first conversion does it once they run."""
     import dsprep.workers
 
-    release, finished = threading.Event(), threading.Event()
-
-    def slow_warm() -> None:
-        release.wait(5)
-        finished.set()
-
-    monkeypatch.setattr(dsprep.workers, "warm_pyarrow", slow_warm)
-    monkeypatch.setattr(dsprep.workers, "launch", lambda encoding: None)
+    warmed: list[str] = []
+    launched: list[Any] = []
+    monkeypatch.setattr(dsprep.workers, "warm_pyarrow", lambda: warmed.append("now"))
+    monkeypatch.setattr(dsprep.workers, "launch", launched.append)
     dsprep.workers.start_server(None)
-    assert not finished.is_set()  # it returned while the warm-up still runs
-    release.set()
-    assert finished.wait(5)
+    assert launched == [None] and warmed == []
+
+
+def test_a_worker_killed_while_it_sends_a_result_ends_the_run_rather_than_hanging_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker killed part way through sending its result leaves the executor's thread waiting for the rest of the
+    message, so the executor never sees the death: the wait for a result notices the dead worker itself (exit 12),
+    and stopping the pool ends that thread, which the interpreter's exit would otherwise wait for forever."""
+    import os
+    import signal
+    import struct
+    import time
+
+    import dsprep.workers
+    from dsprep.errors import WorkerDiedError
+    from dsprep.workers import worker_pool
+
+    monkeypatch.setattr(dsprep.workers, "WATCH_S", 0.05)
+    with worker_pool(2, None) as pool:
+        running = [pool.submit(time.sleep, 30) for _ in range(2)]  # a worker is started for each
+        processes = cast(Any, pool)._processes
+        deadline = time.monotonic() + 60
+        while len(processes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # what a worker killed mid-send leaves in the result pipe: a message's length, then only part of it
+        os.write(cast(Any, pool)._result_queue._writer.fileno(), struct.pack("!i", 1000) + b"\x80" * 10)
+        time.sleep(0.2)  # the executor's thread now waits for the other 990 bytes
+        os.kill(next(iter(processes)), signal.SIGKILL)
+        manager = cast(Any, pool)._executor_manager_thread
+        with pytest.raises(WorkerDiedError):
+            dsprep.workers._result(pool, (True, running[0]))
+    manager.join(10)
+    assert not manager.is_alive()
 
 
 def test_a_pool_broken_before_a_submit_ends_the_run_as_a_dead_worker() -> None:
