@@ -597,17 +597,22 @@ def _lost_worker(pool: Executor) -> bool:
     """Whether a worker process of `pool` has ended. The executor sees a death itself, except that of a worker killed
     while it sent a result: its thread then waits for the rest of that message, and no pending future ever ends."""
     try:
-        processes = list((getattr(pool, "_processes", None) or {}).values())
+        processes = _worker_processes(pool)
     except RuntimeError:  # changed size meanwhile (the executor's thread replaces workers only as it shuts down)
         return False
     return any(p.exitcode is not None for p in processes)
+
+
+def _worker_processes(pool: Executor) -> list[Any]:
+    """The worker processes of a process pool as it holds them now (none for another executor, or once shut down)."""
+    return list((getattr(pool, "_processes", None) or {}).values())
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
     """Stop the pool's workers, and the executor's thread even where a worker killed while it sent a result left that
     thread waiting for the rest of the message (it would hang the interpreter's exit, which joins it): with every
     worker gone, closing this process's end for writing results leaves that pipe without a writer, so the wait ends."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
+    processes = _worker_processes(pool)
     writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)  # before the shutdown lets go of it
     pool.shutdown(wait=False, cancel_futures=True)
     for p in processes:
