@@ -129,13 +129,19 @@ class _Locations:
     id_len: np.ndarray  # int32: bytes of its id
 
 
+def _offsets(column: pa.Array) -> np.ndarray:
+    """The int32 offsets of a list or string array, read from its buffer (`Array.to_numpy` would import pandas)."""
+    offsets = np.frombuffer(column.buffers()[1], np.int32)
+    return offsets[column.offset : column.offset + len(column) + 1]
+
+
 def _list_starts(column: pa.ListArray, base: int) -> tuple[np.ndarray, np.ndarray]:
     """The file offset of each row's first value in an int32 list column of a memory-mapped record batch, and each
     row's number of values."""
     values = column.values
     data = values.buffers()[1]
     assert column.null_count == 0 and values.type == pa.int32() and data is not None
-    offsets = column.offsets.to_numpy().astype(np.int64)
+    offsets = _offsets(column).astype(np.int64)
     return data.address - base + (values.offset + offsets[:-1]) * TOKEN_BYTES, np.diff(offsets)
 
 
@@ -152,7 +158,7 @@ def _locate_piece(path: Path, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarr
             ids_at, ids_len = _list_starts(batch.column("input_ids"), base)
             labels_at, labels_len = _list_starts(batch.column("labels"), base)
             names = batch.column("id")
-            offsets = np.frombuffer(names.buffers()[1], np.int32)[names.offset : names.offset + len(names) + 1]
+            offsets = _offsets(names)
             id_at = names.buffers()[2].address - base + offsets[:-1].astype(np.int64)
             parts.append((ids_at, labels_at, id_at, np.diff(offsets).astype(np.int32), ids_len, labels_len))
             del batch, names, offsets

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from dsprep.schema import PACKED
+from dsprep.schema import PACKED, int32_array
 
 __all__ = ["PackPlan", "PackReport", "materialize", "packed_table", "plan_packing"]
 
@@ -294,16 +294,16 @@ def packed_table(
     positions = _positions(example_lengths, len(flat_ids))
     example_offsets = np.concatenate([[0], np.cumsum(counts)])
     token_offsets = np.concatenate([[0], np.cumsum(example_lengths)])[example_offsets].astype(np.int32)
-    offsets = pa.array(token_offsets, pa.int32())
-    seq_offsets = pa.array(example_offsets.astype(np.int32), pa.int32())
+    offsets = int32_array(token_offsets)
+    seq_offsets = int32_array(example_offsets.astype(np.int32))
     return pa.Table.from_pydict(
         {
-            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids, pa.int32())),
-            "labels": pa.ListArray.from_arrays(offsets, pa.array(flat_labels, pa.int32())),
-            "position_ids": pa.ListArray.from_arrays(offsets, pa.array(positions, pa.int32())),
-            "seq_lens": pa.ListArray.from_arrays(seq_offsets, pa.array(example_lengths.astype(np.int32), pa.int32())),
+            "input_ids": pa.ListArray.from_arrays(offsets, int32_array(flat_ids)),
+            "labels": pa.ListArray.from_arrays(offsets, int32_array(flat_labels)),
+            "position_ids": pa.ListArray.from_arrays(offsets, int32_array(positions)),
+            "seq_lens": pa.ListArray.from_arrays(seq_offsets, int32_array(example_lengths.astype(np.int32))),
             "example_ids": pa.ListArray.from_arrays(seq_offsets, example_ids),
-            "num_tokens": pa.array(np.diff(token_offsets).astype(np.int32), pa.int32()),
+            "num_tokens": int32_array(np.diff(token_offsets).astype(np.int32)),
         },
         schema=PACKED,
     )

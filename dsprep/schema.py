@@ -20,6 +20,7 @@ record index otherwise), a stable ``id``, and ``extra``: every input field the f
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "TOKENIZED",
     "TOKENIZED_COLUMNS",
     "TOOL_CALL",
+    "int32_array",
 ]
 
 SCHEMA_VERSION = 1
@@ -89,6 +91,14 @@ NORMALIZED = pa.schema(
 NORMALIZED_COLUMNS = tuple(NORMALIZED.names)  # the names as a tuple: pyarrow builds `.names` anew on each access
 
 TOKENS = pa.list_(pa.int32())
+
+
+def int32_array(values: np.ndarray) -> pa.Array:
+    """An int32 Arrow array of `values`, over their memory where they are contiguous int32 already. (`pa.array` does the
+    same, but its first conversion in a process imports pandas: 0.2 s of CPU that no shard needs.)"""
+    values = np.ascontiguousarray(values, np.int32)
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
+
 
 # Tokenized rows (`dsprep convert --tokenizer`). Conversation, text and prompt-completion rows fill `input_ids` and
 # `labels` (-100 where not trained); preference rows fill `prompt_input_ids`, `chosen_input_ids`,

@@ -60,7 +60,7 @@ def parquet_options(schema: pa.Schema) -> dict[str, Any]:
     """Parquet encoding for a shard schema: dictionary pages except for `PLAIN_COLUMNS`, statistics for scalar
     columns only (min/max of a list's elements helps no reader), zstd."""
     buffer = pa.BufferOutputStream()
-    pq.write_table(schema.empty_table(), buffer)
+    pq.write_table(pa.Table.from_batches([], schema), buffer)  # (`empty_table` would import pandas)
     leaves = pq.ParquetFile(pa.BufferReader(buffer.getvalue())).schema
     paths = [leaves.column(i).path for i in range(len(leaves))]
     return {

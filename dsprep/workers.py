@@ -39,7 +39,7 @@ import pyarrow as pa
 from dsprep.errors import RowError, WorkerDiedError
 from dsprep.lines import LineSlice
 from dsprep.normalize import normalize_record, row_id
-from dsprep.schema import NORMALIZED, TOKENIZED, TOKENS
+from dsprep.schema import NORMALIZED, TOKENIZED, TOKENS, int32_array
 from dsprep.server import cgroup_cpus, context, default_workers, launch, preload_encoder
 from dsprep.sources import Record
 from dsprep.specs import FormatSpec
@@ -299,8 +299,9 @@ def _token_column(values: list[np.ndarray | None]) -> pa.Array:
     np.cumsum(lengths, out=offsets[1:])
     present = [v for v in values if v is not None]
     flat = np.concatenate(present).astype(np.int32, copy=False) if present else np.zeros(0, np.int32)
-    items = pa.Array.from_buffers(pa.int32(), len(flat), [None, pa.py_buffer(flat)])
-    return pa.Array.from_buffers(TOKENS, len(values), [_validity(values), pa.py_buffer(offsets)], children=[items])
+    return pa.Array.from_buffers(
+        TOKENS, len(values), [_validity(values), pa.py_buffer(offsets)], children=[int32_array(flat)]
+    )
 
 
 def _plain_column(values: list[Any], kind: pa.DataType) -> pa.Array | None:
@@ -448,9 +449,6 @@ def _work(task: Task) -> BatchResult:
 def start_server(spec: EncodeSpec | None) -> None:
     """Start the fork server now, so it loads the encoder while this process does its own start-up work."""
     launch(None if spec is None else asdict(spec))
-    # pyarrow's first conversion in this process imports pandas (`warm_pyarrow`): it comes with the first result,
-    # while the workers run; done now on a thread, it would take CPU from the server's engine build, which the
-    # workers wait for (0.2 s later on two cores)
 
 
 def warm_pyarrow() -> None:
