@@ -19,6 +19,7 @@ import click
 from dsprep.config import MAX_SEED, MAX_TOKENS, parse_fraction
 from dsprep.config import parse_size as _parse_size
 from dsprep.errors import DsprepError
+from dsprep.server import quiet_blas
 from dsprep.version import __version__
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="dsprep")
 def main() -> None:
     """dsprep: turn raw fine-tuning files into verified, normalized Parquet shards."""
+    quiet_blas()  # before numpy is imported
     for stream in (sys.stdout, sys.stderr):  # a character the locale's encoding lacks ('→' in Latin-1): an escape
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:

@@ -33,6 +33,7 @@ __all__ = [
     "engine_for",
     "launch",
     "preload_encoder",
+    "quiet_blas",
     "wants_fastokens",
     "wants_server",
 ]
@@ -42,6 +43,9 @@ PRELOAD = ["dsprep.forkserver"]  # imported once by the fork server, before it f
 PRELOAD_ENV = "DSPREP_FORKSERVER_ENCODER"
 SERVER_MIN_BYTES = 1 << 20  # smaller inputs rarely make more than one task: no worker process is started early
 ENGINE_ENV = "DSPREP_ENCODER_ENGINE"  # "fastokens" or "tiktoken": the engine a run encodes with (unset: fastokens)
+# numpy's BLAS library starts a thread per core when numpy is imported, and they spin for about 0.1 s of CPU in all
+# before they sleep; dsprep multiplies no matrices, so its processes keep BLAS to one thread (unless told otherwise)
+QUIET_BLAS = {"OPENBLAS_NUM_THREADS": "1"}
 # smaller inputs are encoded by tiktoken: they take less time than fastokens takes to build (0.7 s; `dsprep.ordinary`)
 FASTOKENS_MIN_BYTES = 8 << 20
 
@@ -103,19 +107,30 @@ def context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")  # pragma: no cover - not on Linux
 
 
+def quiet_blas() -> None:
+    """Keep numpy's BLAS to one thread in this process, and the processes it starts, unless the environment says how
+    many it has (`QUIET_BLAS`); in effect where numpy is not imported yet."""
+    for name, value in QUIET_BLAS.items():
+        os.environ.setdefault(name, value)
+
+
 @contextlib.contextmanager
 def preload_encoder(encoding: Mapping[str, Any] | None) -> Iterator[None]:
-    """Name the encoder (an `EncodeSpec`'s fields) for a fork server started meanwhile to load before it forks."""
-    before = os.environ.get(PRELOAD_ENV)
+    """Name the encoder (an `EncodeSpec`'s fields) for a fork server started meanwhile to load before it forks, and
+    keep numpy's BLAS to one thread there (`QUIET_BLAS`)."""
+    told = {name: value for name, value in QUIET_BLAS.items() if name not in os.environ}
     if encoding is not None:
-        os.environ[PRELOAD_ENV] = orjson.dumps(dict(encoding)).decode()
+        told[PRELOAD_ENV] = orjson.dumps(dict(encoding)).decode()
+    before = {name: os.environ.get(name) for name in told}
+    os.environ.update(told)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(PRELOAD_ENV, None)
-        else:
-            os.environ[PRELOAD_ENV] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def launch(encoding: Mapping[str, Any] | None) -> None:

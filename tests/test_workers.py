@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -182,6 +183,52 @@ print("pandas" in sys.modules)
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
+
+
+BLAS_THREADS = """
+import os, sys
+def threads(pid="self"):  # those that go by the process's name (BLAS's do; pyarrow's allocator's has its own)
+    names = [open(f"/proc/{pid}/task/{t}/comm").read() for t in os.listdir(f"/proc/{pid}/task")]
+    return names.count(open(f"/proc/{pid}/comm").read())
+"""
+
+
+def _blas_probe(script: str) -> int:
+    """Run `script` (after `BLAS_THREADS`) in a fresh process whose environment does not set numpy's BLAS threads;
+    its printed thread count."""
+    if not Path("/proc/self/task").is_dir() or (os.cpu_count() or 1) < 2:
+        pytest.skip("counts threads in /proc, which numpy's BLAS starts only where there are two cores or more")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", BLAS_THREADS + script], capture_output=True, text=True, env=env,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.split()[-1])
+
+
+def test_the_command_line_imports_numpy_without_blas_threads() -> None:
+    """numpy's BLAS starts a thread per core at import and they spin for about 0.1 s of CPU: dsprep multiplies no
+    matrices, so its command keeps BLAS to one thread (numpy alone, as a check of the probe, starts more)."""
+    assert _blas_probe("import numpy\nprint(threads())") > 1
+    script = "from dsprep.cli import main\nmain(['formats'], standalone_mode=False)\nimport numpy\nprint(threads())"
+    assert _blas_probe(script) == 1
+
+
+def test_the_workers_server_starts_with_blas_kept_to_one_thread() -> None:
+    """The fork server imports numpy before it forks any worker: it starts with BLAS kept to one thread (its workers
+    inherit that), whatever the calling process's environment, which is left as it was. (Its BLAS threads cannot be
+    counted once it has forked: BLAS stops them before each fork.)"""
+    script = """
+from multiprocessing import forkserver
+from dsprep.server import context, launch
+launch(None)
+worker = context().Process(target=os.getpid)  # forked once the server runs (its environment then readable)
+worker.start()
+worker.join()
+told = open(f"/proc/{forkserver._forkserver._forkserver_pid}/environ", "rb").read().split(b"\\0")
+assert "OPENBLAS_NUM_THREADS" not in os.environ
+print(told.count(b"OPENBLAS_NUM_THREADS=1"))
+"""
+    assert _blas_probe(script) == 1
 
 
 def _launches(tmp_path: Path, rows: int, workers: str) -> list[Any]:
