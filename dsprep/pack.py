@@ -295,15 +295,15 @@ def packed_table(
     example_offsets = np.concatenate([[0], np.cumsum(counts)])
     token_offsets = np.concatenate([[0], np.cumsum(example_lengths)])[example_offsets].astype(np.int32)
     offsets = int32_array(token_offsets)
-    seq_offsets = int32_array(example_offsets.astype(np.int32))
+    seq_offsets = int32_array(example_offsets)
     return pa.Table.from_pydict(
         {
             "input_ids": pa.ListArray.from_arrays(offsets, int32_array(flat_ids)),
             "labels": pa.ListArray.from_arrays(offsets, int32_array(flat_labels)),
             "position_ids": pa.ListArray.from_arrays(offsets, int32_array(positions)),
-            "seq_lens": pa.ListArray.from_arrays(seq_offsets, int32_array(example_lengths.astype(np.int32))),
+            "seq_lens": pa.ListArray.from_arrays(seq_offsets, int32_array(example_lengths)),
             "example_ids": pa.ListArray.from_arrays(seq_offsets, example_ids),
-            "num_tokens": int32_array(np.diff(token_offsets).astype(np.int32)),
+            "num_tokens": int32_array(np.diff(token_offsets)),
         },
         schema=PACKED,
     )

@@ -298,7 +298,7 @@ def _token_column(values: list[np.ndarray | None]) -> pa.Array:
     offsets = np.zeros(len(values) + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
     present = [v for v in values if v is not None]
-    flat = np.concatenate(present).astype(np.int32, copy=False) if present else np.zeros(0, np.int32)
+    flat = np.concatenate(present) if present else np.zeros(0, np.int32)
     return pa.Array.from_buffers(
         TOKENS, len(values), [_validity(values), pa.py_buffer(offsets)], children=[int32_array(flat)]
     )
