@@ -5,7 +5,10 @@ Errors are one line on stderr and an exit code (see README, "Exit codes"); set D
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
+import gc
 import importlib
 import os
 import sys
@@ -94,11 +97,21 @@ class _Group(click.Group):
             ctx.exit(1)
 
 
+@functools.lru_cache(maxsize=1)
+def _exit_uncollected() -> None:
+    """At exit, freeze the objects left (`gc.freeze`) so that the interpreter's last garbage collections skip them:
+    after a convert they walked the tokenizer's and the run's millions of objects for about 0.3 s, only to free memory
+    that the exit frees anyway. The other exit handlers run as before: this only takes objects out of the collector's
+    reach."""
+    atexit.register(gc.freeze)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dsprep")
 def main() -> None:
     """dsprep: turn raw fine-tuning files into verified, normalized Parquet shards."""
     quiet_blas()  # before numpy is imported
+    _exit_uncollected()
     for stream in (sys.stdout, sys.stderr):  # a character the locale's encoding lacks ('→' in Latin-1): an escape
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:

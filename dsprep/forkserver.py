@@ -15,6 +15,7 @@ import signal
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # first: Ctrl-C is the convert's to handle, also during these imports
 
 import contextlib  # noqa: E402
+import gc  # noqa: E402
 import os  # noqa: E402
 
 import orjson  # noqa: E402
@@ -42,3 +43,4 @@ if _preload is not None:
             fast.ordinary.wait()  # built before forking: its thread would not live on in the forked workers
 else:  # workers then build tables of normalized rows through pyarrow's conversion, which imports pandas
     warm_pyarrow()
+gc.freeze()  # what the server built is shared by its workers: their collectors, and the server's exit, skip it

@@ -101,6 +101,16 @@ class OrdinaryEncoder:
             write_atomic(kept, json.dumps(ids).encode())
         return ids
 
+    @contextlib.contextmanager
+    def tiktoken_only(self) -> Iterator[None]:
+        """Encode with tiktoken in the block, starting no build (fastokens, where it is built already, still
+        encodes): for a process that encodes while another builds the engine it will use."""
+        started, self._started = self._started, True
+        try:
+            yield
+        finally:
+            self._started = started
+
     def wait(self) -> str:
         """Build fastokens (where it is installed) and wait until it is ready; the engine that encodes from now on."""
         self._start()

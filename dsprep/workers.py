@@ -25,6 +25,7 @@ import itertools
 import os
 import signal
 import sys
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -509,20 +510,99 @@ def ordered_results(
                     previous = sink(result) if sink else result
                 yield previous
         return
+    completed = (lambda t: done(t.seq)) if done else None
     with _pool(workers, stage.encoding, _init, (stage, sink)) as pool:
-        yield from in_order(pool, _work, tasks, workers * AHEAD, done=(lambda t: done(t.seq)) if done else None)
+        started, tasks = _while_starting(pool, stage, tasks, workers, sink=sink, done=completed)
+        yield from in_order(pool, _work, tasks, workers * AHEAD, done=completed, started=started)
+
+
+Entry = tuple[bool, Any]  # (submitted, its future or its result)
+
+
+def _while_starting(
+    pool: Executor,
+    stage: Stage,
+    tasks: Iterator[Task],
+    workers: int,
+    *,
+    sink: Sink | None,
+    done: Callable[[Task], BatchResult | None] | None,
+) -> tuple[list[Entry], Iterator[Task]]:
+    """Start the pool's workers with its first `workers` tasks, and meanwhile process the tasks after them in this
+    process, until the workers have started; the entries of the tasks taken, in order, and the tasks left.
+
+    Workers wait for the fork server to load the encoder (building its fastokens engine takes 1–2 s, and a server
+    started only now also imports dsprep first): this process, idle until then, encodes meanwhile with tiktoken (no
+    engine of its own to build), as one worker does while its engine builds. The results are the same either way.
+    """
+    if stage.encoding is None or context().get_start_method() != "forkserver":
+        return [], tasks
+    start_server(stage.encoding)  # from this thread, not the starter: the server dies with the thread that started it
+    first = list(itertools.islice(tasks, workers))
+    entries: list[Entry] = []
+    failed: list[BaseException] = []
+    started = threading.Event()
+
+    def start() -> None:
+        try:
+            for task in first:  # the first submissions start the worker processes (returning once they are forked)
+                previous = done(task) if done else None
+                entries.append((False, previous) if previous is not None else (True, _submit(pool, _work, task)))
+        except BaseException as exc:  # raised where the tasks are waited for
+            failed.append(exc)
+        finally:
+            started.set()
+
+    starter = threading.Thread(target=start, name="dsprep-start-workers", daemon=True)
+    starter.start()
+    inline: list[Entry] = []
+    fast = encoder_for(stage.encoding).fast
+    _serial_tokenizer()
+    try:
+        with fast.ordinary.tiktoken_only() if fast is not None else contextlib.nullcontext():
+            for task in _until(started, tasks):
+                previous = done(task) if done else None
+                if previous is None:
+                    result = process(stage, task)
+                    previous = sink(result) if sink else result
+                inline.append((False, previous))
+    finally:
+        starter.join()
+    if failed:
+        raise failed[0]
+    return entries + inline, tasks
+
+
+def _until(event: threading.Event, items: Iterator[T]) -> Iterator[T]:
+    """`items` until `event` is set (checked before each one is taken); those left stay in `items`."""
+    while not event.is_set():
+        item = next(items, None)
+        if item is None:
+            return
+        yield item
 
 
 def in_order(
-    pool: Executor, fn: Callable[[T], R], items: Iterable[T], limit: int, *, done: Callable[[T], R | None] | None = None
+    pool: Executor,
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    limit: int,
+    *,
+    done: Callable[[T], R | None] | None = None,
+    started: Sequence[Entry] = (),
 ) -> Iterator[R]:
     """`fn(item)` for each item on `pool`, at most `limit` in flight, yielded in the items' order (whichever finishes
-    first). done(item) may return an item's result already computed; such an item is not submitted."""
-    pending: deque[tuple[bool, Any]] = deque()  # (submitted, its future or its result)
+    first). done(item) may return an item's result already computed; such an item is not submitted. started: the
+    entries of items taken before these, submitted or done, to be yielded first."""
+    pending: deque[Entry] = deque(started)
+    in_flight = sum(submitted for submitted, _ in pending)
     for item in items:
         previous = done(item) if done else None
         pending.append((False, previous) if previous is not None else (True, _submit(pool, fn, item)))
-        while len(pending) >= limit or (pending and not pending[0][0]):
+        in_flight += previous is None
+        while in_flight >= limit or len(pending) >= limit * AHEAD or (pending and not pending[0][0]):
+            submitted, _ = pending[0]
+            in_flight -= submitted
             yield _result(pool, pending.popleft())
     while pending:
         yield _result(pool, pending.popleft())

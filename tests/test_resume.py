@@ -120,9 +120,10 @@ def test_a_killed_worker_ends_the_run_in_one_line_and_the_rerun_resumes(tmp_path
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     folder = out / ".dsprep-staging" / "pieces"
     deadline = time.monotonic() + 300
-    while len(list(folder.glob("*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    workers: list[int] = []  # the fork server's children (the convert itself completes pieces until they start)
+    while (len(list(folder.glob("*.json"))) < 2 or not workers) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    workers = [w for child in _children(proc.pid) for w in _children(child)]  # the fork server's children
+        workers = [w for child in _children(proc.pid) for w in _children(child)]
     if proc.poll() is not None or not workers:
         proc.kill()
         pytest.fail("the convert finished before a worker could be killed; make the input larger")

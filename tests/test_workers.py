@@ -333,3 +333,60 @@ def test_a_pool_broken_before_a_submit_ends_the_run_as_a_dead_worker() -> None:
     with pytest.raises(WorkerDiedError) as died:
         list(in_order(Broken(), str, [1, 2], 4))
     assert died.value.exit_code == 12
+
+
+def test_the_convert_process_encodes_while_the_workers_start_and_the_results_stay_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Until the fork server has loaded the encoder and forked the workers, the convert process encodes the tasks
+    after the first two itself (the workers take those two once started): every result, wherever it was computed,
+    equals `process`'s own and comes in task order."""
+    import multiprocessing
+    import time
+    from collections.abc import Iterator
+
+    import dsprep.workers
+    from dsprep.sources import Record
+    from dsprep.specs import load_spec
+    from dsprep.workers import EncodeSpec, SourceInput, Stage, Task, ordered_results, process
+
+    spec = EncodeSpec("mistral:tekken", "chatml", "assistant", None, "drop")
+    stage = Stage((SourceInput("c.jsonl", "c.jsonl", True, load_spec("openai")),), spec, True)
+    lines = [
+        orjson.dumps({"messages": [{"role": "user", "content": f"question {i} " * (1 + i % 7)},
+                                   {"role": "assistant", "content": f"answer {i} " * (1 + i % 5)}]})
+        for i in range(240)
+    ] + [b"not json"]  # fmt: skip
+    tasks = [
+        Task(seq, 0, [Record(row, None, lines[row], pending=True) for row in range(seq * 8, min(seq * 8 + 8, 241))])
+        for seq in range(31)
+    ]
+
+    def arriving() -> Iterator[Task]:
+        """The tasks, those after the first four only once both workers have started (the tasks read meanwhile are
+        this process's to encode), so that both kinds of result are certain to be there."""
+        for task in tasks:
+            if task.seq == 4:
+                deadline = time.monotonic() + 300
+                while len(multiprocessing.active_children()) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(0.2)
+            yield task
+
+    here: list[int] = []
+
+    def counted(stage: Stage, task: Task) -> dsprep.workers.BatchResult:
+        here.append(task.seq)  # the workers, forked from the server, run the unpatched function
+        return process(stage, task)
+
+    monkeypatch.setattr(dsprep.workers, "process", counted)
+    results = list(ordered_results(stage, arriving(), 2))
+    assert [r.seq for r in results] == list(range(31))
+    assert 2 <= len(here) < 31 and set(here) <= set(range(2, 31)) and {2, 3} <= set(here)
+    for result, task in zip(results, tasks, strict=True):
+        expected = process(stage, task)
+        assert result.table is not None and expected.table is not None
+        assert result.table.equals(expected.table)
+        assert (result.rejects, list(result.lengths), result.rows_kept) == (
+            expected.rejects, list(expected.lengths), expected.rows_kept)  # fmt: skip
+    assert results[-1].rejects and results[-1].rows_kept == 0
