@@ -341,7 +341,7 @@ def test_the_convert_process_encodes_while_the_workers_start_and_the_results_sta
     """Until the fork server has loaded the encoder and forked the workers, the convert process encodes the tasks
     after the first two itself (the workers take those two once started): every result, wherever it was computed,
     equals `process`'s own and comes in task order."""
-    import multiprocessing
+    import threading
     import time
     from collections.abc import Iterator
 
@@ -362,15 +362,25 @@ def test_the_convert_process_encodes_while_the_workers_start_and_the_results_sta
         for seq in range(31)
     ]
 
+    # the workers start only once this process has taken tasks 2 and 3 for itself (whether or not a fork server runs
+    # already), and task 4 comes once they have started: tasks 5 on are theirs, with 0 and 1
+    taken = threading.Event()
+    submitted: list[Any] = []
+    submit = dsprep.workers._submit
+
+    def gated(pool: Any, fn: Any, item: Any) -> Any:
+        taken.wait(60)  # (without the convert process's own part, in vain)
+        submitted.append(submit(pool, fn, item))
+        return submitted[-1]
+
     def arriving() -> Iterator[Task]:
-        """The tasks, those after the first four only once both workers have started (the tasks read meanwhile are
-        this process's to encode), so that both kinds of result are certain to be there."""
         for task in tasks:
             if task.seq == 4:
+                taken.set()
                 deadline = time.monotonic() + 300
-                while len(multiprocessing.active_children()) < 2 and time.monotonic() < deadline:
+                while len(submitted) < 2 and time.monotonic() < deadline:
                     time.sleep(0.01)
-                time.sleep(0.2)
+                time.sleep(0.1)
             yield task
 
     here: list[int] = []
@@ -380,9 +390,10 @@ def test_the_convert_process_encodes_while_the_workers_start_and_the_results_sta
         return process(stage, task)
 
     monkeypatch.setattr(dsprep.workers, "process", counted)
+    monkeypatch.setattr(dsprep.workers, "_submit", gated)
     results = list(ordered_results(stage, arriving(), 2))
     assert [r.seq for r in results] == list(range(31))
-    assert 2 <= len(here) < 31 and set(here) <= set(range(2, 31)) and {2, 3} <= set(here)
+    assert here == [2, 3, 4]
     for result, task in zip(results, tasks, strict=True):
         expected = process(stage, task)
         assert result.table is not None and expected.table is not None
