@@ -500,23 +500,36 @@ def ordered_results(
     tasks = iter(tasks)
     head = list(itertools.islice(tasks, 2))
     tasks = itertools.chain(head, tasks)
+    completed = (lambda t: done(t.seq)) if done else None
     if workers <= 1 or len(head) < 2:
         _serial_tokenizer()
         with _settled(stage.encoding):
             for task in tasks:
-                previous = done(task.seq) if done else None
-                if previous is None:
-                    result = process(stage, task)
-                    previous = sink(result) if sink else result
-                yield previous
+                yield _here(stage, task, sink, completed)
         return
-    completed = (lambda t: done(t.seq)) if done else None
     with _pool(workers, stage.encoding, _init, (stage, sink)) as pool:
         started, tasks = _while_starting(pool, stage, tasks, workers, sink=sink, done=completed)
         yield from in_order(pool, _work, tasks, workers * AHEAD, done=completed, started=started)
 
 
 Entry = tuple[bool, Any]  # (submitted, its future or its result)
+
+
+def _here(
+    stage: Stage, task: Task, sink: Sink | None, done: Callable[[Task], BatchResult | None] | None
+) -> BatchResult:
+    """A task's result computed in this process (after `sink`), or the one `done` has for it already."""
+    previous = done(task) if done else None
+    if previous is None:
+        result = process(stage, task)
+        previous = sink(result) if sink else result
+    return previous
+
+
+def _entry(pool: Executor, fn: Callable[[T], R], item: T, done: Callable[[T], R | None] | None) -> Entry:
+    """An item's entry: the result `done` has for it already, else its future from `pool`."""
+    previous = done(item) if done else None
+    return (False, previous) if previous is not None else (True, _submit(pool, fn, item))
 
 
 def _while_starting(
@@ -546,8 +559,7 @@ def _while_starting(
     def start() -> None:
         try:
             for task in first:  # the first submissions start the worker processes (returning once they are forked)
-                previous = done(task) if done else None
-                entries.append((False, previous) if previous is not None else (True, _submit(pool, _work, task)))
+                entries.append(_entry(pool, _work, task, done))
         except BaseException as exc:  # raised where the tasks are waited for
             failed.append(exc)
         finally:
@@ -560,12 +572,7 @@ def _while_starting(
     _serial_tokenizer()
     try:
         with fast.ordinary.tiktoken_only() if fast is not None else contextlib.nullcontext():
-            for task in _until(started, tasks):
-                previous = done(task) if done else None
-                if previous is None:
-                    result = process(stage, task)
-                    previous = sink(result) if sink else result
-                inline.append((False, previous))
+            inline.extend((False, _here(stage, task, sink, done)) for task in _until(started, tasks))
     finally:
         starter.join()
     if failed:
@@ -575,11 +582,12 @@ def _while_starting(
 
 def _until(event: threading.Event, items: Iterator[T]) -> Iterator[T]:
     """`items` until `event` is set (checked before each one is taken); those left stay in `items`."""
+    end = object()
     while not event.is_set():
-        item = next(items, None)
-        if item is None:
+        item = next(items, end)
+        if item is end:
             return
-        yield item
+        yield cast(T, item)
 
 
 def in_order(
@@ -597,9 +605,8 @@ def in_order(
     pending: deque[Entry] = deque(started)
     in_flight = sum(submitted for submitted, _ in pending)
     for item in items:
-        previous = done(item) if done else None
-        pending.append((False, previous) if previous is not None else (True, _submit(pool, fn, item)))
-        in_flight += previous is None
+        pending.append(_entry(pool, fn, item, done))
+        in_flight += pending[-1][0]
         while in_flight >= limit or len(pending) >= limit * AHEAD or (pending and not pending[0][0]):
             submitted, _ = pending[0]
             in_flight -= submitted
