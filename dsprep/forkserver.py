@@ -17,10 +17,22 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)  # first: Ctrl-C is the convert's t
 import contextlib  # noqa: E402
 import gc  # noqa: E402
 import os  # noqa: E402
+import sys  # noqa: E402
+from types import TracebackType  # noqa: E402
 
 import orjson  # noqa: E402
 
 from dsprep.server import PRELOAD_ENV, wants_fastokens  # noqa: E402
+
+
+def _quiet_end(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    """End the server without a traceback where a worker's start was cut short (its convert closed the request when
+    another worker died, and reports that death in one line); anything else as Python would."""
+    if not issubclass(kind, (EOFError, ConnectionError)):
+        sys.__excepthook__(kind, value, tb)
+
+
+sys.excepthook = _quiet_end
 
 _preload = orjson.loads(os.environ[PRELOAD_ENV]) if os.environ.get(PRELOAD_ENV) else None
 if _preload is not None and wants_fastokens():

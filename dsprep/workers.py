@@ -655,11 +655,17 @@ def _died() -> WorkerDiedError:
 
 
 def _submit(pool: Executor, fn: Callable[[T], R], item: T) -> Any:
-    """`pool.submit`, which raises BrokenProcessPool itself once the pool has seen a worker die."""
+    """`pool.submit`, which raises BrokenProcessPool itself once the pool has seen a worker die. A submit may also
+    start a worker: where another one dies meanwhile, the executor's thread closes the pipes being handed to the new
+    one, and the start fails with an OSError, which is the same death."""
     try:
         return pool.submit(fn, item)
     except BrokenProcessPool:
         raise _died() from None
+    except OSError:
+        if getattr(pool, "_broken", False) or _lost_worker(pool):
+            raise _died() from None
+        raise
 
 
 def _result(pool: Executor, entry: tuple[bool, Any]) -> Any:

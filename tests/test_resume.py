@@ -120,11 +120,15 @@ def test_a_killed_worker_ends_the_run_in_one_line_and_the_rerun_resumes(tmp_path
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     folder = out / ".dsprep-staging" / "pieces"
     deadline = time.monotonic() + 300
-    workers: list[int] = []  # the fork server's children (the convert itself completes pieces until they start)
-    while (len(list(folder.glob("*.json"))) < 2 or not workers) and proc.poll() is None and time.monotonic() < deadline:
+    # the fork server's children, both started (the convert itself completes pieces until they are): a worker killed
+    # while the other one is being started takes the fork server down with it, a case of its own
+    workers: list[int] = []
+    while (len(list(folder.glob("*.json"))) < 2 or len(workers) < 2) and proc.poll() is None:
+        if time.monotonic() > deadline:
+            break
         time.sleep(0.05)
         workers = [w for child in _children(proc.pid) for w in _children(child)]
-    if proc.poll() is not None or not workers:
+    if proc.poll() is not None or len(workers) < 2:
         proc.kill()
         pytest.fail("the convert finished before a worker could be killed; make the input larger")
     os.kill(workers[0], signal.SIGKILL)

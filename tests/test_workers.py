@@ -401,3 +401,46 @@ def test_the_convert_process_encodes_while_the_workers_start_and_the_results_sta
         assert (result.rejects, list(result.lengths), result.rows_kept) == (
             expected.rejects, list(expected.lengths), expected.rows_kept)  # fmt: skip
     assert results[-1].rejects and results[-1].rows_kept == 0
+
+
+def test_a_worker_dying_while_another_starts_ends_the_run_as_a_dead_worker() -> None:
+    """The executor marks itself broken, then closes the pipes a worker being started is handed: that start's
+    OSError is the dead-worker error (exit 12), not an internal error; an OSError of a sound pool stays itself."""
+    import errno
+    from concurrent.futures import Executor
+
+    from dsprep.errors import WorkerDiedError
+    from dsprep.workers import in_order
+
+    class Starting(Executor):
+        def __init__(self, broken: bool) -> None:
+            self._broken = broken
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+
+    with pytest.raises(WorkerDiedError) as died:
+        list(in_order(Starting(True), str, [1, 2], 4))
+    assert died.value.exit_code == 12
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        list(in_order(Starting(False), str, [1, 2], 4))
+
+
+def test_a_worker_start_cut_short_ends_the_fork_server_without_a_traceback() -> None:
+    """A start request whose convert closes it half-sent (another worker died meanwhile) ends the fork server quietly:
+    the convert's one-line error is all its stderr shows."""
+    script = """
+import os, socket, time
+from multiprocessing import forkserver
+from dsprep.server import launch
+launch(None)
+server = forkserver._forkserver
+with socket.socket(socket.AF_UNIX) as request:  # a start request closed before the worker's pipes were sent
+    request.connect(server._forkserver_address)
+deadline = time.monotonic() + 60
+while (ended := os.waitpid(server._forkserver_pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(os.waitstatus_to_exitcode(ended[1]) if ended[0] else "running")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "1", "")
