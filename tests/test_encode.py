@@ -389,12 +389,12 @@ REPEATED = [_msg("user", "Say OK"), _msg("assistant", "OK"), _msg("user", "again
 def test_an_untrained_turn_is_never_taken_for_a_later_one_with_the_same_text(
     marker_tokenizer: str, template: str, options: EncodeOptions, messages: list[dict[str, Any]], trained: list[bool]
 ) -> None:
-    from oracles import prefix_oracle_labels
+    from oracles import Renders, prefix_oracle_labels
 
     loaded = load_tokenizer(marker_tokenizer)
     chat = load_template(template)
     [[out]] = Encoder(loaded, chat, options).encode([_row(messages)])
-    expected = prefix_oracle_labels(loaded.tokenizer, chat.text, template_messages(messages), None, trained)
+    expected = prefix_oracle_labels(Renders(loaded.tokenizer, chat.text, template_messages(messages), None), trained)
     assert list(out["input_ids"]) == reference_ids(loaded.tokenizer, chat.text, template_messages(messages), None)
     assert list(out["labels"]) == expected
 

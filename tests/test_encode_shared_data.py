@@ -22,7 +22,7 @@ from dsprep.errors import RowError
 from dsprep.pipeline import convert
 from dsprep.templates import load_template, template_messages, template_tools
 from dsprep.tokenizers import load_tokenizer
-from oracles import generation_mask, prefix_oracle_labels, prefix_renders_are_prefixes, reference_ids
+from oracles import Renders, prefix_oracle_labels, prefix_renders_are_prefixes
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
@@ -96,14 +96,14 @@ def test_ids_and_labels_match_transformers(conversations, tokenizer_name: str, t
             continue
         [out] = result
         messages, tools = template_messages(row["messages"]), template_tools(row["tools"])
-        ids = reference_ids(tok, template.text, messages, tools)
-        assert list(out["input_ids"]) == ids, where
+        renders = Renders(tok, template.text, messages, tools)
         mask = [int(label != -100) for label in out["labels"]]
-        if has_tags:
-            assert mask == generation_mask(tok, template.text, messages, tools), where
+        if has_tags:  # (before the ids: the mask's call gives them)
+            assert mask == renders.generation_mask, where
             stats["generation"] += 1
-        if prefix_renders_are_prefixes(tok, template.text, messages, tools):
-            oracle = prefix_oracle_labels(tok, template.text, messages, tools, _trained(row["messages"]))
+        assert list(out["input_ids"]) == renders.ids, where
+        if prefix_renders_are_prefixes(renders):
+            oracle = prefix_oracle_labels(renders, _trained(row["messages"]))
             assert list(out["labels"]) == oracle, where
             stats["oracle"] += 1
         else:
