@@ -125,6 +125,12 @@ def _shared_limits_kept(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         assert templates._environment(track_generation).render_seconds == RENDER_SECONDS
 
 
+def _shorter_limit(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Shorten the time limit of the environments every render shares (with and without generation tracking)."""
+    for track_generation in (False, True):
+        monkeypatch.setattr(templates._environment(track_generation), "render_seconds", seconds)
+
+
 @pytest.fixture(autouse=True)
 def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DSPREP_SECRET", SECRET)
@@ -148,7 +154,7 @@ def test_sandbox_refuses_payload(name: str, text: str, bomb: bool) -> None:
 
 @pytest.mark.parametrize(("name", "text", "bomb"), PAYLOADS, ids=[p[0] for p in PAYLOADS])
 def test_templates_render_refuses_payload(monkeypatch: pytest.MonkeyPatch, name: str, text: str, bomb: bool) -> None:
-    monkeypatch.setattr(templates._environment(), "render_seconds", 2.0)
+    _shorter_limit(monkeypatch, 2.0)
     template = templates.ChatTemplate(name, text, "test")
     _assert_refused(lambda: templates.render(template, MESSAGES), name)
 
@@ -156,7 +162,7 @@ def test_templates_render_refuses_payload(monkeypatch: pytest.MonkeyPatch, name:
 @pytest.mark.parametrize(("name", "text", "bomb"), PAYLOADS, ids=[p[0] for p in PAYLOADS])
 def test_tokenizer_template_refuses_payload(monkeypatch: pytest.MonkeyPatch, name: str, text: str, bomb: bool) -> None:
     """A tokenizer's own chat_template takes the same path (`load_template('tokenizer', text)`)."""
-    monkeypatch.setattr(templates._environment(), "render_seconds", 2.0)
+    _shorter_limit(monkeypatch, 2.0)
     # refused when loaded (a syntax error) or when rendered
     _assert_refused(lambda: templates.render(templates.load_template("tokenizer", text), MESSAGES), "tokenizer")
 
@@ -385,8 +391,7 @@ def test_a_template_that_hangs_stops_a_convert_at_its_first_time_out(
     from dsprep.errors import TemplateTimeoutError
 
     make_error = templates._render_error
-    for track_generation in (False, True):
-        monkeypatch.setattr(templates._environment(track_generation), "render_seconds", 0.5)
+    _shorter_limit(monkeypatch, 0.5)
 
     timeouts: list[TemplateError] = []
 
@@ -420,8 +425,7 @@ def test_a_row_whose_render_runs_out_of_time_stops_the_convert(monkeypatch: pyte
     row, so that the same inputs never give different outputs on a busy machine."""
     from dsprep.cli import main
 
-    for track_generation in (False, True):
-        monkeypatch.setattr(templates._environment(track_generation), "render_seconds", 0.5)
+    _shorter_limit(monkeypatch, 0.5)
     templates._compile.cache_clear()
     slow = tmp_path / "slow.jinja"
     slow.write_text("{% for m in messages %}{% if m.content == 'SLOW' %}{% for i in range(99999) %}"
