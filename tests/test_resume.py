@@ -123,9 +123,11 @@ def test_a_killed_worker_ends_the_run_in_one_line_and_the_rerun_resumes(tmp_path
     # the fork server's children, both started (the convert itself completes pieces until they are): a worker killed
     # while the other one is being started takes the fork server down with it, a case of its own
     workers: list[int] = []
-    while (len(list(folder.glob("*.json"))) < 2 or len(workers) < 2) and proc.poll() is None:
-        if time.monotonic() > deadline:
-            break
+    while (
+        (len(list(folder.glob("*.json"))) < 2 or len(workers) < 2)
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
         workers = [w for child in _children(proc.pid) for w in _children(child)]
     if proc.poll() is not None or len(workers) < 2:
