@@ -60,8 +60,8 @@ WRITE_BATCH = 1 << 16  # values per call into Parquet's column encoders (pages s
 def parquet_options(schema: pa.Schema) -> dict[str, Any]:
     """Parquet encoding for a shard schema: dictionary pages except for `PLAIN_COLUMNS`, statistics for scalar
     columns only (min/max of a list's elements helps no reader), zstd, and values handed to the page encoders
-    `WRITE_BATCH` at a time (Arrow's default of 1024 spends about an eighth of a packed shard's writing time on
-    the batches' own overhead)."""
+    `WRITE_BATCH` at a time (Arrow's default of 1024 spends about 6% more CPU writing a packed shard, measured on
+    two shards' rows: 0.321 s against 0.303 s)."""
     buffer = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_batches([], schema), buffer)  # (`empty_table` would import pandas)
     leaves = pq.ParquetFile(pa.BufferReader(buffer.getvalue())).schema
